@@ -1,0 +1,208 @@
+"""Integer index arithmetic: canonical affine forms, constant folding and interval bounds.
+
+Index expressions are quasi-affine: sums of variables times constants, plus floor division
+and modulo by positive constants (kept as opaque atoms). Canonical forms make equal index
+expressions structurally equal, which the verifier and the guard placement rely on.
+"""
+from __future__ import annotations
+
+from .expr import Binary, Const, Expr, Select, Unary, Var, is_int
+
+Interval = tuple[int, int]  # inclusive
+
+
+def floordiv(a: int, b: int) -> int:
+    return a // b
+
+
+def affine(e: Expr) -> dict | None:
+    """e as {term: coeff} with term 1 for the constant, a variable name, or an atom Expr."""
+    if isinstance(e, Const):
+        return {1: int(e.value)} if e.is_int else None
+    if isinstance(e, Var):
+        return {e.name: 1}
+    if isinstance(e, Unary) and e.op == "neg":
+        a = affine(e.a)
+        return None if a is None else {k: -v for k, v in a.items()}
+    if isinstance(e, Binary) and e.op in ("+", "-"):
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        sign = 1 if e.op == "+" else -1
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out.get(k, 0) + sign * v
+        return {k: v for k, v in out.items() if v != 0 or k == 1}
+    if isinstance(e, Binary) and e.op == "*":
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        if set(a) == {1}:
+            a, b = b, a
+        if set(b) == {1}:
+            c = b[1]
+            return {k: v * c for k, v in a.items() if v * c != 0 or k == 1}
+    if isinstance(e, Binary) and e.op in ("/", "%", "max", "min"):
+        a, b = affine(e.a), affine(e.b)
+        if a is None or b is None:
+            return None
+        if set(a) == {1} and set(b) == {1}:
+            x, y = a[1], b[1]
+            if e.op == "/":
+                return {1: x // y}
+            if e.op == "%":
+                return {1: x % y}
+            return {1: max(x, y) if e.op == "max" else min(x, y)}
+        atom = Binary(e.op, from_affine(a), from_affine(b))
+        return {atom: 1, 1: 0}
+    if is_int(e):
+        return {e: 1, 1: 0}
+    return None
+
+
+def from_affine(d: dict) -> Expr:
+    out: Expr | None = None
+    for k, v in d.items():
+        if k == 1 or v == 0:
+            continue
+        term = Var(k) if isinstance(k, str) else k
+        mag = abs(v)
+        if mag != 1:
+            term = Binary("*", term, Const(mag))
+        if out is None:
+            out = term if v > 0 else Unary("neg", term)
+        else:
+            out = Binary("+" if v > 0 else "-", out, term)
+    c = d.get(1, 0)
+    if out is None:
+        return Const(c)
+    if c:
+        out = Binary("+" if c > 0 else "-", out, Const(abs(c)))
+    return out
+
+
+def simplify(e: Expr) -> Expr:
+    """The canonical form of an integer expression (other expressions are returned as they are)."""
+    d = affine(e)
+    return e if d is None else from_affine(d)
+
+
+def constant(e: Expr) -> int | None:
+    d = affine(e)
+    if d is not None and set(d) <= {1}:
+        return d.get(1, 0)
+    return None
+
+
+def bounds(e: Expr, ranges: dict[str, Interval], facts: dict | None = None) -> Interval | None:
+    """Inclusive interval of integer expression e; None where a variable's range is unknown.
+
+    `facts` maps expressions (canonical form) to intervals proven by enclosing guards.
+    """
+    facts = facts or {}
+    d = affine(e)
+    if d is None:
+        return None
+    key = from_affine(d)
+    lo = hi = d.get(1, 0)
+    for k, c in d.items():
+        if k == 1:
+            continue
+        if isinstance(k, str):
+            r = facts.get(Var(k), ranges.get(k))
+        else:
+            r = _atom_bounds(k, ranges, facts)
+        if r is None:
+            return None
+        a, b = c * r[0], c * r[1]
+        lo += min(a, b)
+        hi += max(a, b)
+    if key in facts:
+        f = facts[key]
+        lo, hi = max(lo, f[0]), min(hi, f[1])
+    return lo, hi
+
+
+def _atom_bounds(e: Expr, ranges, facts) -> Interval | None:
+    if e in facts:
+        return facts[e]
+    if isinstance(e, Binary):
+        a = bounds(e.a, ranges, facts)
+        b = bounds(e.b, ranges, facts)
+        if a is None or b is None:
+            return None
+        if e.op == "/" and b[0] == b[1] and b[0] > 0:
+            return a[0] // b[0], a[1] // b[0]
+        if e.op == "%" and b[0] == b[1] and b[0] > 0:
+            if a[0] >= 0 and a[1] < b[0]:
+                return a
+            return 0, b[0] - 1
+        if e.op == "max":
+            return max(a[0], b[0]), max(a[1], b[1])
+        if e.op == "min":
+            return min(a[0], b[0]), min(a[1], b[1])
+    if isinstance(e, Select):
+        a = bounds(e.a, ranges, facts)
+        b = bounds(e.b, ranges, facts)
+        if a is None or b is None:
+            return None
+        return min(a[0], b[0]), max(a[1], b[1])
+    return None
+
+
+def facts_from(cond: Expr, ranges, facts: dict, negate: bool = False) -> dict:
+    """Intervals implied by a guard condition being true (or false, with negate).
+
+    Understands conjunctions of comparisons between an index expression and a constant;
+    anything else implies nothing (sound, merely less precise).
+    """
+    out = dict(facts)
+    if isinstance(cond, Binary) and cond.op == "and" and not negate:
+        return facts_from(cond.b, ranges, facts_from(cond.a, ranges, out))
+    if isinstance(cond, Binary) and cond.op == "or" and negate:
+        return facts_from(cond.b, ranges, facts_from(cond.a, ranges, out, True), True)
+    if not (isinstance(cond, Binary) and cond.op in ("<", "<=", ">", ">=", "==")):
+        return out
+    op = cond.op
+    if negate:
+        op = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "=="}[op]
+        if cond.op == "==":
+            return out
+    a, b = cond.a, cond.b
+    ca, cb = constant(a), constant(b)
+    if ca is not None and cb is None:  # c < e  ->  e > c
+        a, b, op = b, a, {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}[op]
+        cb = ca
+    elif cb is None:
+        return out
+    key = simplify(a)
+    cur = bounds(key, ranges, out) or (-(2**62), 2**62)
+    lo, hi = cur
+    if op == "<":
+        hi = min(hi, cb - 1)
+    elif op == "<=":
+        hi = min(hi, cb)
+    elif op == ">":
+        lo = max(lo, cb + 1)
+    elif op == ">=":
+        lo = max(lo, cb)
+    elif op == "==":
+        lo, hi = max(lo, cb), min(hi, cb)
+    out[key] = (lo, hi)
+    return out
+
+
+def simplify_in(e: Expr, ranges: dict[str, Interval]) -> Expr:
+    """Canonical form of e, with each non-affine atom that ranges fix to one value folded."""
+    d = affine(e)
+    if d is None:
+        return e
+    out: dict = {}
+    for k, c in d.items():
+        if k != 1 and not isinstance(k, str):
+            b = _atom_bounds(k, ranges, {})
+            if b is not None and b[0] == b[1]:
+                out[1] = out.get(1, 0) + c * b[0]
+                continue
+        out[k] = out.get(k, 0) + c
+    return from_affine(out)

@@ -1,0 +1,50 @@
+"""User-facing errors: one located line, the source line and a caret; never a traceback."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A place in a source file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+    text: str = ""  # the whole source line, for the caret display
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class DnncError(Exception):
+    """An error in the user's input (source, data, checkpoint, flag). Exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, loc: Loc | None = None, path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.path = path
+
+    def render(self) -> str:
+        if self.loc is not None:
+            head = f"{self.loc}: error: {self.message}"
+            if self.loc.text:
+                caret = " " * (self.loc.col - 1) + "^"
+                return f"{head}\n    {self.loc.text}\n    {caret}"
+            return head
+        if self.path:
+            return f"{self.path}: error: {self.message}"
+        return f"error: {self.message}"
+
+
+class UsageError(DnncError):
+    """A bad command-line value. Exit status 2."""
+
+    exit_code = 2
+
+
+class CompilerBug(Exception):
+    """An internal invariant failed (for example the verifier rejected a pass's output)."""

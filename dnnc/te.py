@@ -1,0 +1,434 @@
+"""Tensor expressions: an op definition instantiated at concrete shapes.
+
+`instantiate` takes an op written in index notation (frontend.OpDef), the shapes of its
+inputs and the values of its attributes, and produces tensor-expression statements
+`T[i, j, ...] = value` over global buffer names, with every name resolved, every extent
+known, and every read outside a reduction proven in range. It raises DnncError, located
+in the op's source, for anything a user can get wrong.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import affine
+from .errors import DnncError, Loc
+from .expr import (ARITH, COMPARE, LOGIC, REDUCE, Binary, Const, Expr, Load, Reduce, Select,
+                   Unary, Var, is_bool, is_int, show, substitute)
+from .frontend import ELLIPSIS, Call, OpDef
+
+UNARY_FUNCS = ("exp", "log", "sqrt", "tanh", "sigmoid", "abs")
+INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "zeros", "ones")
+
+
+@dataclass(frozen=True)
+class TStmt:
+    """tensor[axes] = value, for every point of the domain given by axes ((name, extent), ...)."""
+
+    tensor: str
+    axes: tuple[tuple[str, int], ...]
+    value: Expr
+    loc: Loc | None = None
+
+    def show(self) -> str:
+        idx = ", ".join(n for n, _ in self.axes)
+        dom = ", ".join(f"{n} < {x}" for n, x in self.axes)
+        head = f"{self.tensor}[{idx}]"
+        return f"{head} = {show(self.value)}" + (f"    for {dom}" if dom else "")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # the name inside the op, e.g. "weight"
+    shape: tuple[int, ...]
+    init: tuple
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Instance:
+    op: str
+    out_shape: tuple[int, ...]
+    params: tuple[ParamSpec, ...]
+    temps: tuple[tuple[str, tuple[int, ...]], ...]
+    stmts: tuple[TStmt, ...]
+    flops: int
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(e: Expr, env: dict, loc: Loc | None = None):
+    """Value of a constant expression over attributes and sizes (ints, floats, booleans)."""
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        if e.name not in env:
+            raise DnncError(f"unknown name '{e.name}'", e.loc or loc)
+        return env[e.name]
+    if isinstance(e, Unary):
+        a = evaluate(e.a, env, loc)
+        return {"neg": lambda: -a, "abs": lambda: abs(a), "not": lambda: not a,
+                "exp": lambda: math.exp(a), "log": lambda: math.log(a),
+                "sqrt": lambda: math.sqrt(a)}.get(e.op, lambda: _bad(e, loc))()
+    if isinstance(e, Binary):
+        a, b = evaluate(e.a, env, loc), evaluate(e.b, env, loc)
+        if e.op in ("/", "%") and b == 0:
+            raise DnncError(f"division by zero in {show(e)}", e.loc or loc)
+        if e.op == "/":
+            return a // b if isinstance(a, int) and isinstance(b, int) else a / b
+        return _BINOPS[e.op](a, b)
+    if isinstance(e, Call) and e.body is None and e.fn in ("max", "min") and len(e.args) == 2:
+        vals = [evaluate(x, env, loc) for x in e.args]
+        return max(vals) if e.fn == "max" else min(vals)
+    return _bad(e, loc)
+
+
+_BINOPS = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "%": lambda a, b: a % b, "max": max, "min": min,
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+    "and": lambda a, b: a and b, "or": lambda a, b: a or b,
+}
+
+
+def _bad(e, loc):
+    raise DnncError(f"'{show(e) if not isinstance(e, Call) else e.fn}' is not a constant expression",
+                    getattr(e, "loc", None) or loc)
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# ----------------------------------------------------------------------------- instantiate
+
+def instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names: dict[str, str],
+                prefix: str, call_loc: Loc) -> Instance:
+    """Instantiate `op` for inputs of `in_shapes` with attribute values `attrs`.
+
+    `names` maps the op's input and output names to global tensor names; parameters and
+    temporaries become `prefix.NAME`. Errors about the call are located at `call_loc`.
+    """
+    where = f"{op.name}: "
+    env: dict = {}
+    ellipsis: list[int] | None = None
+
+    # 1. bind sizes from the input shapes
+    for decl, shape in zip(op.inputs, in_shapes):
+        fixed = [d for d in decl.dims if d is not ELLIPSIS]
+        has_ell = len(fixed) != len(decl.dims)
+        if (len(shape) != len(fixed)) if not has_ell else (len(shape) < len(fixed)):
+            want = f"{len(fixed)}" + (" or more" if has_ell else "")
+            raise DnncError(f"{where}input '{decl.name}' must have rank {want}, "
+                            f"got shape {_fmt_shape(shape)}", call_loc)
+        k = 0
+        for d in decl.dims:
+            if d is ELLIPSIS:
+                n_ell = len(shape) - len(fixed)
+                dims = list(shape[k:k + n_ell])
+                if ellipsis is not None and dims != ellipsis:
+                    raise DnncError(f"{where}input '{decl.name}' has trailing shape {_fmt_shape(dims)} "
+                                    f"but an earlier input has {_fmt_shape(ellipsis)}", call_loc)
+                ellipsis = dims
+                k += n_ell
+                continue
+            size = shape[k]
+            if isinstance(d, Var) and d.name not in env:
+                env[d.name] = size
+            else:
+                expect = evaluate(d, env, decl.loc)
+                if expect != size:
+                    raise DnncError(f"{where}dimension {k} of input '{decl.name}' is {size}, "
+                                    f"expected {show(d)} = {expect} (shape {_fmt_shape(shape)})", call_loc)
+            k += 1
+    sizes = dict(env)
+
+    # 2. attributes: given values, then defaults in order
+    known = {a.name for a in op.attrs}
+    for key in attrs:
+        if key not in known:
+            raise DnncError(f"{where}unknown argument '{key}'", call_loc)
+    for a in op.attrs:
+        if a.name in attrs:
+            v = attrs[a.name]
+            wants_int = a.default is None or isinstance(evaluate(a.default, env, a.loc), int)
+            if wants_int and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise DnncError(f"{where}argument '{a.name}' must be an integer, got {v!r}", call_loc)
+            if not wants_int and not isinstance(v, (int, float)):
+                raise DnncError(f"{where}argument '{a.name}' must be a number, got {v!r}", call_loc)
+            env[a.name] = v
+        elif a.default is not None:
+            env[a.name] = evaluate(a.default, env, a.loc)
+        else:
+            raise DnncError(f"{where}missing argument '{a.name}'", call_loc)
+
+    for req in op.requires:
+        if not evaluate(req, env, call_loc):
+            vals = ", ".join(f"{n} = {env[n]}" for n in sorted({v.name for v in req.walk() if isinstance(v, Var)})
+                             if n in env)
+            raise DnncError(f"{where}requires {show(req)}, but {vals}", call_loc)
+
+    # 3. output shape
+    out_dims: list[int] = []
+    for d in op.output.dims:
+        if d is ELLIPSIS:
+            if ellipsis is None:
+                raise DnncError(f"{where}output uses '...' but no input does", op.output.loc)
+            out_dims.extend(ellipsis)
+            continue
+        v = evaluate(d, env, op.output.loc)
+        if not isinstance(v, int):
+            raise DnncError(f"{where}output size {show(d)} is not an integer", op.output.loc)
+        if v < 1:
+            raise DnncError(f"{where}output would have shape "
+                            f"{_fmt_shape([evaluate(x, env) if x is not ELLIPSIS else '...' for x in op.output.dims])}"
+                            f": the input {_fmt_shape(in_shapes[0])} is too small", call_loc)
+        out_dims.append(v)
+    out_shape = tuple(out_dims)
+
+    # 4. parameters
+    params = []
+    for p in op.params:
+        shape = tuple(evaluate(d, env, p.loc) for d in p.dims)
+        if any(not isinstance(s, int) or s < 1 for s in shape):
+            raise DnncError(f"{where}parameter '{p.name}' would have shape {_fmt_shape(shape)}", call_loc)
+        if p.init[0] == "named" and p.init[1] not in INITIALIZERS:
+            raise DnncError(f"unknown initializer '{p.init[1]}' (known: {', '.join(INITIALIZERS)})", p.loc)
+        params.append(ParamSpec(p.name, shape, p.init, p.loc))
+
+    # 5. statements
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for decl, shape in zip(op.inputs, in_shapes):
+        tensors[decl.name] = (names[decl.name], tuple(shape))
+    for p in params:
+        tensors[p.name] = (f"{prefix}.{p.name}", p.shape)
+    out_name = op.output.name
+    written: set[str] = set()
+    temps = []
+    stmts = []
+    r = _Resolver(op, env, tensors, ellipsis or [])
+    for st in op.body:
+        if st.name in tensors and st.name != out_name and st.name in {d.name for d in op.inputs} | {p.name for p in params}:
+            raise DnncError(f"{where}cannot assign to input or parameter '{st.name}'", st.loc)
+        if st.name in written:
+            raise DnncError(f"{where}tensor '{st.name}' is assigned twice", st.loc)
+        lhs = r.lhs_vars(st)
+        value = r.resolve(st.value, {v: None for v in lhs})
+        if is_bool(value):
+            raise DnncError(f"{where}the value of '{st.name}' is a condition, not a number; use select(...)", st.loc)
+        if st.name == out_name:
+            if len(lhs) != len(out_shape):
+                raise DnncError(f"{where}'{st.name}' has rank {len(out_shape)} but is indexed with {len(lhs)} indices", st.loc)
+            extents = list(out_shape)
+            gname = names[out_name]
+        else:
+            extents = [r.infer_extent(v, value, st.loc) for v in lhs]
+            gname = f"{prefix}.{st.name}"
+            temps.append((gname, tuple(extents)))
+        tensors[st.name] = (gname, tuple(extents))
+        written.add(st.name)
+        stmt = simplify_indices(TStmt(gname, tuple(zip(lhs, extents)), value, st.loc))
+        check_bounds(stmt, {n: s for n, s in tensors.values()})
+        stmts.append(stmt)
+    if out_name not in written:
+        raise DnncError(f"{where}the output '{out_name}' is never assigned", op.output.loc)
+    return Instance(op.name, out_shape, tuple(params), tuple(temps), tuple(stmts),
+                    sum(count_flops(s) for s in stmts))
+
+
+class _Resolver:
+    """Resolves names in an op body: index variables, attributes/sizes, tensors, functions."""
+
+    def __init__(self, op: OpDef, env: dict, tensors: dict, ellipsis: list[int]):
+        self.op, self.env, self.tensors = op, env, tensors
+        self.ell_vars = [f"_{k}" for k in range(len(ellipsis))]
+
+    def lhs_vars(self, st) -> list[str]:
+        out = []
+        for d in st.index:
+            if d is ELLIPSIS:
+                out.extend(self.ell_vars)
+            elif isinstance(d, Var):
+                if d.name in out:
+                    raise DnncError(f"index '{d.name}' appears twice on the left", d.loc or st.loc)
+                out.append(d.name)
+            else:
+                raise DnncError("the left side is indexed by plain names (the result's indices)",
+                                getattr(d, "loc", None) or st.loc)
+        return out
+
+    def resolve(self, e, scope: dict) -> Expr:
+        loc = getattr(e, "loc", None)
+        if isinstance(e, Const):
+            return e
+        if isinstance(e, Var):
+            if e.name in scope:
+                return e
+            if e.name in self.env:
+                return Const(self.env[e.name], e.loc)
+            if e.name in self.tensors:
+                raise DnncError(f"tensor '{e.name}' needs indices: {e.name}[...]", loc)
+            raise DnncError(f"unknown name '{e.name}'", loc)
+        if isinstance(e, Load):
+            if e.tensor not in self.tensors:
+                raise DnncError(f"unknown tensor '{e.tensor}'", loc)
+            gname, shape = self.tensors[e.tensor]
+            index = []
+            for d in e.index:
+                if d is ELLIPSIS:
+                    if not all(v in scope for v in self.ell_vars):
+                        raise DnncError("'...' in a read needs '...' on the left side too", loc)
+                    index.extend(Var(v) for v in self.ell_vars)
+                else:
+                    x = self.resolve(d, scope)
+                    if not is_int(x):
+                        raise DnncError(f"index {show(x)} of '{e.tensor}' is not an integer expression", x.loc or loc)
+                    index.append(affine.simplify(x))
+            if len(index) != len(shape):
+                raise DnncError(f"'{e.tensor}' has rank {len(shape)} {_fmt_shape(shape)} but is read "
+                                f"with {len(index)} indices", loc)
+            return Load(gname, tuple(index), loc)
+        if isinstance(e, Unary):
+            return Unary(e.op, self.resolve(e.a, scope), loc)
+        if isinstance(e, Binary):
+            a, b = self.resolve(e.a, scope), self.resolve(e.b, scope)
+            if e.op in LOGIC and not (is_bool(a) and is_bool(b)):
+                raise DnncError(f"'{e.op}' joins conditions", loc)
+            return Binary(e.op, a, b, loc)
+        if isinstance(e, Call):
+            return self.call(e, scope)
+        raise AssertionError(e)
+
+    def call(self, e: Call, scope: dict) -> Expr:
+        loc = e.loc
+        if e.body is not None:
+            if e.fn not in REDUCE:
+                raise DnncError(f"'{e.fn}' is not a reduction (reductions: {', '.join(REDUCE)})", loc)
+            axes: list[tuple[str, int | None]] = []
+            for a in e.args:
+                if isinstance(a, Var):
+                    name, bound = a.name, None
+                elif isinstance(a, Binary) and a.op == "<" and isinstance(a.a, Var):
+                    name, bound = a.a.name, evaluate(a.b, self.env, a.loc)
+                    if not isinstance(bound, int) or bound < 1:
+                        raise DnncError(f"the range of '{name}' must be a positive integer, got {bound}", a.loc)
+                else:
+                    raise DnncError("a reduction's axes are names, optionally with a range: sum(i, j < 3) ...",
+                                    getattr(a, "loc", None) or loc)
+                if name in scope:
+                    raise DnncError(f"reduction axis '{name}' is already an index here", getattr(a, "loc", None) or loc)
+                axes.append((name, bound))
+            if not axes:
+                raise DnncError(f"{e.fn}(...) needs at least one axis", loc)
+            inner = dict(scope)
+            inner.update({n: b for n, b in axes})
+            body = self.resolve(e.body, inner)
+            done = tuple((n, b if b is not None else self.infer_extent(n, body, loc)) for n, b in axes)
+            return Reduce(e.fn, done, body, loc)
+        args = [self.resolve(a, scope) for a in e.args]
+        if e.fn in UNARY_FUNCS and len(args) == 1:
+            return Unary(e.fn, args[0], loc)
+        if e.fn in ("max", "min") and len(args) == 2:
+            return Binary(e.fn, args[0], args[1], loc)
+        if e.fn == "select" and len(args) == 3:
+            if not is_bool(args[0]):
+                raise DnncError("select's first argument is a condition, such as i < 3", loc)
+            return Select(args[0], args[1], args[2], loc)
+        if e.fn in REDUCE and e.fn not in ("max", "min"):
+            raise DnncError(f"{e.fn}(...) needs a body: {e.fn}(i) x[i]", loc)
+        known = UNARY_FUNCS + ("max", "min", "select")
+        if e.fn in known:
+            raise DnncError(f"wrong number of arguments to '{e.fn}'", loc)
+        raise DnncError(f"unknown function '{e.fn}' (known: {', '.join(known)})", loc)
+
+    def infer_extent(self, name: str, body: Expr, loc) -> int:
+        """The range of index `name`: the size of a dimension it indexes directly."""
+        found: list[tuple[str, int]] = []
+        for x in body.walk():
+            if isinstance(x, Load):
+                shape = self._shape_of(x.tensor)
+                for k, ix in enumerate(x.index):
+                    if ix == Var(name):
+                        found.append((x.tensor, shape[k]))
+        if not found:
+            raise DnncError(f"cannot tell the range of index '{name}': it indexes no tensor directly; "
+                            f"give it one, as in sum({name} < 3)", loc)
+        sizes = {s for _, s in found}
+        if len(sizes) > 1:
+            desc = ", ".join(f"{s} in {t}" for t, s in found)
+            raise DnncError(f"index '{name}' ranges over different sizes ({desc}); give its range "
+                            f"explicitly, as in sum({name} < {min(sizes)})", loc)
+        return found[0][1]
+
+    def _shape_of(self, gname: str):
+        for g, s in self.tensors.values():
+            if g == gname:
+                return s
+        raise AssertionError(gname)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_bounds(stmt: TStmt, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every read outside a reduction must be provably in range (under select conditions).
+
+    Reads inside a reduction may fall outside their tensor: they contribute nothing.
+    """
+    ranges = {n: (0, x - 1) for n, x in stmt.axes}
+
+    def visit(e: Expr, facts: dict, in_reduce: bool):
+        if isinstance(e, Select):
+            visit(e.cond, facts, in_reduce)
+            visit(e.a, affine.facts_from(e.cond, ranges, facts), in_reduce)
+            visit(e.b, affine.facts_from(e.cond, ranges, facts, negate=True), in_reduce)
+            return
+        if isinstance(e, Reduce):
+            for n, x in e.axes:
+                ranges[n] = (0, x - 1)
+            visit(e.body, facts, True)
+            return
+        if isinstance(e, Load) and not in_reduce:
+            shape = shapes[e.tensor]
+            for k, ix in enumerate(e.index):
+                b = affine.bounds(ix, ranges, facts)
+                if b is None or b[0] < 0 or b[1] > shape[k] - 1:
+                    span = "unknown" if b is None else f"[{b[0]}, {b[1]}]"
+                    raise DnncError(f"index {show(ix)} of {e.tensor} may be out of range: it spans {span} "
+                                    f"but dimension {k} has size {shape[k]}", e.loc or stmt.loc)
+        for c in e.children():
+            visit(c, facts, in_reduce)
+
+    visit(stmt.value, {}, False)
+
+
+def simplify_indices(stmt: TStmt) -> TStmt:
+    """Fold index atoms that the ranges fix to one value (f / 6 is 0 for f < 6)."""
+    ranges = {n: (0, x - 1) for n, x in stmt.axes}
+    for x in stmt.value.walk():
+        if isinstance(x, Reduce):
+            ranges.update({n: (0, k - 1) for n, k in x.axes})
+
+    def fix(e):
+        if isinstance(e, Load):
+            return Load(e.tensor, tuple(affine.simplify_in(i, ranges) for i in e.index), e.loc)
+        return None
+
+    return TStmt(stmt.tensor, stmt.axes, substitute(stmt.value, fix), stmt.loc)
+
+
+def count_flops(stmt: TStmt) -> int:
+    """Arithmetic operations over the statement's domain; a reduction step counts one more."""
+
+    def ops(e: Expr) -> int:
+        if isinstance(e, Reduce):
+            return math.prod(x for _, x in e.axes) * (ops(e.body) + 1)
+        if isinstance(e, Select):
+            return ops(e.cond) + max(ops(e.a), ops(e.b))
+        own = 1 if (isinstance(e, Binary) and e.op in ARITH + COMPARE) or (
+            isinstance(e, Unary) and e.op != "neg") else 0
+        if isinstance(e, Load):
+            return 0
+        return own + sum(ops(c) for c in e.children())
+
+    return math.prod(x for _, x in stmt.axes) * ops(stmt.value)
