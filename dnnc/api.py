@@ -1,0 +1,219 @@
+"""The Python API: dnnc.load(...) -> Network; Network.compile(batch=B) -> Model."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import numpy as np
+
+from . import graph as graphmod
+from .codegen.llvm import emit, symbol
+from .errors import DnncError
+from .frontend import Module, parse
+from .ir import Program
+from .lower import lower_graph
+from .passes import run as run_passes
+from .runtime import jit
+from .runtime.memory import plan
+
+NP_DTYPE = {"f32": np.float32, "f64": np.float64}
+
+
+def load(path_or_source: str | Path, network: str | None = None) -> "Network":
+    """Parse and check a network from a .net file path or from source text."""
+    text, file = _read_source(path_or_source)
+    return Network(parse(text, file), network)
+
+
+def _read_source(src) -> tuple[str, str]:
+    if isinstance(src, Path) or (isinstance(src, str) and "\n" not in src and "{" not in src):
+        p = Path(src)
+        if not p.exists():
+            raise DnncError("no such file", path=str(p))
+        if p.is_dir():
+            raise DnncError("is a directory, not a .net file", path=str(p))
+        try:
+            return p.read_text(encoding="utf-8"), str(p)
+        except UnicodeDecodeError:
+            raise DnncError("not a text file (expected .net source in UTF-8)", path=str(p)) from None
+    return str(src), "<string>"
+
+
+class Network:
+    """A checked network: its layers, tensor shapes and parameters, per example (batch 1)."""
+
+    def __init__(self, module: Module, name: str | None = None):
+        self.module = module
+        self.graph = graphmod.build(module, 1, name)
+        self.name = self.graph.name
+
+    def at_batch(self, batch: int) -> graphmod.Graph:
+        if batch < 1:
+            raise DnncError(f"batch must be at least 1, got {batch}")
+        return graphmod.build(self.module, batch, self.name) if batch != 1 else self.graph
+
+    @property
+    def layers(self):
+        return self.graph.layers
+
+    @property
+    def inputs(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.graph.tensors[n].shape[1:] for n in self.graph.inputs}
+
+    @property
+    def outputs(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.graph.tensors[n].shape[1:] for n in self.graph.outputs}
+
+    @property
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.graph.param_specs[n].shape for n in self.graph.params}
+
+    def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
+        return init_params(self.graph, seed)
+
+    def program(self, batch: int = 1, with_loss: bool = False) -> Program:
+        return lower_graph(self.at_batch(batch), with_loss=with_loss)
+
+    def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None) -> "Model":
+        return Model(self, batch, seed, dtype)
+
+
+def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial values of every parameter, in source order, from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in g.params:
+        spec = g.param_specs[name]
+        shape = spec.shape
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+        fan_out = shape[0] * math.prod(shape[2:]) if len(shape) > 1 else shape[0]
+        kind, *arg = spec.init
+        if name in g.fixed:
+            val = g.fixed[name]
+        elif kind == "const":
+            val = np.full(shape, arg[0])
+        elif arg[0] == "he_normal":
+            val = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
+        elif arg[0] == "he_uniform":
+            lim = math.sqrt(6.0 / fan_in)
+            val = rng.uniform(-lim, lim, shape)
+        elif arg[0] == "glorot_normal":
+            val = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
+        elif arg[0] == "glorot_uniform":
+            lim = math.sqrt(6.0 / (fan_in + fan_out))
+            val = rng.uniform(-lim, lim, shape)
+        elif arg[0] == "zeros":
+            val = np.zeros(shape)
+        elif arg[0] == "ones":
+            val = np.ones(shape)
+        else:
+            raise AssertionError(arg)
+        out[name] = np.ascontiguousarray(val, dtype=np.float32)
+    return out
+
+
+class Params(MutableMapping):
+    """Parameters by name, in source order. Assignment copies into the compiled buffers."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._a = arrays
+
+    def __getitem__(self, k):
+        return self._a[k]
+
+    def __setitem__(self, k, v):
+        if k not in self._a:
+            raise KeyError(f"no parameter named {k!r} (have: {', '.join(self._a)})")
+        v = np.asarray(v)
+        if v.shape != self._a[k].shape:
+            raise DnncError(f"parameter {k} has shape {list(self._a[k].shape)}, got {list(v.shape)}")
+        self._a[k][...] = v
+
+    def __delitem__(self, k):
+        raise TypeError("parameters cannot be removed")
+
+    def __iter__(self):
+        return iter(self._a)
+
+    def __len__(self):
+        return len(self._a)
+
+    def update_from(self, values: dict) -> None:
+        for k, v in values.items():
+            self[k] = v
+
+
+class Model:
+    """A network compiled for a batch size: preallocated buffers and one native entry point."""
+
+    def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32"):
+        t0 = time.perf_counter()
+        self.network = net
+        self.batch = batch
+        self.dtype = dtype
+        self.graph = net.at_batch(batch)
+        self.stages = run_passes(lower_graph(self.graph))
+        self.program = self.stages[-1][1]
+        self.offsets, ws = plan(self.program)
+        self.llvm_ir = emit(self.program, self.offsets, dtype)
+        t1 = time.perf_counter()
+        args = self.program.args
+        self.compiled = jit.jit(self.llvm_ir, symbol(self.program.name) + "_forward", len(args) + 1)
+        self.compile_seconds = {"front": t1 - t0, "llvm": time.perf_counter() - t1}
+        npd = NP_DTYPE[dtype]
+        self.buffers = {b.name: np.zeros(b.shape, npd) for b in args}
+        self.workspace = np.zeros(max(ws, 1), npd)
+        self.params = Params({n: self.buffers[n] for n in self.graph.params if n in self.buffers})
+        for n, v in init_params(self.graph, seed).items():
+            if n in self.buffers:
+                self.buffers[n][...] = v
+        self._addrs = [self.buffers[b.name].ctypes.data for b in args] + [self.workspace.ctypes.data]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.graph.inputs
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.graph.outputs
+
+    def run_batch(self) -> None:
+        """Run the compiled forward pass on the current buffers (one native call)."""
+        self.compiled.fn(*self._addrs)
+
+    def forward(self, **inputs) -> dict[str, np.ndarray]:
+        """Outputs for any number of examples, run in chunks of the compiled batch size."""
+        arrays = {}
+        count = None
+        for name in self.inputs:
+            if name not in inputs:
+                raise DnncError(f"missing input '{name}' (inputs: {', '.join(self.inputs)})")
+            ex_shape = self.graph.tensors[name].shape[1:]
+            a = np.asarray(inputs[name], dtype=NP_DTYPE[self.dtype])
+            if a.shape == ex_shape:
+                a = a[None]
+            if a.shape[1:] != ex_shape:
+                raise DnncError(f"input '{name}' must have shape [N, {', '.join(map(str, ex_shape))}], "
+                                f"got {list(a.shape)}")
+            if count is not None and a.shape[0] != count:
+                raise DnncError("inputs have different numbers of examples")
+            count = a.shape[0]
+            arrays[name] = a
+        extra = set(inputs) - set(self.inputs)
+        if extra:
+            raise DnncError(f"unknown input '{sorted(extra)[0]}' (inputs: {', '.join(self.inputs)})")
+        outs = {n: np.empty((count,) + self.graph.tensors[n].shape[1:], NP_DTYPE[self.dtype])
+                for n in self.outputs}
+        B = self.batch
+        for start in range(0, count, B):
+            stop = min(start + B, count)
+            for n, a in arrays.items():
+                self.buffers[n][: stop - start] = a[start:stop]
+                if stop - start < B:
+                    self.buffers[n][stop - start:] = 0
+            self.run_batch()
+            for n in self.outputs:
+                outs[n][start:stop] = self.buffers[n][: stop - start]
+        return outs

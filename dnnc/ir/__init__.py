@@ -1,0 +1,153 @@
+"""The loop-nest IR: buffers, kernels and immutable statements, with a readable printer.
+
+A Program is a list of kernels over named buffers. A kernel body is a tuple of statements:
+loops (serial, parallel, vector, unrolled), guards, stores to buffers, and float registers
+(Let declares one, Set updates it). Expressions are the shared nodes of dnnc.expr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..expr import Expr, show
+
+LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # input | label | param | output | temp
+    dtype: str = "f32"
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Stmt:
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Loop(Stmt):
+    var: str
+    extent: int
+    body: tuple[Stmt, ...]
+    kind: str = "serial"
+
+
+@dataclass(frozen=True)
+class If(Stmt):
+    cond: Expr
+    then: tuple[Stmt, ...]
+    orelse: tuple[Stmt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Store(Stmt):
+    buffer: str
+    index: tuple[Expr, ...]
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Let(Stmt):
+    """Declare float register `name` with an initial value (visible to the rest of the block)."""
+
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Set(Stmt):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    body: tuple[Stmt, ...]
+    layer: str = ""  # the layer this kernel computes, for per-layer printing
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    buffers: tuple[Buffer, ...]
+    kernels: tuple[Kernel, ...]
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    @property
+    def args(self) -> tuple[Buffer, ...]:
+        """Buffers passed to the compiled function, in this order; temps live in the workspace."""
+        return tuple(b for b in self.buffers if b.kind != "temp")
+
+    def replace_kernels(self, kernels) -> "Program":
+        return Program(self.name, self.buffers, tuple(kernels))
+
+
+# ----------------------------------------------------------------------------- printer
+
+def show_stmt(s: Stmt, indent: int = 0) -> list[str]:
+    pad = "  " * indent
+    if isinstance(s, Loop):
+        kind = "" if s.kind == "serial" else s.kind + " "
+        out = [f"{pad}{kind}for {s.var} in 0..{s.extent}:"]
+        for b in s.body:
+            out += show_stmt(b, indent + 1)
+        return out
+    if isinstance(s, If):
+        out = [f"{pad}if {show(s.cond)}:"]
+        for b in s.then:
+            out += show_stmt(b, indent + 1)
+        if s.orelse:
+            out.append(f"{pad}else:")
+            for b in s.orelse:
+                out += show_stmt(b, indent + 1)
+        return out
+    if isinstance(s, Store):
+        return [f"{pad}{s.buffer}[{', '.join(show(i) for i in s.index)}] = {show(s.value)}"]
+    if isinstance(s, Let):
+        return [f"{pad}let {s.name} = {show(s.value)}"]
+    if isinstance(s, Set):
+        return [f"{pad}{s.name} = {show(s.value)}"]
+    raise TypeError(s)
+
+
+def show_kernel(k: Kernel) -> str:
+    lines = [f"kernel {k.name}:"]
+    for s in k.body:
+        lines += show_stmt(s, 1)
+    return "\n".join(lines)
+
+
+def show_program(p: Program, layer: str | None = None) -> str:
+    out = [f"program {p.name}"]
+    for b in p.buffers:
+        out.append(f"  {b.kind:6} {b.name}: {b.dtype}[{', '.join(map(str, b.shape))}]")
+    for k in p.kernels:
+        if layer is None or k.layer == layer or k.layer.startswith(layer + "."):
+            out.append("")
+            out.append(show_kernel(k))
+    return "\n".join(out) + "\n"
+
+
+def walk(stmts):
+    """Every statement, depth first."""
+    for s in stmts:
+        yield s
+        if isinstance(s, Loop):
+            yield from walk(s.body)
+        elif isinstance(s, If):
+            yield from walk(s.then)
+            yield from walk(s.orelse)

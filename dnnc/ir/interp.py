@@ -1,0 +1,92 @@
+"""The reference interpreter: runs any stage of the loop-nest IR on numpy arrays.
+
+Slow (one Python step per scalar operation) and simple on purpose: it is the oracle that
+every pass and the JIT are checked against, on small shapes. Arithmetic is float64; each
+store rounds to the buffer's dtype, like the compiled code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var
+from . import If, Let, Loop, Program, Set, Store
+
+DTYPES = {"f32": np.float32, "f64": np.float64}
+
+
+def run(p: Program, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Execute p. `arrays` supplies inputs, labels and params; returns every buffer."""
+    bufs: dict[str, np.ndarray] = {}
+    for b in p.buffers:
+        dt = DTYPES[b.dtype]
+        if b.name in arrays:
+            bufs[b.name] = np.array(arrays[b.name], dtype=dt).reshape(b.shape)
+        else:
+            bufs[b.name] = np.full(b.shape, np.nan, dtype=dt)  # catches reads of unwritten data
+    for k in p.kernels:
+        _block(k.body, {}, {}, bufs)
+    return bufs
+
+
+def _block(stmts, env, regs, bufs):
+    for s in stmts:
+        if isinstance(s, Loop):
+            for v in range(s.extent):
+                env[s.var] = v
+                _block(s.body, env, regs, bufs)
+            del env[s.var]
+        elif isinstance(s, If):
+            _block(s.then if _eval(s.cond, env, regs, bufs) else s.orelse, env, regs, bufs)
+        elif isinstance(s, Store):
+            idx = tuple(int(_eval(i, env, regs, bufs)) for i in s.index)
+            bufs[s.buffer][idx] = _eval(s.value, env, regs, bufs)
+        elif isinstance(s, (Let, Set)):
+            regs[s.name] = float(_eval(s.value, env, regs, bufs))
+        else:
+            raise TypeError(s)
+
+
+_UN = {"neg": lambda a: -a, "exp": math.exp, "log": lambda a: math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan),
+       "sqrt": math.sqrt, "tanh": math.tanh, "abs": abs, "not": lambda a: not a,
+       "sigmoid": lambda a: 1.0 / (1.0 + math.exp(-a)) if a > -700 else 0.0}
+
+
+def _eval(e: Expr, env, regs, bufs):
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env[e.name]
+    if isinstance(e, Scalar):
+        return regs[e.name]
+    if isinstance(e, Load):
+        idx = tuple(int(_eval(i, env, regs, bufs)) for i in e.index)
+        if any(i < 0 for i in idx):
+            raise IndexError(f"{e.tensor}{list(idx)}")
+        return float(bufs[e.tensor][idx])
+    if isinstance(e, Select):
+        return _eval(e.a if _eval(e.cond, env, regs, bufs) else e.b, env, regs, bufs)
+    if isinstance(e, Unary):
+        return _UN[e.op](_eval(e.a, env, regs, bufs))
+    if isinstance(e, Binary):
+        a = _eval(e.a, env, regs, bufs)
+        if e.op == "and":
+            return a and _eval(e.b, env, regs, bufs)
+        if e.op == "or":
+            return a or _eval(e.b, env, regs, bufs)
+        b = _eval(e.b, env, regs, bufs)
+        op = e.op
+        if op == "/":
+            return a // b if isinstance(a, int) and isinstance(b, int) else a / b
+        if op == "max":  # like the compiled code: the first operand unless the second is greater
+            return b if b > a else a
+        if op == "min":
+            return b if b < a else a
+        return _BIN[op](a, b)
+    raise TypeError(e)
+
+
+_BIN = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "%": lambda a, b: a % b,
+        "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}

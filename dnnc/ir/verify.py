@@ -1,0 +1,101 @@
+"""The verifier: run after lowering and after every pass; failing code is never emitted.
+
+It proves, by interval analysis over loop ranges and enclosing guards, that every load and
+store is in bounds; that every register is declared before use; that every temporary buffer
+is written before it is read; and that no two iterations of a parallel loop store to the
+same element (each store's index must depend on the parallel variable).
+"""
+from __future__ import annotations
+
+from .. import affine
+from ..errors import CompilerBug
+from ..expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
+from . import If, Let, Loop, Program, Set, Stmt, Store
+
+
+class VerifyError(CompilerBug):
+    pass
+
+
+def verify(p: Program) -> Program:
+    """Return p unchanged if it is safe to emit; raise VerifyError naming the first fault."""
+    shapes = {b.name: b.shape for b in p.buffers}
+    kinds = {b.name: b.kind for b in p.buffers}
+    written: set[str] = set()
+    for k in p.kernels:
+        _Checker(k.name, shapes, kinds, written).block(k.body, {}, {}, set(), [])
+    return p
+
+
+class _Checker:
+    def __init__(self, kernel, shapes, kinds, written):
+        self.kernel, self.shapes, self.kinds, self.written = kernel, shapes, kinds, written
+
+    def fail(self, msg: str):
+        raise VerifyError(f"kernel {self.kernel}: {msg}")
+
+    def block(self, stmts, ranges, facts, regs: set, parallel: list[str]):
+        regs = set(regs)
+        for s in stmts:
+            self.stmt(s, ranges, facts, regs, parallel)
+
+    def stmt(self, s: Stmt, ranges, facts, regs, parallel):
+        if isinstance(s, Loop):
+            if s.extent < 1:
+                self.fail(f"loop {s.var} has extent {s.extent}")
+            if s.var in ranges:
+                self.fail(f"loop variable {s.var} is already bound")
+            inner = dict(ranges)
+            inner[s.var] = (0, s.extent - 1)
+            self.block(s.body, inner, facts, regs, parallel + ([s.var] if s.kind == "parallel" else []))
+        elif isinstance(s, If):
+            self.expr(s.cond, ranges, facts, regs)
+            self.block(s.then, ranges, affine.facts_from(s.cond, ranges, facts), regs, parallel)
+            self.block(s.orelse, ranges, affine.facts_from(s.cond, ranges, facts, negate=True), regs, parallel)
+        elif isinstance(s, Store):
+            self.access(s.buffer, s.index, ranges, facts, "store to")
+            self.expr(s.value, ranges, facts, regs)
+            for v in parallel:
+                if not any(v in free_vars(i) for i in s.index):
+                    self.fail(f"store to {s.buffer} in parallel loop {v} does not depend on {v}: iterations race")
+            self.written.add(s.buffer)
+        elif isinstance(s, Let):
+            self.expr(s.value, ranges, facts, regs)
+            regs.add(s.name)
+        elif isinstance(s, Set):
+            if s.name not in regs:
+                self.fail(f"register {s.name} is set before it is declared")
+            self.expr(s.value, ranges, facts, regs)
+        else:
+            self.fail(f"unknown statement {s!r}")
+
+    def expr(self, e: Expr, ranges, facts, regs):
+        if isinstance(e, Reduce):
+            self.fail("a reduction survived lowering")
+        if isinstance(e, Scalar) and e.name not in regs:
+            self.fail(f"register {e.name} is used before it is declared")
+        if isinstance(e, Select):
+            self.expr(e.cond, ranges, facts, regs)
+            self.expr(e.a, ranges, affine.facts_from(e.cond, ranges, facts), regs)
+            self.expr(e.b, ranges, affine.facts_from(e.cond, ranges, facts, negate=True), regs)
+            return
+        if isinstance(e, Load):
+            if self.kinds.get(e.tensor) == "temp" and e.tensor not in self.written:
+                self.fail(f"{e.tensor} is read before it is written")
+            self.access(e.tensor, e.index, ranges, facts, "load from")
+        for c in e.children():
+            self.expr(c, ranges, facts, regs)
+
+    def access(self, buf, index, ranges, facts, what):
+        if buf not in self.shapes:
+            self.fail(f"{what} unknown buffer {buf}")
+        shape = self.shapes[buf]
+        if len(index) != len(shape):
+            self.fail(f"{what} {buf} with {len(index)} indices, rank {len(shape)}")
+        for k, ix in enumerate(index):
+            b = affine.bounds(ix, ranges, facts)
+            if b is None:
+                self.fail(f"{what} {buf}: cannot bound index {k} ({show(ix)})")
+            if b[0] < 0 or b[1] >= shape[k]:
+                self.fail(f"{what} {buf}: index {k} ({show(ix)}) spans [{b[0]}, {b[1]}], "
+                          f"outside [0, {shape[k] - 1}]")

@@ -1,0 +1,167 @@
+"""Lowering: tensor-expression statements -> loop nests (naive order, before scheduling).
+
+Each statement T[axes] = value becomes loops over its axes (outermost first) around a store.
+Each reduction becomes a register initialized before its own loops and updated inside them.
+A read that may fall outside its tensor inside a reduction gets a guard, placed in the
+innermost loop that its index depends on, so an out-of-range term contributes nothing.
+"""
+from __future__ import annotations
+
+import math
+
+from . import affine
+from .expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars
+from .graph import Graph
+from .ir import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store
+from .te import TStmt
+
+INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
+                name: str | None = None) -> Program:
+    """The forward program of g: every layer needed for `outputs` (default g.outputs)."""
+    outputs = outputs or g.outputs
+    layers = list(g.layers) + ([g.loss] if with_loss and g.loss else [])
+    needed = set(outputs) | ({"loss"} if with_loss and g.loss else set())
+    keep = []
+    for layer in reversed(layers):
+        if layer.output in needed:
+            keep.append(layer)
+            needed |= set(layer.inputs)
+    keep.reverse()
+    used = set()
+    for layer in keep:
+        used |= set(layer.inputs) | set(layer.params) | {layer.output}
+        used |= {t for t, _ in layer.inst.temps}
+    buffers = []
+    finals = set(outputs) | ({"loss"} if with_loss and g.loss else set())
+    for t in g.tensors.values():
+        if t.name not in used:
+            continue
+        kind = t.kind
+        if t.name in finals:
+            kind = "output"
+        elif kind == "act":
+            kind = "temp"
+        buffers.append(Buffer(t.name, t.shape, kind))
+    order = {"input": 0, "label": 1, "param": 2, "output": 3, "temp": 4}
+    buffers.sort(key=lambda b: order[b.kind])
+    kernels = []
+    shapes = {b.name: b.shape for b in buffers}
+    for layer in keep:
+        body: list[Stmt] = []
+        for st in layer.inst.stmts:
+            body += lower_stmt(st, shapes)
+        kernels.append(Kernel(layer.name, tuple(body), layer.name))
+    return Program(name or g.name, tuple(buffers), tuple(kernels))
+
+
+def lower_stmt(st: TStmt, shapes: dict[str, tuple[int, ...]]) -> list[Stmt]:
+    ctx = _Ctx(shapes, {n: (0, x - 1) for n, x in st.axes})
+    pre, value = ctx.value(st.value, {})
+    body: list[Stmt] = pre + [Store(st.tensor, tuple(Var(n) for n, _ in st.axes), value)]
+    for n, x in reversed(st.axes):
+        body = [Loop(n, x, tuple(body))]
+    return body
+
+
+class _Ctx:
+    def __init__(self, shapes, ranges):
+        self.shapes = shapes
+        self.ranges = dict(ranges)
+        self.count = 0
+
+    def fresh(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def value(self, e: Expr, facts: dict) -> tuple[list[Stmt], Expr]:
+        """Statements to run first, and the expression that then computes e."""
+        if isinstance(e, Reduce):
+            return self.reduce(e, facts)
+        if isinstance(e, Select):
+            pc, cond = self.value(e.cond, facts)
+            pa, a = self.value(e.a, affine.facts_from(e.cond, self.ranges, facts))
+            pb, b = self.value(e.b, affine.facts_from(e.cond, self.ranges, facts, negate=True))
+            return pc + pa + pb, Select(cond, a, b, e.loc)
+        kids = e.children()
+        if not kids or isinstance(e, Load):
+            return [], e
+        pre: list[Stmt] = []
+        new = []
+        for k in kids:
+            p, v = self.value(k, facts)
+            pre += p
+            new.append(v)
+        from .expr import rebuild
+
+        return pre, rebuild(e, tuple(new))
+
+    def reduce(self, e: Reduce, facts: dict) -> tuple[list[Stmt], Expr]:
+        for n, x in e.axes:
+            self.ranges[n] = (0, x - 1)
+        acc = self.fresh("acc")
+        pre, body = self.value(e.body, facts)
+        guards = self.guards(e.body, facts)
+        op = {"sum": "+", "mean": "+", "max": "max", "min": "min"}[e.op]
+        update: list[Stmt] = pre + [Set(acc, Binary(op, Scalar(acc), body))]
+        counted = e.op == "mean" and guards
+        cnt = self.fresh("cnt") if counted else None
+        if cnt:
+            update.append(Set(cnt, Binary("+", Scalar(cnt), Const(1.0))))
+        axis_names = [n for n, _ in e.axes]
+        placed: dict[str | None, list[Expr]] = {}
+        for g in guards:
+            deep = [n for n in axis_names if n in free_vars(g)]
+            placed.setdefault(deep[-1] if deep else None, []).append(g)
+        nest = update
+        for n, x in reversed(e.axes):
+            nest = _guard(placed.get(n, []), nest)
+            nest = [Loop(n, x, tuple(nest))]
+        nest = _guard(placed.get(None, []), nest)
+        out: list[Stmt] = [Let(acc, Const(INIT[e.op]))] + ([Let(cnt, Const(0.0))] if cnt else []) + nest
+        if e.op == "mean":
+            denom = Scalar(cnt) if cnt else Const(float(math.prod(x for _, x in e.axes)))
+            return out, Binary("/", Scalar(acc), denom)
+        return out, Scalar(acc)
+
+    def guards(self, body: Expr, facts: dict) -> list[Expr]:
+        """Conditions under which every read in body is in range (none if provably so)."""
+        out: list[Expr] = []
+
+        def visit(e, facts):
+            if isinstance(e, Reduce):
+                return  # an inner reduction guards its own reads
+            if isinstance(e, Select):
+                visit(e.cond, facts)
+                visit(e.a, affine.facts_from(e.cond, self.ranges, facts))
+                visit(e.b, affine.facts_from(e.cond, self.ranges, facts, negate=True))
+                return
+            if isinstance(e, Load):
+                shape = self.shapes[e.tensor]
+                for k, ix in enumerate(e.index):
+                    b = affine.bounds(ix, self.ranges, facts)
+                    lo, hi = b if b is not None else (-1, shape[k])
+                    if lo < 0:
+                        c = Binary(">=", ix, Const(0))
+                        if c not in out:
+                            out.append(c)
+                    if hi > shape[k] - 1:
+                        c = Binary("<", ix, Const(shape[k]))
+                        if c not in out:
+                            out.append(c)
+            for c in e.children():
+                visit(c, facts)
+
+        visit(body, facts)
+        return out
+
+
+def _guard(conds: list[Expr], body: list[Stmt]) -> list[Stmt]:
+    if not conds:
+        return body
+    cond = conds[0]
+    for c in conds[1:]:
+        cond = Binary("and", cond, c)
+    return [If(cond, tuple(body))]

@@ -1,0 +1,94 @@
+"""JIT compilation with llvmlite: LLVM IR text -> optimized module -> machine code.
+
+One target machine for the host CPU (its name and features), the O3 pipeline of LLVM's new
+pass manager, MCJIT for execution. Each stage is a function, so `dnnc ir` can print any one.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import llvmlite.binding as llvm
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def target_machine(reloc: str = "default", codemodel: str = "jitdefault"):
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3, reloc=reloc, codemodel=codemodel)
+
+
+def host() -> str:
+    tm = target_machine()
+    return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()}"
+
+
+def parse(text: str):
+    tm = target_machine()
+    mod = llvm.parse_assembly(text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    return mod
+
+
+def optimize(mod, tm=None):
+    """Run LLVM's O3 pipeline (with loop and SLP vectorization) over mod, in place."""
+    tm = tm or target_machine()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+def optimized_ir(text: str) -> str:
+    return str(optimize(parse(text)))
+
+
+def assembly(text: str) -> str:
+    mod = optimize(parse(text))
+    return target_machine().emit_assembly(mod)
+
+
+@dataclass
+class Compiled:
+    """Machine code kept alive with its engine; `fn` is the entry point as a ctypes function."""
+
+    engine: object
+    fn: object
+    address: int
+
+
+def jit(text: str, entry: str, nargs: int) -> Compiled:
+    with _lock:
+        mod = optimize(parse(text))
+        engine = llvm.create_mcjit_compiler(mod, target_machine())
+        engine.finalize_object()
+        addr = engine.get_function_address(entry)
+    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))
+    return Compiled(engine, proto(addr), addr)
+
+
+def object_code(text: str) -> bytes:
+    """Relocatable object code for ahead-of-time use (position independent, small code model)."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                      opt=3, reloc="pic", codemodel="small")
+    mod = llvm.parse_assembly(text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    optimize(mod, tm)
+    return tm.emit_object(mod)
