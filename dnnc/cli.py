@@ -1,0 +1,256 @@
+"""The dnnc command: check, info, ir, run, compile.
+
+Every user error ends in one located line (FILE:LINE:COL: error: ...) and a non-zero exit:
+2 for a bad command line, 1 for anything else. No traceback reaches the user.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import DnncError, UsageError
+
+STAGES = ["ast", "graph", "te", "loops", "<passes>", "llvm", "llvm-opt", "asm"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UsageError(f"{message} (see 'dnnc {self.prog.split()[-1]} --help')"
+                         if " " in self.prog else f"{message} (see 'dnnc --help')")
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dnnc", description="A readable deep-learning compiler for CPUs.")
+    p.add_argument("--version", action="version", version=f"dnnc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="parse and check a network; print a summary")
+    c.add_argument("net")
+
+    i = sub.add_parser("info", help="per-layer table: shapes, parameters, memory, FLOPs")
+    i.add_argument("net")
+    i.add_argument("--batch", type=_positive, default=1)
+
+    r = sub.add_parser("ir", help="print a stage of the pipeline")
+    r.add_argument("net")
+    r.add_argument("--stage", default="loops",
+                   help="ast, graph, te, loops, a pass name, llvm, llvm-opt or asm (default loops)")
+    r.add_argument("--layer", help="only this layer (or binding)")
+    r.add_argument("--batch", type=_positive, default=1)
+
+    u = sub.add_parser("run", help="run the forward pass on inputs from .npy files")
+    u.add_argument("net")
+    u.add_argument("--weights", help="parameters (.npz); default: the declared initializers, seed 0")
+    u.add_argument("--input", action="append", required=True, metavar="[NAME=]X.npy",
+                   help="an input array of shape [N, ...] or one example; NAME= for networks with several")
+    u.add_argument("--output", metavar="[NAME=]Y.npy", action="append", help="write an output to .npy")
+    u.add_argument("--batch", type=_positive, default=64, help="examples per native call (default 64)")
+
+    o = sub.add_parser("compile", help="ahead-of-time object file and C header")
+    o.add_argument("net")
+    o.add_argument("-o", "--output", required=True, metavar="NAME.o")
+    o.add_argument("--batch", type=_positive, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+        if not args.command:
+            make_parser().print_help()
+            return 2
+        return COMMANDS[args.command](args) or 0
+    except DnncError as e:
+        print(e.render() if not isinstance(e, UsageError) else f"dnnc: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dnnc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _load(path: str):
+    from .api import load
+
+    if not Path(path).exists():
+        raise DnncError("no such file", path=path)
+    return load(Path(path))
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_check(args) -> int:
+    net = _load(args.net)
+    g = net.graph
+    params = sum(int(np.prod(s)) for s in net.params.values())
+    print(f"{args.net}: network {g.name}: ok")
+    for n, s in net.inputs.items():
+        print(f"  input  {n}: {list(s)}")
+    for n in g.labels:
+        print(f"  label  {n}: {g.classes[n]} classes")
+    print(f"  {len(g.layers)} layers, {len(g.params)} parameter tensors, {params:,} parameters")
+    for n, s in net.outputs.items():
+        print(f"  output {n}: {list(s)}")
+    if g.loss is not None:
+        print(f"  loss   {g.loss.op}({', '.join(g.loss.inputs)})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .footprint import table
+
+    net = _load(args.net)
+    print(f"network {net.name} (memory per example unless marked x{args.batch}; float32)")
+    print(table(net.graph, args.batch))
+    return 0
+
+
+def cmd_ir(args) -> int:
+    from . import passes
+    from .api import Model
+    from .codegen.llvm import emit, symbol
+    from .frontend import parser
+    from .ir import show_program
+    from .lower import lower_graph
+    from .runtime import jit
+    from .runtime.memory import plan
+
+    stage = args.stage
+    valid = ["ast", "graph", "te", "loops"] + passes.names() + ["llvm", "llvm-opt", "asm"]
+    if stage not in valid:
+        raise UsageError(f"unknown stage '{stage}' (stages: {', '.join(valid)})")
+    if stage == "ast":
+        from .frontend import _terminate_statements
+
+        text = Path(args.net).read_text() if Path(args.net).exists() else ""
+        net = _load(args.net)  # reports errors with locations
+        print(parser().parse(_terminate_statements(text)).pretty(), end="")
+        return 0
+    net = _load(args.net)
+    g = net.at_batch(args.batch)
+    layers = [l for l in g.layers if _match(l, args.layer)]
+    if args.layer and not layers:
+        raise UsageError(f"no layer '{args.layer}' (layers: {', '.join(l.name for l in g.layers)})")
+    if stage == "graph":
+        for l in layers:
+            shape = list(g.tensors[l.output].shape)
+            ins = ", ".join(f"{t}{list(g.tensors[t].shape)}" for t in l.inputs)
+            ps = "".join(f"\n    param {p}{list(g.tensors[p].shape)}" for p in l.params)
+            print(f"{l.name} = {l.op}({ins}) -> {l.output}{shape}{ps}")
+        return 0
+    if stage == "te":
+        for l in layers:
+            print(f"# {l.name}: {l.op}")
+            for s in l.inst.stmts:
+                print(s.show())
+        return 0
+    prog = lower_graph(g)
+    stages = dict(passes.run(prog))
+    if stage in stages:
+        print(show_program(stages[stage], args.layer and layers[0].name if len(layers) == 1 else None), end="")
+        return 0
+    final = list(stages.values())[-1]
+    offsets, _ = plan(final)
+    text = emit(final, offsets)
+    if stage == "llvm":
+        out = text
+    elif stage == "llvm-opt":
+        out = jit.optimized_ir(text)
+    else:
+        out = jit.assembly(text)
+    if args.layer:
+        out = "\n\n".join(_extract(out, "k_" + symbol(l.name), stage) for l in layers)
+    print(out)
+    return 0
+
+
+def _match(layer, name) -> bool:
+    return name is None or layer.name == name or layer.binding == name
+
+
+def _extract(text: str, sym: str, stage: str) -> str:
+    """One function's text from an LLVM module or an assembly listing."""
+    if stage == "asm":
+        m = re.search(rf"^{re.escape(sym)}:.*?(?=^\s*\.Lfunc_end|\Z)", text, re.S | re.M)
+    else:
+        m = re.search(rf'^define[^\n]*@"?{re.escape(sym)}"?\(.*?^\}}', text, re.S | re.M)
+    return m.group(0) if m else f"; {sym} was inlined or removed"
+
+
+def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for k, item in enumerate(items):
+        if "=" in item and item.split("=", 1)[0] in names:
+            n, path = item.split("=", 1)
+        elif len(items) == 1 and len(names) >= 1:
+            n, path = names[0], item
+        else:
+            raise UsageError(f"name each {what} as NAME=FILE (names: {', '.join(names)})")
+        out[n] = path
+    return out
+
+
+def cmd_run(args) -> int:
+    from .fileio import load_npy, load_weights, save_npy
+
+    net = _load(args.net)
+    paths = _parse_named(args.input, net.graph.inputs, "input")
+    missing = [n for n in net.graph.inputs if n not in paths]
+    if missing:
+        raise UsageError(f"missing --input for '{missing[0]}'")
+    outs = _parse_named(args.output, net.graph.outputs, "output") if args.output else {}
+    arrays = {n: load_npy(p) for n, p in paths.items()}
+    for n, a in arrays.items():
+        ex = net.inputs[n]
+        if tuple(a.shape) != ex and tuple(a.shape[1:]) != ex:
+            raise DnncError(f"input '{n}' must have shape [N, {', '.join(map(str, ex))}] or "
+                            f"[{', '.join(map(str, ex))}], got {list(a.shape)}", path=paths[n])
+    count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
+    model = net.compile(batch=min(args.batch, count))
+    if args.weights:
+        model.params.update_from(load_weights(args.weights, net.params))
+    t0 = time.perf_counter()
+    result = model.forward(**arrays)
+    dt = time.perf_counter() - t0
+    for n, y in result.items():
+        if n in outs:
+            save_npy(outs[n], y)
+            print(f"{n}: {list(y.shape)} -> {outs[n]}")
+        else:
+            print(f"{n}: {list(y.shape)}")
+            with np.printoptions(precision=4, suppress=True, threshold=60, edgeitems=3):
+                print(y)
+    print(f"{count} example(s) in {dt * 1e3:.2f} ms", file=sys.stderr)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .aot import compile_object
+
+    net = _load(args.net)
+    obj, header = compile_object(net, args.output, args.batch)
+    print(f"wrote {obj} and {header}")
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
+
+if __name__ == "__main__":
+    sys.exit(main())

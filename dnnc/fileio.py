@@ -1,0 +1,95 @@
+"""Files: atomic writes (temp file + rename) and safe reading of arrays and weights."""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DnncError
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write data to path so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    if path.is_dir():
+        raise DnncError("is a directory", path=str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise DnncError("the directory does not exist", path=str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_npy(path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write(path, buf.getvalue())
+
+
+def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def load_npy(path) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise DnncError("no such file", path=str(p))
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DnncError(f"not a readable .npy file ({e})", path=str(p)) from None
+    if isinstance(a, np.lib.npyio.NpzFile):
+        raise DnncError("is an .npz archive; --input takes one .npy array", path=str(p))
+    if not np.issubdtype(a.dtype, np.number):
+        raise DnncError(f"holds {a.dtype} values, not numbers", path=str(p))
+    return a
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if not p.exists():
+        raise DnncError("no such file", path=str(p))
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DnncError("not an .npz archive", path=str(p))
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DnncError(f"not a readable .npz file ({e})", path=str(p)) from None
+
+
+def load_weights(path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Parameters from an .npz, checked against the network's names and shapes."""
+    arrays = load_npz(path)
+    out = {}
+    for name, shape in expected.items():
+        if name not in arrays:
+            raise DnncError(f"missing parameter '{name}'", path=str(path))
+        a = arrays[name]
+        if tuple(a.shape) != tuple(shape):
+            raise DnncError(f"parameter '{name}' has shape {list(a.shape)}, the network needs {list(shape)}",
+                            path=str(path))
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise DnncError(f"parameter '{name}' must hold finite floating-point values", path=str(path))
+        out[name] = a
+    return out

@@ -1,0 +1,119 @@
+"""Per-layer footprint: output shape, parameters, weight and activation memory, FLOPs.
+
+Rows follow the reference lecture's VGG-16 table: one row per layer, an activation
+(one input, no parameters, same shape, no reduction) folded into the row of its producer,
+weights counted without biases and biases in their own column, memory in binary units.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .expr import Reduce
+from .graph import DTYPE_BYTES, Graph, Layer
+
+
+@dataclass
+class Row:
+    name: str
+    ops: list[str]
+    shape: tuple[int, ...]  # per example
+    weights: int  # parameter values other than biases
+    biases: int
+    out_values: int  # per example
+    flops: int  # per example
+
+
+def _is_activation(layer: Layer, g: Graph) -> bool:
+    """One input, no parameters, as many values out as in, no reduction (relu, flatten)."""
+    inst = layer.inst
+    return (len(layer.inputs) == 1 and not layer.params and len(inst.stmts) == 1
+            and math.prod(g.tensors[layer.inputs[0]].shape) == math.prod(g.tensors[layer.output].shape)
+            and not any(isinstance(x, Reduce) for x in inst.stmts[0].value.walk()))
+
+
+def rows(g: Graph) -> list[Row]:
+    out: list[Row] = []
+    for name in g.inputs:
+        shape = g.tensors[name].shape[1:]
+        out.append(Row(name, ["input"], shape, 0, 0, math.prod(shape), 0))
+    last_output = None
+    for layer in g.layers:
+        shape = g.tensors[layer.output].shape[1:]
+        flops = layer.inst.flops // g.batch
+        if _is_activation(layer, g) and out and layer.inputs[0] == last_output:
+            row = out[-1]
+            row.ops.append(layer.op)
+            row.flops += flops
+            if _binding_of(g, row.name) == layer.binding:
+                row.name = layer.binding
+            last_output = layer.output
+            continue
+        w = sum(math.prod(g.param_specs[p].shape) for p in layer.params if not p.endswith(".bias"))
+        b = sum(math.prod(g.param_specs[p].shape) for p in layer.params if p.endswith(".bias"))
+        out.append(Row(layer.name, [layer.op], shape, w, b, math.prod(shape), flops))
+        last_output = layer.output
+    return out
+
+
+def _binding_of(g: Graph, layer_name: str) -> str | None:
+    for layer in g.layers:
+        if layer.name == layer_name:
+            return layer.binding
+    return None
+
+
+def human_bytes(n: float) -> str:
+    """Binary units, three significant figures unless two decimals are exact (12.25 MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    if unit == "B":
+        return f"{int(n)} B"
+    if abs(n * 100 - round(n * 100)) < 1e-9:
+        text = f"{n:.2f}".rstrip("0").rstrip(".")
+    else:
+        text = f"{n:.3g}"
+    return f"{text} {unit}"
+
+
+def human_count(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if n < 1000 or unit == "T":
+            break
+        n /= 1000
+    return f"{n:.3g}{unit}" if unit else str(int(n))
+
+
+def table(g: Graph, batch: int = 1) -> str:
+    rs = rows(g)
+    head = ["layer", "op", "output", "neurons", "weights", "weight mem", "biases", "output/ex", f"output x{batch}",
+            "FLOPs/ex"]
+    body = []
+    for r in rs:
+        body.append([r.name, "+".join(r.ops), "x".join(map(str, r.shape)) or "1", f"{r.out_values:,}",
+                     f"{r.weights:,}" if r.weights else "", human_bytes(r.weights * DTYPE_BYTES) if r.weights else "",
+                     f"{r.biases:,}" if r.biases else "", human_bytes(r.out_values * DTYPE_BYTES),
+                     human_bytes(r.out_values * DTYPE_BYTES * batch), human_count(r.flops) if r.flops else ""])
+    tw = sum(r.weights for r in rs)
+    tb = sum(r.biases for r in rs)
+    to = sum(r.out_values for r in rs)
+    tf = sum(r.flops for r in rs)
+    body.append(["total", "", "", "", f"{tw:,}", human_bytes(tw * DTYPE_BYTES), f"{tb:,}",
+                 human_bytes(to * DTYPE_BYTES), human_bytes(to * DTYPE_BYTES * batch), human_count(tf)])
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+    right = {3, 4, 5, 6, 7, 8, 9}
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(b) for b in body[:-1]]
+    out += [line(["-" * w for w in widths]), line(body[-1])]
+    params = tw + tb
+    out.append("")
+    out.append(f"parameters: {params:,} ({human_bytes(params * DTYPE_BYTES)}); activations per example: "
+               f"{human_bytes(to * DTYPE_BYTES)}; forward FLOPs per example: {human_count(tf)}")
+    return "\n".join(out)
