@@ -9,14 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from . import graph as graphmod
-from .codegen.llvm import emit, symbol
 from .errors import DnncError
 from .frontend import Module, parse
 from .ir import Program
 from .lower import lower_graph
-from .passes import run as run_passes
-from .runtime import jit
-from .runtime.memory import plan
 
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 
@@ -146,30 +142,43 @@ class Params(MutableMapping):
 
 
 class Model:
-    """A network compiled for a batch size: preallocated buffers and one native entry point."""
+    """A network compiled for a batch size: preallocated buffers and native entry points.
+
+    The forward pass is compiled at once; the gradient program and the training step are
+    compiled on first use. All share the parameter buffers.
+    """
 
     def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32"):
-        t0 = time.perf_counter()
         self.network = net
         self.batch = batch
         self.dtype = dtype
         self.graph = net.at_batch(batch)
-        self.stages = run_passes(lower_graph(self.graph))
-        self.program = self.stages[-1][1]
-        self.offsets, ws = plan(self.program)
-        self.llvm_ir = emit(self.program, self.offsets, dtype)
-        t1 = time.perf_counter()
-        args = self.program.args
-        self.compiled = jit.jit(self.llvm_ir, symbol(self.program.name) + "_forward", len(args) + 1)
-        self.compile_seconds = {"front": t1 - t0, "llvm": time.perf_counter() - t1}
-        npd = NP_DTYPE[dtype]
-        self.buffers = {b.name: np.zeros(b.shape, npd) for b in args}
-        self.workspace = np.zeros(max(ws, 1), npd)
-        self.params = Params({n: self.buffers[n] for n in self.graph.params if n in self.buffers})
+        self.buffers: dict[str, np.ndarray] = {}
+        for n in self.graph.params:
+            self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
+        self.params = Params({n: self.buffers[n] for n in self.graph.params})
         for n, v in init_params(self.graph, seed).items():
-            if n in self.buffers:
-                self.buffers[n][...] = v
-        self._addrs = [self.buffers[b.name].ctypes.data for b in args] + [self.workspace.ctypes.data]
+            self.buffers[n][...] = v
+        self._exec: dict = {}
+        fwd = self.executable("forward")
+        self.compile_seconds = fwd.seconds
+        self.program = fwd.program
+        self.stages = fwd.stages
+        self.llvm_ir = fwd.llvm_ir
+
+    def executable(self, kind: str, optimizer=None):
+        """The compiled program `forward`, `grad` (loss and gradients) or `train` (one step)."""
+        key = (kind, optimizer)
+        if key not in self._exec:
+            from .runtime.executable import Executable
+            from .step import training_program
+
+            if kind == "forward":
+                prog = lower_graph(self.graph, dtype=self.dtype)
+            else:
+                prog = training_program(self.graph, optimizer if kind == "train" else None, self.dtype)
+            self._exec[key] = Executable(prog, self.buffers, self.dtype)
+        return self._exec[key]
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -181,7 +190,35 @@ class Model:
 
     def run_batch(self) -> None:
         """Run the compiled forward pass on the current buffers (one native call)."""
-        self.compiled.fn(*self._addrs)
+        self.executable("forward").run()
+
+    def _feed(self, arrays: dict, names) -> None:
+        for n in names:
+            if n not in arrays:
+                raise DnncError(f"missing '{n}' (needs: {', '.join(names)})")
+            a = np.asarray(arrays[n], dtype=NP_DTYPE[self.dtype])
+            want = self.graph.tensors[n].shape
+            if a.shape != want:
+                raise DnncError(f"'{n}' must have shape {list(want)} (the compiled batch), got {list(a.shape)}")
+            self.buffers[n][...] = a
+
+    def loss_and_grad(self, **inputs_and_labels) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss on one batch and its gradient for every parameter (keyed like params)."""
+        ex = self.executable("grad")
+        self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
+        ex.run()
+        grads = {n: self.buffers[n + ".grad"].copy() for n in self.graph.params if n + ".grad" in self.buffers}
+        return float(self.buffers["loss"]), grads
+
+    def train_step(self, optimizer, lr: float | None = None, step: int = 1, **inputs_and_labels) -> float:
+        """One step of training on one batch: forward, backward and update in one native call."""
+        from .optim import HYPER
+
+        ex = self.executable("train", optimizer)
+        self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
+        self.buffers[HYPER][...] = optimizer.hyper(step, optimizer.lr if lr is None else lr)
+        ex.run()
+        return float(self.buffers["loss"])
 
     def forward(self, **inputs) -> dict[str, np.ndarray]:
         """Outputs for any number of examples, run in chunks of the compiled batch size."""
@@ -207,9 +244,12 @@ class Model:
         outs = {n: np.empty((count,) + self.graph.tensors[n].shape[1:], NP_DTYPE[self.dtype])
                 for n in self.outputs}
         B = self.batch
+        fwd_args = {b.name for b in self.executable("forward").program.args}
         for start in range(0, count, B):
             stop = min(start + B, count)
             for n, a in arrays.items():
+                if n not in fwd_args:  # an input only the loss reads (an mse target)
+                    continue
                 self.buffers[n][: stop - start] = a[start:stop]
                 if stop - start < B:
                     self.buffers[n][stop - start:] = 0

@@ -222,6 +222,8 @@ def cmd_run(args) -> int:
         if tuple(a.shape) != ex and tuple(a.shape[1:]) != ex:
             raise DnncError(f"input '{n}' must have shape [N, {', '.join(map(str, ex))}] or "
                             f"[{', '.join(map(str, ex))}], got {list(a.shape)}", path=paths[n])
+        if a.size == 0:
+            raise DnncError(f"input '{n}' holds no examples (shape {list(a.shape)})", path=paths[n])
     count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
     model = net.compile(batch=min(args.batch, count))
     if args.weights:

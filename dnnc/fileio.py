@@ -54,25 +54,46 @@ def load_npy(path) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise DnncError("no such file", path=str(p))
+    _check_magic(p, (_NPY_MAGIC, _ZIP_MAGIC), "an .npy file")
     try:
         a = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DnncError(f"not a readable .npy file ({e})", path=str(p)) from None
     if isinstance(a, np.lib.npyio.NpzFile):
+        a.close()
         raise DnncError("is an .npz archive; --input takes one .npy array", path=str(p))
-    if not np.issubdtype(a.dtype, np.number):
-        raise DnncError(f"holds {a.dtype} values, not numbers", path=str(p))
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise DnncError(f"holds {a.dtype} values, not real numbers", path=str(p))
     return a
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_magic(p: Path, magics: tuple[bytes, ...], what: str) -> None:
+    """numpy reports a file of any other format as 'pickled data'; say what it really is not."""
+    if p.is_dir():
+        raise DnncError("is a directory", path=str(p))
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise DnncError(f"cannot read ({e.strerror})", path=str(p)) from None
+    if not any(head.startswith(m) for m in magics):
+        raise DnncError(f"not {what} (it does not start with the format's header)", path=str(p))
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
         raise DnncError("no such file", path=str(p))
+    _check_magic(p, (_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise DnncError("not an .npz archive", path=str(p))
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # an .npy array, not an archive
+            raise DnncError("is an .npy array, not an .npz archive of named parameters", path=str(p))
+        with z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DnncError(f"not a readable .npz file ({e})", path=str(p)) from None

@@ -158,14 +158,25 @@ def parser() -> lark.Lark:
 _TOKEN_TEXT = {
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
     "COMMA": "','", "SEMICOLON": "';'", "COLON": "':'", "EQUAL": "'='", "NAME": "a name",
-    "NUMBER": "a number", "INT": "an integer", "STRING": "a string", "__ANON_0": "'|>'",
+    "NUMBER": "a number", "INT": "an integer", "STRING": "a string",
     "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "PERCENT": "'%'",
     "CMP": "a comparison", "ELLIPSIS": "'...'", "TILDE": "'~'", "$END": "end of file",
 }
 
 
+def _token_text(name: str) -> str:
+    if name in _TOKEN_TEXT:
+        return _TOKEN_TEXT[name]
+    if name.startswith("__ANON"):  # an unnamed literal such as '->' or '|>'
+        for t in parser().terminals:
+            if t.name == name:
+                return repr(t.pattern.value)
+    return repr(name.lower()) if name.isupper() else name
+
+
 def _expected(names) -> str:
-    words = sorted({_TOKEN_TEXT.get(n, repr(n.lower()) if n.isupper() else n) for n in names})
+    # closing brackets first: at the end of a file they are what is missing
+    words = sorted({_token_text(n) for n in names}, key=lambda w: (w not in ("')'", "']'", "'}'"), w))
     if len(words) > 6:
         words = words[:6] + ["..."]
     return ", ".join(words)
@@ -213,7 +224,9 @@ def parse(text: str, file: str = "<string>") -> Module:
     try:
         tree = parser().parse(_terminate_statements(text))
     except lark.UnexpectedCharacters as e:
-        raise DnncError(f"unexpected character {text[e.pos_in_stream]!r}", loc_at(e.line, e.column)) from None
+        # e.pos_in_stream counts the ';' that _terminate_statements inserts; the column does not
+        ch = lines[e.line - 1][e.column - 1:e.column] if 0 < e.line <= len(lines) else ""
+        raise DnncError(f"unexpected character {ch!r}", loc_at(e.line, e.column)) from None
     except lark.UnexpectedEOF as e:
         line = max(len(lines), 1)
         raise DnncError(f"unexpected end of file; expected {_expected(e.expected)}",
@@ -224,7 +237,9 @@ def parse(text: str, file: str = "<string>") -> Module:
             line = max(len(lines), 1)
             raise DnncError(f"unexpected end of file; expected {_expected(e.expected)}",
                             loc_at(line, len(lines[-1]) + 1 if lines else 1)) from None
-        raise DnncError(f"unexpected {tok.value!r}; expected {_expected(e.expected)}",
+        src = lines[tok.line - 1] if 0 < tok.line <= len(lines) else ""
+        what = "end of line" if tok.type == "SEMICOLON" and src[tok.column - 1:tok.column] != ";" else repr(tok.value)
+        raise DnncError(f"unexpected {what}; expected {_expected(e.expected)}",
                         loc_at(tok.line, tok.column)) from None
     return _Builder(file, loc_at).module(tree)
 

@@ -15,27 +15,22 @@ from .graph import Graph
 from .ir import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store
 from .te import TStmt
 
-INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf")}
+INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "argmax": 0.0, "count": 0.0}
 
 
 def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
-                name: str | None = None) -> Program:
+                name: str | None = None, dtype: str = "f32") -> Program:
     """The forward program of g: every layer needed for `outputs` (default g.outputs)."""
+    from .step import needed_layers
+
     outputs = outputs or g.outputs
-    layers = list(g.layers) + ([g.loss] if with_loss and g.loss else [])
-    needed = set(outputs) | ({"loss"} if with_loss and g.loss else set())
-    keep = []
-    for layer in reversed(layers):
-        if layer.output in needed:
-            keep.append(layer)
-            needed |= set(layer.inputs)
-    keep.reverse()
+    keep = needed_layers(g, outputs, with_loss)
+    finals = set(outputs) | ({"loss"} if with_loss and g.loss else set())
     used = set()
     for layer in keep:
         used |= set(layer.inputs) | set(layer.params) | {layer.output}
         used |= {t for t, _ in layer.inst.temps}
     buffers = []
-    finals = set(outputs) | ({"loss"} if with_loss and g.loss else set())
     for t in g.tensors.values():
         if t.name not in used:
             continue
@@ -44,23 +39,47 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
             kind = "output"
         elif kind == "act":
             kind = "temp"
-        buffers.append(Buffer(t.name, t.shape, kind))
-    order = {"input": 0, "label": 1, "param": 2, "output": 3, "temp": 4}
-    buffers.sort(key=lambda b: order[b.kind])
-    kernels = []
+        buffers.append(Buffer(t.name, t.shape, kind, dtype))
+    groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
+    return lower_groups(name or g.name, buffers, groups)
+
+
+KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7}
+
+
+def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[TStmt]]]) -> Program:
+    """One kernel per named group of statements, over the given buffers (args first)."""
+    buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
     shapes = {b.name: b.shape for b in buffers}
-    for layer in keep:
+    kernels = []
+    for kname, stmts in groups:
         body: list[Stmt] = []
-        for st in layer.inst.stmts:
+        for st in stmts:
             body += lower_stmt(st, shapes)
-        kernels.append(Kernel(layer.name, tuple(body), layer.name))
-    return Program(name or g.name, tuple(buffers), tuple(kernels))
+        kernels.append(Kernel(kname, tuple(body), kname))
+    return Program(name, tuple(buffers), tuple(kernels))
 
 
 def lower_stmt(st: TStmt, shapes: dict[str, tuple[int, ...]]) -> list[Stmt]:
     ctx = _Ctx(shapes, {n: (0, x - 1) for n, x in st.axes})
     pre, value = ctx.value(st.value, {})
-    body: list[Stmt] = pre + [Store(st.tensor, tuple(Var(n) for n, _ in st.axes), value)]
+    target = st.target
+    if st.accumulate:
+        value = Binary("+", Load(st.tensor, target), value)
+    body: list[Stmt] = pre + [Store(st.tensor, target, value)]
+    if st.index is not None:
+        # a scatter: a term whose write or reads fall outside their tensors contributes nothing
+        guards = ctx.guards(Load(st.tensor, target), {}) + [
+            g for g in ctx.guards(st.value, {}) if g not in ctx.guards(Load(st.tensor, target), {})]
+        placed: dict[str | None, list[Expr]] = {}
+        names = [n for n, _ in st.axes]
+        for g in guards:
+            deep = [n for n in names if n in free_vars(g)]
+            placed.setdefault(deep[-1] if deep else None, []).append(g)
+        for n, x in reversed(st.axes):
+            body = _guard(placed.get(n, []), body)
+            body = [Loop(n, x, tuple(body))]
+        return _guard(placed.get(None, []), body)
     for n, x in reversed(st.axes):
         body = [Loop(n, x, tuple(body))]
     return body
@@ -104,8 +123,19 @@ class _Ctx:
         acc = self.fresh("acc")
         pre, body = self.value(e.body, facts)
         guards = self.guards(e.body, facts)
-        op = {"sum": "+", "mean": "+", "max": "max", "min": "min"}[e.op]
-        update: list[Stmt] = pre + [Set(acc, Binary(op, Scalar(acc), body))]
+        if e.op == "argmax":  # the first maximum in row-major order of the axes, as a number
+            val = self.fresh("v")
+            best = self.fresh("best")
+            flat: Expr = Const(0)
+            for n, x in e.axes:
+                flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
+            update: list[Stmt] = pre + [Let(val, body), If(Binary(">", Scalar(val), Scalar(best)), (
+                Set(best, Scalar(val)), Set(acc, affine.simplify(flat))))]
+        elif e.op == "count":  # how many terms have every read in range
+            update = pre + [Set(acc, Binary("+", Scalar(acc), Const(1.0)))]
+        else:
+            op = {"sum": "+", "mean": "+", "max": "max", "min": "min"}[e.op]
+            update = pre + [Set(acc, Binary(op, Scalar(acc), body))]
         counted = e.op == "mean" and guards
         cnt = self.fresh("cnt") if counted else None
         if cnt:
@@ -120,42 +150,50 @@ class _Ctx:
             nest = _guard(placed.get(n, []), nest)
             nest = [Loop(n, x, tuple(nest))]
         nest = _guard(placed.get(None, []), nest)
-        out: list[Stmt] = [Let(acc, Const(INIT[e.op]))] + ([Let(cnt, Const(0.0))] if cnt else []) + nest
+        out: list[Stmt] = [Let(acc, Const(INIT[e.op]))] + ([Let(cnt, Const(0.0))] if cnt else []) + (
+            [Let(best, Const(float("-inf")))] if e.op == "argmax" else []) + nest
         if e.op == "mean":
             denom = Scalar(cnt) if cnt else Const(float(math.prod(x for _, x in e.axes)))
             return out, Binary("/", Scalar(acc), denom)
         return out, Scalar(acc)
 
     def guards(self, body: Expr, facts: dict) -> list[Expr]:
-        """Conditions under which every read in body is in range (none if provably so)."""
-        out: list[Expr] = []
+        return read_guards(body, self.ranges, facts, self.shapes)
 
-        def visit(e, facts):
-            if isinstance(e, Reduce):
-                return  # an inner reduction guards its own reads
-            if isinstance(e, Select):
-                visit(e.cond, facts)
-                visit(e.a, affine.facts_from(e.cond, self.ranges, facts))
-                visit(e.b, affine.facts_from(e.cond, self.ranges, facts, negate=True))
-                return
-            if isinstance(e, Load):
-                shape = self.shapes[e.tensor]
-                for k, ix in enumerate(e.index):
-                    b = affine.bounds(ix, self.ranges, facts)
-                    lo, hi = b if b is not None else (-1, shape[k])
-                    if lo < 0:
-                        c = Binary(">=", ix, Const(0))
-                        if c not in out:
-                            out.append(c)
-                    if hi > shape[k] - 1:
-                        c = Binary("<", ix, Const(shape[k]))
-                        if c not in out:
-                            out.append(c)
-            for c in e.children():
-                visit(c, facts)
 
-        visit(body, facts)
-        return out
+def read_guards(body: Expr, ranges: dict, facts: dict, shapes: dict) -> list[Expr]:
+    """Conditions under which every read in body (outside inner reductions) is in range.
+
+    Only the comparisons that the ranges and facts do not already prove are returned.
+    """
+    out: list[Expr] = []
+
+    def visit(e, facts):
+        if isinstance(e, Reduce):
+            return  # an inner reduction guards its own reads
+        if isinstance(e, Select):
+            visit(e.cond, facts)
+            visit(e.a, affine.facts_from(e.cond, ranges, facts))
+            visit(e.b, affine.facts_from(e.cond, ranges, facts, negate=True))
+            return
+        if isinstance(e, Load):
+            shape = shapes[e.tensor]
+            for k, ix in enumerate(e.index):
+                b = affine.bounds(ix, ranges, facts)
+                lo, hi = b if b is not None else (-1, shape[k])
+                if lo < 0:
+                    c = Binary(">=", ix, Const(0))
+                    if c not in out:
+                        out.append(c)
+                if hi > shape[k] - 1:
+                    c = Binary("<", ix, Const(shape[k]))
+                    if c not in out:
+                        out.append(c)
+        for c in e.children():
+            visit(c, facts)
+
+    visit(body, facts)
+    return out
 
 
 def _guard(conds: list[Expr], body: list[Stmt]) -> list[Stmt]:

@@ -23,18 +23,30 @@ INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "z
 
 @dataclass(frozen=True)
 class TStmt:
-    """tensor[axes] = value, for every point of the domain given by axes ((name, extent), ...)."""
+    """tensor[axes] = value, for every point of the domain given by axes ((name, extent), ...).
+
+    Statements made by autodiff may also write a computed element (`index`, a scatter: a
+    write that falls outside the tensor is dropped, like a read outside it) and accumulate
+    (`+=`) instead of assigning.
+    """
 
     tensor: str
     axes: tuple[tuple[str, int], ...]
     value: Expr
     loc: Loc | None = None
+    index: tuple[Expr, ...] | None = None
+    accumulate: bool = False
+
+    @property
+    def target(self) -> tuple[Expr, ...]:
+        return self.index if self.index is not None else tuple(Var(n) for n, _ in self.axes)
 
     def show(self) -> str:
-        idx = ", ".join(n for n, _ in self.axes)
+        idx = ", ".join(show(i) for i in self.target)
         dom = ", ".join(f"{n} < {x}" for n, x in self.axes)
         head = f"{self.tensor}[{idx}]"
-        return f"{head} = {show(self.value)}" + (f"    for {dom}" if dom else "")
+        op = "+=" if self.accumulate else "="
+        return f"{head} {op} {show(self.value)}" + (f"    for {dom}" if dom else "")
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,19 @@ def instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names:
     `names` maps the op's input and output names to global tensor names; parameters and
     temporaries become `prefix.NAME`. Errors about the call are located at `call_loc`.
     """
+    try:
+        return _instantiate(op, in_shapes, attrs, names, prefix, call_loc)
+    except DnncError as e:
+        # An error inside an op from another file (the prelude, e.g. a division by stride=0)
+        # is shown at the user's call: that file is not the user's to read or fix.
+        if e.loc is not None and call_loc is not None and e.loc.file != call_loc.file:
+            msg = e.message if e.message.startswith(f"{op.name}: ") else f"{op.name}: {e.message}"
+            raise DnncError(msg, call_loc) from None
+        raise
+
+
+def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names: dict[str, str],
+                 prefix: str, call_loc: Loc) -> Instance:
     where = f"{op.name}: "
     env: dict = {}
     ellipsis: list[int] | None = None
@@ -414,7 +439,8 @@ def simplify_indices(stmt: TStmt) -> TStmt:
             return Load(e.tensor, tuple(affine.simplify_in(i, ranges) for i in e.index), e.loc)
         return None
 
-    return TStmt(stmt.tensor, stmt.axes, substitute(stmt.value, fix), stmt.loc)
+    index = None if stmt.index is None else tuple(affine.simplify_in(i, ranges) for i in stmt.index)
+    return TStmt(stmt.tensor, stmt.axes, substitute(stmt.value, fix), stmt.loc, index, stmt.accumulate)
 
 
 def count_flops(stmt: TStmt) -> int:

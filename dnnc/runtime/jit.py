@@ -72,7 +72,9 @@ class Compiled:
 def jit(text: str, entry: str, nargs: int) -> Compiled:
     with _lock:
         mod = optimize(parse(text))
-        engine = llvm.create_mcjit_compiler(mod, target_machine())
+        # the engine takes ownership of its target machine and frees it with itself: give it
+        # a new one, never the cached one (freed with the first model, then used after free)
+        engine = llvm.create_mcjit_compiler(mod, target_machine.__wrapped__())
         engine.finalize_object()
         addr = engine.get_function_address(entry)
     proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))

@@ -1,0 +1,109 @@
+"""The programs a network compiles to: forward; forward + loss + backward; a training step.
+
+Each is one Program of kernels (one per layer and stage), so one native call does the
+whole job and the memory planner shares storage across all of it by liveness.
+"""
+from __future__ import annotations
+
+from .autodiff import backward, grad_name, normalize
+from .errors import DnncError
+from .expr import Const
+from .graph import Graph, Layer
+from .ir import Buffer, Program
+from .lower import lower_groups
+from .optim import HYPER, HYPER_SIZE, Optimizer
+from .te import TStmt
+
+
+def needed_layers(g: Graph, outputs: tuple[str, ...], with_loss: bool) -> list[Layer]:
+    layers = list(g.layers) + ([g.loss] if with_loss and g.loss else [])
+    needed = set(outputs) | ({"loss"} if with_loss and g.loss else set())
+    keep = []
+    for layer in reversed(layers):
+        if layer.output in needed:
+            keep.append(layer)
+            needed |= set(layer.inputs)
+    keep.reverse()
+    return keep
+
+
+def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32",
+                     name: str | None = None) -> Program:
+    """Forward (with the values the backward needs saved), loss, backward and, with an
+    optimizer, the parameter update: d loss / d param lands in `param.grad`."""
+    if g.loss is None:
+        raise DnncError(f"network '{g.name}' has no loss; add one, e.g. loss softmax_cross_entropy(logits, label)")
+    layers = needed_layers(g, g.outputs, True)
+    shapes = {n: t.shape for n, t in g.tensors.items()}
+    kinds = {n: t.kind for n, t in g.tensors.items()}
+    groups: list[tuple[str, list[TStmt]]] = []
+    owner: dict[str, str] = {}
+    all_stmts: list[TStmt] = []
+    for layer in layers:
+        stmts, temps = normalize(list(layer.inst.stmts))
+        for t, s in temps:
+            shapes[t] = s
+            kinds[t] = "temp"
+        for st in stmts:
+            owner[st.tensor] = layer.name
+        groups.append((layer.name, stmts))
+        all_stmts += stmts
+    params = [p for p in g.params if any(p in layer.params for layer in layers)]
+    trainable = [p for p in params if p not in g.fixed]
+    adj, grads, unreached = backward(all_stmts, shapes, trainable, "loss")
+    seed = TStmt(grad_name("loss"), (), Const(1.0))
+    back: dict[str, list[TStmt]] = {}
+    order: list[str] = []
+    for st, stmts in adj:
+        lname = owner[st.tensor] + ".grad"
+        if lname not in back:
+            back[lname] = []
+            order.append(lname)
+        back[lname] += stmts
+    groups.append(("loss.grad.seed", [seed]))
+    groups += [(n, back[n]) for n in order]
+    for gname, s in grads:
+        shapes[gname] = s
+        base = gname[: -len(".grad")]
+        kinds[gname] = "grad" if base in params else "temp"
+    shapes[grad_name("loss")] = ()
+    kinds.setdefault(grad_name("loss"), "temp")
+    for p in unreached:  # a parameter the loss does not depend on: its gradient is zero
+        gname = grad_name(p)
+        shapes[gname] = shapes[p]
+        kinds[gname] = "grad"
+        groups.append((gname, [TStmt(gname, tuple((f"z{k}", x) for k, x in enumerate(shapes[p])), Const(0.0))]))
+    if optimizer is not None:
+        shapes[HYPER] = (HYPER_SIZE,)
+        kinds[HYPER] = "hyper"
+        for p in trainable:
+            for s in optimizer.state(p):
+                shapes[s] = shapes[p]
+                kinds[s] = "state"
+            groups.append((p + ".update", optimizer.stmts(p, shapes[p])))
+    finals = set(g.outputs) | {"loss"}
+    used = _used(groups)
+    rank = {p: k for k, p in enumerate(g.params)}
+    used.sort(key=lambda n: rank.get(n, -1))  # parameters in source order, the rest as first used
+    buffers = []
+    for n in used:
+        kind = kinds.get(n, "temp")
+        if n in finals:
+            kind = "output"
+        elif kind == "act":
+            kind = "temp"
+        buffers.append(Buffer(n, shapes[n], kind, dtype))
+    return lower_groups(name or g.name, buffers, groups)
+
+
+def _used(groups) -> list[str]:
+    from .expr import Load
+
+    seen: dict[str, None] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            for x in st.value.walk():
+                if isinstance(x, Load):
+                    seen.setdefault(x.tensor)
+            seen.setdefault(st.tensor)
+    return list(seen)
