@@ -45,10 +45,12 @@ class Network:
         self.graph = graphmod.build(module, 1, name)
         self.name = self.graph.name
 
-    def at_batch(self, batch: int) -> graphmod.Graph:
+    def at_batch(self, batch: int, training: bool = False) -> graphmod.Graph:
         if batch < 1:
             raise DnncError(f"batch must be at least 1, got {batch}")
-        return graphmod.build(self.module, batch, self.name) if batch != 1 else self.graph
+        if batch == 1 and not training:
+            return self.graph
+        return graphmod.build(self.module, batch, self.name, training)
 
     @property
     def layers(self):
@@ -159,6 +161,14 @@ class Model:
         self.params = Params({n: self.buffers[n] for n in self.graph.params})
         for n, v in init_params(self.graph, seed).items():
             self.buffers[n][...] = v
+        for n in self.graph.states:  # running statistics: constants from their declarations
+            spec = self.graph.state_specs[n]
+            self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
+                                      NP_DTYPE[dtype])
+        self.states = Params({n: self.buffers[n] for n in self.graph.states})
+        self.seed = seed
+        self.steps = 0  # training steps taken, for the random numbers of dropout
+        self._train_graph = None
         self._exec: dict = {}
         fwd = self.executable("forward")
         self.compile_seconds = fwd.seconds
@@ -167,16 +177,19 @@ class Model:
         self.llvm_ir = fwd.llvm_ir
 
     def executable(self, kind: str, optimizer=None):
-        """The compiled program `forward`, `grad` (loss and gradients) or `train` (one step)."""
+        """The compiled program `forward`, `loss` (forward and loss), `grad` (loss and
+        gradients) or `train` (one step with `optimizer`)."""
         key = (kind, optimizer)
         if key not in self._exec:
             from .runtime.executable import Executable
             from .step import training_program
 
-            if kind == "forward":
-                prog = lower_graph(self.graph, dtype=self.dtype)
+            if kind in ("forward", "loss"):
+                prog = lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype)
             else:
-                prog = training_program(self.graph, optimizer if kind == "train" else None, self.dtype)
+                if self._train_graph is None:
+                    self._train_graph = self.network.at_batch(self.batch, training=True)
+                prog = training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype)
             self._exec[key] = Executable(prog, self.buffers, self.dtype)
         return self._exec[key]
 
@@ -192,6 +205,13 @@ class Model:
         """Run the compiled forward pass on the current buffers (one native call)."""
         self.executable("forward").run()
 
+    def set_rng(self) -> None:
+        """The seed of this step's random numbers (dropout): a function of the seed and step."""
+        from .te import RNG_SEED
+
+        if RNG_SEED in self.buffers:
+            self.buffers[RNG_SEED][0] = (self.seed * 1000003 + self.steps) % (1 << 24)
+
     def _feed(self, arrays: dict, names) -> None:
         for n in names:
             if n not in arrays:
@@ -206,6 +226,7 @@ class Model:
         """The loss on one batch and its gradient for every parameter (keyed like params)."""
         ex = self.executable("grad")
         self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
+        self.set_rng()
         ex.run()
         grads = {n: self.buffers[n + ".grad"].copy() for n in self.graph.params if n + ".grad" in self.buffers}
         return float(self.buffers["loss"]), grads
@@ -217,6 +238,8 @@ class Model:
         ex = self.executable("train", optimizer)
         self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
         self.buffers[HYPER][...] = optimizer.hyper(step, optimizer.lr if lr is None else lr)
+        self.steps += 1
+        self.set_rng()
         ex.run()
         return float(self.buffers["loss"])
 

@@ -35,6 +35,26 @@ def _positive(text: str) -> int:
     return v
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return v
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dnnc", description="A readable deep-learning compiler for CPUs.")
     p.add_argument("--version", action="version", version=f"dnnc {__version__}")
@@ -61,6 +81,23 @@ def make_parser() -> argparse.ArgumentParser:
                    help="an input array of shape [N, ...] or one example; NAME= for networks with several")
     u.add_argument("--output", metavar="[NAME=]Y.npy", action="append", help="write an output to .npy")
     u.add_argument("--batch", type=_positive, default=64, help="examples per native call (default 64)")
+
+    t = sub.add_parser("train", help="train a network (default data: the embedded MNIST digits)")
+    t.add_argument("net")
+    t.add_argument("--data", help="a directory of IDX files or an .npz (x_train, y_train, x_test, y_test)")
+    t.add_argument("--epochs", type=_positive)
+    t.add_argument("--batch", type=_positive)
+    t.add_argument("--lr", type=_nonneg_float)
+    t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--out", metavar="CKPT.npz", help="checkpoint to write (default: NETWORK.npz)")
+    t.add_argument("--resume", metavar="CKPT.npz", help="continue the run saved in this checkpoint")
+
+    e = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix")
+    e.add_argument("net")
+    e.add_argument("--weights", required=True, metavar="CKPT.npz")
+    e.add_argument("--data")
+    e.add_argument("--batch", type=_positive, default=256)
 
     o = sub.add_parser("compile", help="ahead-of-time object file and C header")
     o.add_argument("net")
@@ -164,7 +201,7 @@ def cmd_ir(args) -> int:
     prog = lower_graph(g)
     stages = dict(passes.run(prog))
     if stage in stages:
-        print(show_program(stages[stage], args.layer and layers[0].name if len(layers) == 1 else None), end="")
+        print(show_program(stages[stage], args.layer), end="")
         return 0
     final = list(stages.values())[-1]
     offsets, _ = plan(final)
@@ -252,7 +289,41 @@ def cmd_compile(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
+def cmd_train(args) -> int:
+    from .train import train
+
+    net = _load(args.net)
+    for f in (args.data, args.resume):
+        if f and not Path(f).exists():
+            raise DnncError("no such file or directory", path=f)
+    try:
+        r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
+                  seed=args.seed, out=args.out, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
+          f"test loss {r.evaluation.loss:.4f}, {r.seconds:.1f} s in all; "
+          f"checkpoint {args.out or net.name + '.npz'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train import evaluate
+
+    net = _load(args.net)
+    ev = evaluate(net, args.weights, args.data, args.batch)
+    k = len(ev.per_class)
+    print(f"accuracy {100 * ev.accuracy:.2f}% on {ev.count} examples, mean loss {ev.loss:.4f}")
+    print("per class: " + "  ".join(f"{c}:{100 * a:.1f}%" for c, a in enumerate(ev.per_class) if a == a))
+    print("confusion (rows: true class, columns: predicted)")
+    w = max(len(str(int(ev.confusion.max()))), len(str(k - 1))) + 1
+    print(" " * 4 + "".join(str(c).rjust(w) for c in range(k)))
+    for c in range(k):
+        print(str(c).rjust(3) + " " + "".join(str(int(v)).rjust(w) for v in ev.confusion[c]))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -210,7 +210,7 @@ def show(e: Expr, prec: int = 0) -> str:
             return f"-{show(e.a, 6)}"
         return f"{e.op}({show(e.a)})"
     if isinstance(e, Binary):
-        if e.op in ("max", "min"):
+        if e.op in ("max", "min", "uniform"):
             return f"{e.op}({show(e.a)}, {show(e.b)})"
         p = _PREC[e.op]
         text = f"{show(e.a, p)} {e.op} {show(e.b, p + 1)}"

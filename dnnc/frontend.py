@@ -74,6 +74,8 @@ class OpDef:
     body: tuple[Assign, ...]
     requires: tuple[Expr, ...]
     loc: Loc
+    states: tuple[ParamDecl, ...] = ()
+    updates: tuple[Assign, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Setting:
 class Network:
     name: str
     inputs: tuple[tuple[str, tuple[int, ...], Loc], ...]
-    labels: tuple[tuple[str, int, Loc], ...]
+    labels: tuple[tuple[str, int | tuple[int, ...], Loc], ...]  # classes, or a target shape
     bindings: tuple[Binding, ...]
     outputs: tuple[tuple[str, Loc], ...]
     loss: tuple[Stage, ...] | None
@@ -182,14 +184,14 @@ def _expected(names) -> str:
     return ", ".join(words)
 
 
-_STMT_START = re.compile(r"\s*(param\b|require\b|\}|[A-Za-z_][\w.]*\s*\[[^\]\n]*\]\s*=(?!=))")
+_STMT_START = re.compile(r"\s*(param\b|state\b|update\b|require\b|\}|[A-Za-z_][\w.]*\s*\[[^\]\n]*\]\s*=(?!=))")
 
 
 def _terminate_statements(text: str) -> str:
     """Mark the end of each statement inside braces with ';'.
 
     A statement ends at a line break (outside parentheses and brackets) when the next line
-    starts a new statement: `param`, `require`, `}` or `name[...] =`. Any other line break
+    starts a new statement: `param`, `state`, `update`, `require`, `}` or `name[...] =`. Any other line break
     continues the statement, so long index expressions can span lines. The ';' goes at the
     end of the line, so no column moves.
     """
@@ -270,18 +272,22 @@ class _Builder:
         name, tlist, alist, out, *stmts = t.children
         inputs = tuple(self.tensor_decl(c) for c in tlist.children)
         attrs = tuple(self.attr_decl(c) for c in alist.children) if alist is not None else ()
-        params, body, requires = [], [], []
+        params, body, requires, states, updates = [], [], [], [], []
         for s in stmts:
             if not isinstance(s, lark.Tree):
                 continue
             if s.data == "param_decl":
                 params.append(self.param_decl(s))
+            elif s.data == "state_decl":
+                states.append(self.param_decl(s))
             elif s.data == "require":
                 requires.append(self.expr(s.children[0]))
+            elif s.data == "update":
+                updates.append(self.assign(s))
             else:
                 body.append(self.assign(s))
         return OpDef(str(name), inputs, attrs, self.tensor_decl(out), tuple(params), tuple(body),
-                     tuple(requires), self.loc(name))
+                     tuple(requires), self.loc(name), tuple(states), tuple(updates))
 
     def dims(self, dl) -> tuple:
         return () if dl is None else tuple(self.expr(d) for d in dl.children)
@@ -349,8 +355,11 @@ class _Builder:
                 n, *dims = s.children
                 inputs.append((str(n), tuple(int(d) for d in dims), self.loc(n)))
             elif k == "label_decl":
-                n, classes = s.children
-                labels.append((str(n), int(classes), self.loc(n)))
+                n, spec = s.children
+                if isinstance(spec, lark.Tree):  # real-valued targets of this shape per example
+                    labels.append((str(n), tuple(int(d) for d in spec.children), self.loc(n)))
+                else:  # class numbers 0..spec-1
+                    labels.append((str(n), int(spec), self.loc(n)))
             elif k == "binding":
                 n, pipe = s.children
                 bindings.append(Binding(str(n), self.pipeline(pipe), self.loc(n)))

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import DnncError, Loc
 from .frontend import ELLIPSIS, Binding, CallValue, Module, NameRef, Network, OpDef, Stage, parse
+from .expr import Load
 from .te import Instance, ParamSpec, instantiate
 
 DTYPE_BYTES = 4
@@ -58,8 +59,11 @@ class Graph:
     loss: Layer | None
     params: tuple[str, ...]  # in source order
     param_specs: dict[str, ParamSpec] = field(repr=False)
-    fixed: dict[str, np.ndarray] = field(repr=False)  # inline weights
-    settings: dict = field(repr=False)
+    states: tuple[str, ...] = ()  # persistent non-trainable tensors (running statistics)
+    state_specs: dict[str, ParamSpec] = field(default_factory=dict, repr=False)
+    training: bool = False
+    fixed: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # inline weights
+    settings: dict = field(default_factory=dict, repr=False)
 
 
 def op_table(module: Module) -> dict[str, OpDef]:
@@ -85,18 +89,22 @@ def pick_network(module: Module, name: str | None = None) -> Network:
                     path=module.file)
 
 
-def build(module: Module, batch: int = 1, network: str | None = None) -> Graph:
-    """Check a network and instantiate every layer for `batch` examples."""
+def build(module: Module, batch: int = 1, network: str | None = None, training: bool = False) -> Graph:
+    """Check a network and instantiate every layer for `batch` examples (in training mode,
+    ops such as dropout and batchnorm take their training behaviour)."""
     ops = op_table(module)
     net = pick_network(module, network)
-    b = _Builder(ops, batch)
+    b = _Builder(ops, batch, training)
     return b.network(net)
 
 
 class _Builder:
-    def __init__(self, ops: dict[str, OpDef], batch: int):
+    def __init__(self, ops: dict[str, OpDef], batch: int, training: bool = False):
         self.ops = ops
         self.batch = batch
+        self.training = training
+        self.states: list[str] = []
+        self.state_specs: dict[str, ParamSpec] = {}
         self.tensors: dict[str, Tensor] = {}
         self.bound_at: dict[str, Loc] = {}
         self.layers: list[Layer] = []
@@ -120,6 +128,12 @@ class _Builder:
             self.define(name, Tensor(name, (self.batch,) + shape, "input"), loc)
             inputs.append(name)
         for name, n, loc in net.labels:
+            if isinstance(n, tuple):  # real-valued targets, e.g. for mse
+                if any(d < 1 for d in n):
+                    raise DnncError(f"label '{name}' has a dimension below 1: {list(n)}", loc)
+                self.define(name, Tensor(name, (self.batch,) + n, "label"), loc)
+                labels.append(name)
+                continue
             if n < 1:
                 raise DnncError(f"label '{name}' needs at least one class, got {n}", loc)
             self.define(name, Tensor(name, (self.batch,), "label"), loc)
@@ -149,7 +163,8 @@ class _Builder:
         settings.update({f"schedule.{s.name}": (s.value, s.loc) for s in net.schedule})
         return Graph(net.name, self.batch, dict(self.tensors), tuple(self.layers), tuple(inputs),
                      tuple(labels), classes, tuple(outputs), loss, tuple(self.params),
-                     dict(self.param_specs), dict(self.fixed), settings)
+                     dict(self.param_specs), tuple(self.states), dict(self.state_specs), self.training,
+                     dict(self.fixed), settings)
 
     def tensor_ref(self, ref: NameRef) -> str:
         if ref.name in self.tensors and self.tensors[ref.name].kind != "param":
@@ -174,7 +189,7 @@ class _Builder:
             stages = stages[1:]
             if not stages:
                 raise DnncError("a binding needs an op: write y = relu(x) or y = x |> relu", bd.loc)
-        n_param_ops = sum(1 for s in stages if s.op in self.ops and self.ops[s.op].params)
+        n_param_ops = sum(1 for s in stages if s.op in self.ops and (self.ops[s.op].params or self.ops[s.op].states))
         counts: dict[str, int] = {}
         for k, st in enumerate(stages):
             if st.op not in self.ops:
@@ -247,7 +262,8 @@ class _Builder:
 
         names = {d.name: t for d, t in zip(op.inputs, tensor_inputs)}
         names[op.output.name] = out
-        inst = instantiate(op, shapes, attrs, names, pprefix if op.params else lname, st.loc)
+        inst = instantiate(op, shapes, attrs, names, pprefix if op.params or op.states else lname, st.loc,
+                           self.training)
         params = []
         for p in inst.params:
             gname = f"{pprefix}.{p.name}"
@@ -259,8 +275,20 @@ class _Builder:
             params.append(gname)
             if p.name in fixed:
                 self.fixed[gname] = self.inline_weights(op, p, *fixed[p.name])
+        for p in inst.states:
+            gname = f"{pprefix}.{p.name}"
+            if gname in self.tensors:
+                raise DnncError(f"state name '{gname}' is taken; use separate bindings", st.loc)
+            self.tensors[gname] = Tensor(gname, p.shape, "state")
+            self.states.append(gname)
+            self.state_specs[gname] = p
         for t, shape in inst.temps:
             self.tensors[t] = Tensor(t, shape, "temp")
+        from .te import RNG_SEED
+
+        if RNG_SEED not in self.tensors and any(
+                isinstance(x, Load) and x.tensor == RNG_SEED for s in inst.stmts + inst.updates for x in s.value.walk()):
+            self.tensors[RNG_SEED] = Tensor(RNG_SEED, (1,), "hyper")
         self.define(out, Tensor(out, inst.out_shape, "act"), st.loc if out != bd.name else bd.loc)
         self.layers.append(Layer(lname, op.name, bd.name, tuple(tensor_inputs), out, tuple(params), inst, st.loc))  # type: ignore[arg-type]
         return out

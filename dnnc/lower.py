@@ -28,8 +28,9 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
     finals = set(outputs) | ({"loss"} if with_loss and g.loss else set())
     used = set()
     for layer in keep:
-        used |= set(layer.inputs) | set(layer.params) | {layer.output}
-        used |= {t for t, _ in layer.inst.temps}
+        for st in layer.inst.stmts:
+            used.add(st.tensor)
+            used |= {x.tensor for x in st.value.walk() if isinstance(x, Load)}
     buffers = []
     for t in g.tensors.values():
         if t.name not in used:

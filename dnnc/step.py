@@ -48,6 +48,9 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
             owner[st.tensor] = layer.name
         groups.append((layer.name, stmts))
         all_stmts += stmts
+    for layer in layers:  # running statistics, after the forward pass that computes them
+        if layer.inst.updates:
+            groups.append((layer.name + ".state", list(layer.inst.updates)))
     params = [p for p in g.params if any(p in layer.params for layer in layers)]
     trainable = [p for p in params if p not in g.fixed]
     adj, grads, unreached = backward(all_stmts, shapes, trainable, "loss")

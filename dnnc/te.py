@@ -9,6 +9,7 @@ in the op's source, for anything a user can get wrong.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 from . import affine
@@ -65,6 +66,8 @@ class Instance:
     temps: tuple[tuple[str, tuple[int, ...]], ...]
     stmts: tuple[TStmt, ...]
     flops: int
+    states: tuple[ParamSpec, ...] = ()
+    updates: tuple[TStmt, ...] = ()  # training only: state updates after the forward pass
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -115,15 +118,18 @@ def _fmt_shape(shape) -> str:
 
 # ----------------------------------------------------------------------------- instantiate
 
+RNG_SEED = "rng.seed"  # a one-element buffer the training loop sets before every step
+
+
 def instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names: dict[str, str],
-                prefix: str, call_loc: Loc) -> Instance:
+                prefix: str, call_loc: Loc, training: bool = False) -> Instance:
     """Instantiate `op` for inputs of `in_shapes` with attribute values `attrs`.
 
     `names` maps the op's input and output names to global tensor names; parameters and
     temporaries become `prefix.NAME`. Errors about the call are located at `call_loc`.
     """
     try:
-        return _instantiate(op, in_shapes, attrs, names, prefix, call_loc)
+        return _instantiate(op, in_shapes, attrs, names, prefix, call_loc, training)
     except DnncError as e:
         # An error inside an op from another file (the prelude, e.g. a division by stride=0)
         # is shown at the user's call: that file is not the user's to read or fix.
@@ -134,7 +140,7 @@ def instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names:
 
 
 def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names: dict[str, str],
-                 prefix: str, call_loc: Loc) -> Instance:
+                 prefix: str, call_loc: Loc, training: bool = False) -> Instance:
     where = f"{op.name}: "
     env: dict = {}
     ellipsis: list[int] | None = None
@@ -168,6 +174,7 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
                                     f"expected {show(d)} = {expect} (shape {_fmt_shape(shape)})", call_loc)
             k += 1
     sizes = dict(env)
+    env["training"] = 1 if training else 0  # ops may behave differently in training (dropout)
 
     # 2. attributes: given values, then defaults in order
     known = {a.name for a in op.attrs}
@@ -222,23 +229,36 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
             raise DnncError(f"unknown initializer '{p.init[1]}' (known: {', '.join(INITIALIZERS)})", p.loc)
         params.append(ParamSpec(p.name, shape, p.init, p.loc))
 
+    states = []
+    for p in op.states:
+        shape = tuple(evaluate(d, env, p.loc) for d in p.dims)
+        if any(not isinstance(s, int) or s < 1 for s in shape):
+            raise DnncError(f"{where}state '{p.name}' would have shape {_fmt_shape(shape)}", call_loc)
+        states.append(ParamSpec(p.name, shape, p.init, p.loc))
+
     # 5. statements
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
     for decl, shape in zip(op.inputs, in_shapes):
         tensors[decl.name] = (names[decl.name], tuple(shape))
-    for p in params:
+    for p in params + states:
         tensors[p.name] = (f"{prefix}.{p.name}", p.shape)
+    tensors[" rng"] = (RNG_SEED, (1,))  # not a name a user can write
     out_name = op.output.name
     written: set[str] = set()
     temps = []
     stmts = []
     r = _Resolver(op, env, tensors, ellipsis or [])
+    r.salt = zlib.crc32(prefix.encode()) & 0xFFFF
+    fixed_names = {d.name for d in op.inputs} | {p.name for p in params} | {p.name for p in states}
     for st in op.body:
-        if st.name in tensors and st.name != out_name and st.name in {d.name for d in op.inputs} | {p.name for p in params}:
-            raise DnncError(f"{where}cannot assign to input or parameter '{st.name}'", st.loc)
+        if st.name in fixed_names:
+            raise DnncError(f"{where}cannot assign to input, parameter or state '{st.name}'"
+                            + ("; state changes with `update`" if st.name in {p.name for p in states} else ""),
+                            st.loc)
         if st.name in written:
             raise DnncError(f"{where}tensor '{st.name}' is assigned twice", st.loc)
         lhs = r.lhs_vars(st)
+        r.lhs_extents = list(zip(lhs, out_shape)) if st.name == out_name and len(lhs) == len(out_shape) else None
         value = r.resolve(st.value, {v: None for v in lhs})
         if is_bool(value):
             raise DnncError(f"{where}the value of '{st.name}' is a condition, not a number; use select(...)", st.loc)
@@ -258,8 +278,22 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
         stmts.append(stmt)
     if out_name not in written:
         raise DnncError(f"{where}the output '{out_name}' is never assigned", op.output.loc)
+    updates = []
+    for st in op.updates:
+        if st.name not in {p.name for p in states}:
+            raise DnncError(f"{where}`update` changes a state tensor; '{st.name}' is not one", st.loc)
+        lhs = r.lhs_vars(st)
+        shape = tensors[st.name][1]
+        if len(lhs) != len(shape):
+            raise DnncError(f"{where}'{st.name}' has rank {len(shape)} but is indexed with {len(lhs)} indices", st.loc)
+        r.lhs_extents = None
+        value = r.resolve(st.value, {v: None for v in lhs})
+        stmt = simplify_indices(TStmt(tensors[st.name][0], tuple(zip(lhs, shape)), value, st.loc))
+        check_bounds(stmt, {n: s for n, s in tensors.values()})
+        if training:
+            updates.append(stmt)
     return Instance(op.name, out_shape, tuple(params), tuple(temps), tuple(stmts),
-                    sum(count_flops(s) for s in stmts))
+                    sum(count_flops(s) for s in stmts), tuple(states), tuple(updates))
 
 
 class _Resolver:
@@ -268,6 +302,8 @@ class _Resolver:
     def __init__(self, op: OpDef, env: dict, tensors: dict, ellipsis: list[int]):
         self.op, self.env, self.tensors = op, env, tensors
         self.ell_vars = [f"_{k}" for k in range(len(ellipsis))]
+        self.lhs_extents: list | None = None
+        self.salt = 0
 
     def lhs_vars(self, st) -> list[str]:
         out = []
@@ -351,7 +387,12 @@ class _Resolver:
             body = self.resolve(e.body, inner)
             done = tuple((n, b if b is not None else self.infer_extent(n, body, loc)) for n, b in axes)
             return Reduce(e.fn, done, body, loc)
+        if e.fn == "uniform" and not e.args:
+            return self.uniform(loc)
         args = [self.resolve(a, scope) for a in e.args]
+        if e.fn == "select" and len(args) == 3 and not any(
+                isinstance(x, (Var, Load)) for x in args[0].walk()):
+            return args[1] if evaluate(args[0], {}, loc) else args[2]  # a constant condition
         if e.fn in UNARY_FUNCS and len(args) == 1:
             return Unary(e.fn, args[0], loc)
         if e.fn in ("max", "min") and len(args) == 2:
@@ -362,10 +403,22 @@ class _Resolver:
             return Select(args[0], args[1], args[2], loc)
         if e.fn in REDUCE and e.fn not in ("max", "min"):
             raise DnncError(f"{e.fn}(...) needs a body: {e.fn}(i) x[i]", loc)
-        known = UNARY_FUNCS + ("max", "min", "select")
+        known = UNARY_FUNCS + ("max", "min", "select", "uniform")
         if e.fn in known:
             raise DnncError(f"wrong number of arguments to '{e.fn}'", loc)
         raise DnncError(f"unknown function '{e.fn}' (known: {', '.join(known)})", loc)
+
+    def uniform(self, loc) -> Expr:
+        """A pseudo-random number in [0, 1) per element of the output and per training step:
+        a hash of the step's seed, the element's position and the layer (so the backward
+        pass recomputes the same numbers instead of storing them)."""
+        if self.lhs_extents is None:
+            raise DnncError("uniform() is allowed only in the statement that writes the op's output", loc)
+        flat: Expr = Const(0)
+        for n, x in self.lhs_extents:
+            flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
+        flat = affine.simplify(Binary("+", flat, Const(self.salt << 40)))
+        return Binary("uniform", Load(RNG_SEED, (Const(0),), loc), flat, loc)
 
     def infer_extent(self, name: str, body: Expr, loc) -> int:
         """The range of index `name`: the size of a dimension it indexes directly."""

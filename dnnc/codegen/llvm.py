@@ -278,6 +278,8 @@ class _KernelEmitter:
             if e.op == "sigmoid":
                 ex = b.call(self.m.declare_intrinsic("llvm.exp", [ft]), [b.fneg(x)])
                 return b.fdiv(ir.Constant(ft, 1.0), b.fadd(ir.Constant(ft, 1.0), ex))
+        if isinstance(e, Binary) and e.op == "uniform":
+            return self.uniform(b.fptosi(self.float(e.a), I64), self.int(e.b))
         if isinstance(e, Binary):
             x, y = self.float(e.a), self.float(e.b)
             op = e.op
@@ -294,6 +296,21 @@ class _KernelEmitter:
             if op == "min":
                 return b.select(b.fcmp_ordered("<", y, x), y, x)
         raise TypeError(f"cannot emit {e!r}")
+
+    def uniform(self, seed: ir.Value, index: ir.Value) -> ir.Value:
+        """splitmix64(seed * golden + index) -> its top 24 bits / 2**24, in [0, 1)."""
+        b = self.b
+
+        def k(v):
+            return ir.Constant(I64, v - (1 << 64) if v >= 1 << 63 else v)
+
+        z = b.add(b.mul(seed, k(0x9E3779B97F4A7C15)), index)
+        z = b.add(z, k(0x9E3779B97F4A7C15))
+        z = b.mul(b.xor(z, b.lshr(z, k(30))), k(0xBF58476D1CE4E5B9))
+        z = b.mul(b.xor(z, b.lshr(z, k(27))), k(0x94D049BB133111EB))
+        z = b.xor(z, b.lshr(z, k(31)))
+        top = b.uitofp(b.lshr(z, k(40)), self.ft)
+        return b.fmul(top, ir.Constant(self.ft, 1.0 / (1 << 24)))
 
     def _libm(self, name: str):
         if name in self.m.globals:

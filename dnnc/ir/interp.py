@@ -77,6 +77,8 @@ def _eval(e: Expr, env, regs, bufs):
             return a or _eval(e.b, env, regs, bufs)
         b = _eval(e.b, env, regs, bufs)
         op = e.op
+        if op == "uniform":
+            return uniform(int(a), int(b))
         if op == "/":
             return a // b if isinstance(a, int) and isinstance(b, int) else a / b
         if op == "max":  # like the compiled code: the first operand unless the second is greater
@@ -90,3 +92,15 @@ def _eval(e: Expr, env, regs, bufs):
 _BIN = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "%": lambda a, b: a % b,
         "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
         ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+M64 = (1 << 64) - 1
+
+
+def uniform(seed: int, index: int) -> float:
+    """The generated code's random numbers: splitmix64, top 24 bits, in [0, 1)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    z ^= z >> 31
+    return (z >> 40) / float(1 << 24)

@@ -3,7 +3,8 @@
 It proves, by interval analysis over loop ranges and enclosing guards, that every load and
 store is in bounds; that every register is declared before use; that every temporary buffer
 is written before it is read; and that no two iterations of a parallel loop store to the
-same element (each store's index must depend on the parallel variable).
+same element (each store's index must depend on the parallel variable), and that no register
+declared outside a parallel loop is updated inside it (the iterations would race on it).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def verify(p: Program) -> Program:
 class _Checker:
     def __init__(self, kernel, shapes, kinds, written):
         self.kernel, self.shapes, self.kinds, self.written = kernel, shapes, kinds, written
+        self.outer_regs: dict[str, set] = {}  # parallel loop variable -> registers declared outside it
 
     def fail(self, msg: str):
         raise VerifyError(f"kernel {self.kernel}: {msg}")
@@ -47,6 +49,8 @@ class _Checker:
                 self.fail(f"loop variable {s.var} is already bound")
             inner = dict(ranges)
             inner[s.var] = (0, s.extent - 1)
+            if s.kind == "parallel":
+                self.outer_regs[s.var] = set(regs)
             self.block(s.body, inner, facts, regs, parallel + ([s.var] if s.kind == "parallel" else []))
         elif isinstance(s, If):
             self.expr(s.cond, ranges, facts, regs)
@@ -65,6 +69,10 @@ class _Checker:
         elif isinstance(s, Set):
             if s.name not in regs:
                 self.fail(f"register {s.name} is set before it is declared")
+            for v in parallel:
+                if s.name in self.outer_regs[v]:
+                    self.fail(f"register {s.name} is declared outside parallel loop {v} and updated in it: "
+                              f"iterations race")
             self.expr(s.value, ranges, facts, regs)
         else:
             self.fail(f"unknown statement {s!r}")

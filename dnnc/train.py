@@ -1,0 +1,345 @@
+"""Training and evaluation: Python feeds batches; each step is one native call.
+
+The training settings come from the network's `train { }` block, overridden by arguments.
+Checkpoints hold parameters, optimizer state and everything needed to resume exactly
+(epoch, step, seed, normalization); they are written atomically at every epoch end and on
+Ctrl-C. Shuffling is a function of (seed, epoch), so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from . import data as datamod
+from .api import Model, Network
+from .errors import DnncError
+from .fileio import load_npz, save_npz
+from .frontend import CallValue, NameRef
+from .optim import Optimizer, lr_at
+
+META = "__meta__"
+STATE = "state:"
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class Settings:
+    optimizer: Optimizer = Optimizer("sgd", 0.01, 0.9)
+    schedule: str = "constant"
+    step_size: int = 0
+    gamma: float = 0.1
+    batch: int = 64
+    epochs: int = 10
+
+
+def settings_from(net: Network, **overrides) -> Settings:
+    """The train { } block of the network, then the given overrides (None means not given)."""
+    s = Settings()
+    opt = s.optimizer
+    for name, (value, loc) in net.graph.settings.items():
+        if name.startswith("schedule."):
+            continue
+        if name == "optimizer":
+            opt = _optimizer(value, loc)
+        elif name == "schedule":
+            if isinstance(value, NameRef):
+                s = replace(s, schedule=_schedule_name(value.name, loc))
+            elif isinstance(value, CallValue):
+                kw = _kwargs(value, {"size": int, "gamma": float}, loc)
+                s = replace(s, schedule=_schedule_name(value.name, loc), step_size=kw.get("size", 0),
+                            gamma=kw.get("gamma", 0.1))
+            else:
+                raise DnncError(f"schedule is one of {', '.join(SCHEDULES)}", loc)
+        elif name in ("batch", "epochs"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DnncError(f"{name} must be a whole number of at least 1, got {value!r}", loc)
+            s = replace(s, **{name: value})
+        elif name == "lr":
+            opt = replace(opt, lr=_number(value, "lr", loc))
+        else:
+            raise DnncError(f"unknown training setting '{name}' (settings: optimizer, schedule, batch, epochs, lr)",
+                            loc)
+    if overrides.get("optimizer"):
+        kind = overrides["optimizer"]
+        if kind != opt.kind:
+            opt = Optimizer(kind, opt.lr if kind == "sgd" else 0.001, 0.9 if kind == "sgd" else 0.0)
+    if overrides.get("lr") is not None:
+        opt = replace(opt, lr=overrides["lr"])
+    s = replace(s, optimizer=opt)
+    for k in ("batch", "epochs"):
+        if overrides.get(k) is not None:
+            s = replace(s, **{k: overrides[k]})
+    return s
+
+
+def _schedule_name(name, loc):
+    if name not in SCHEDULES:
+        raise DnncError(f"unknown schedule '{name}' (schedules: {', '.join(SCHEDULES)})", loc)
+    return name
+
+
+def _number(v, what, loc) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise DnncError(f"{what} must be a non-negative number, got {v!r}", loc)
+    return float(v)
+
+
+def _kwargs(call: CallValue, allowed: dict, loc) -> dict:
+    out = {}
+    for a in call.args:
+        if a.key is None or a.key not in allowed:
+            raise DnncError(f"{call.name}(...) takes {', '.join(k + '=' for k in allowed)}", a.loc)
+        conv = allowed[a.key]
+        if conv is bool:
+            out[a.key] = bool(a.value)
+        elif conv is int:
+            if not isinstance(a.value, int) or a.value < 1:
+                raise DnncError(f"{a.key} must be a whole number of at least 1", a.loc)
+            out[a.key] = a.value
+        else:
+            out[a.key] = _number(a.value, a.key, a.loc)
+    return out
+
+
+def _optimizer(value, loc) -> Optimizer:
+    name = value.name if isinstance(value, (NameRef, CallValue)) else None
+    if name == "sgd":
+        kw = _kwargs(value, {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}, loc) \
+            if isinstance(value, CallValue) else {}
+        return Optimizer("sgd", kw.get("lr", 0.01), kw.get("momentum", 0.0), kw.get("nesterov", False),
+                         kw.get("weight_decay", 0.0))
+    if name == "adam":
+        kw = _kwargs(value, {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float},
+                     loc) if isinstance(value, CallValue) else {}
+        return Optimizer("adam", kw.get("lr", 0.001), 0.0, False, kw.get("weight_decay", 0.0),
+                         kw.get("beta1", 0.9), kw.get("beta2", 0.999), kw.get("eps", 1e-8))
+    raise DnncError("optimizer is sgd(lr=..., momentum=..., nesterov=..., weight_decay=...) or "
+                    "adam(lr=..., beta1=..., beta2=..., eps=..., weight_decay=...)", loc)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # completed steps of the current epoch
+    global_step: int = 0
+    loss_sum: float = 0.0  # of the current epoch's steps
+    history: list = field(default_factory=list)
+
+
+def save_checkpoint(path, model: Model, s: Settings, seed: int, norm, progress: Progress) -> None:
+    arrays = {n: model.params[n] for n in model.params}
+    for p in model.params:
+        for st in s.optimizer.state(p):
+            if st in model.buffers:
+                arrays[STATE + st] = model.buffers[st]
+    meta = {"format": "dnnc-checkpoint", "version": 1, "network": model.graph.name, "seed": seed,
+            "normalization": list(norm), "settings": {**asdict(s), "optimizer": asdict(s.optimizer)},
+            "progress": asdict(progress)}
+    arrays[META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    save_npz(path, arrays)
+
+
+def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
+    """(parameters, optimizer state, meta or None) from an .npz, checked against the network."""
+    arrays = load_npz(path)
+    meta = None
+    if META in arrays:
+        try:
+            meta = json.loads(bytes(arrays[META].astype(np.uint8)).decode())
+            assert meta.get("format") == "dnnc-checkpoint"
+        except (ValueError, AssertionError, UnicodeDecodeError):
+            raise DnncError("corrupt checkpoint metadata", path=str(path)) from None
+    params = {}
+    for name, shape in net.params.items():
+        if name not in arrays:
+            raise DnncError(f"missing parameter '{name}'", path=str(path))
+        a = arrays[name]
+        if tuple(a.shape) != tuple(shape):
+            raise DnncError(f"parameter '{name}' has shape {list(a.shape)}, the network needs {list(shape)}",
+                            path=str(path))
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise DnncError(f"parameter '{name}' must hold finite floating-point values", path=str(path))
+        params[name] = a
+    state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
+    return params, state, meta
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    per_class: np.ndarray
+    confusion: np.ndarray  # [true class, predicted class]
+    count: int
+
+
+class Evaluator:
+    """Loss and accuracy over a whole data set: full batches, then one program for the rest."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._tail: dict[int, Model] = {}
+
+    def _model_for(self, n: int) -> Model:
+        if n == self.model.batch:
+            return self.model
+        if n not in self._tail:
+            self._tail[n] = self.model.network.compile(batch=n, dtype=self.model.dtype)
+        m = self._tail[n]
+        m.params.update_from(self.model.params)
+        return m
+
+    def run(self, x: np.ndarray, y: np.ndarray, classes: int) -> Evaluation:
+        g = self.model.graph
+        inp, lab, out = g.inputs[0], g.labels[0], g.outputs[0]
+        B = self.model.batch
+        total_loss = 0.0
+        conf = np.zeros((classes, classes), dtype=np.int64)
+        for start in range(0, len(x), B):
+            stop = min(start + B, len(x))
+            m = self._model_for(stop - start)
+            ex = m.executable("loss")
+            m.buffers[inp][...] = x[start:stop]
+            m.buffers[lab][...] = y[start:stop]
+            ex.run()
+            total_loss += float(m.buffers["loss"]) * (stop - start)
+            pred = m.buffers[out].reshape(stop - start, -1).argmax(axis=1)
+            np.add.at(conf, (y[start:stop], pred), 1)
+        n = max(len(x), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = np.diag(conf) / conf.sum(axis=1)
+        return Evaluation(total_loss / n, float(np.trace(conf)) / n, per, conf, len(x))
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class Result:
+    model: Model
+    settings: Settings
+    evaluation: Evaluation
+    seconds: float
+    history: list
+
+
+def _bar(done: int, total: int, t0: float, stream) -> None:
+    width = 30
+    k = int(width * done / max(total, 1))
+    rate = done / max(time.perf_counter() - t0, 1e-9)
+    stream.write(f"\r  [{'#' * k}{'.' * (width - k)}] {done}/{total} batches  {rate:.1f}/s ")
+    stream.flush()
+
+
+def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
+          lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
+          resume: str | None = None, log=print, progress: bool | None = None) -> Result:
+    """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch."""
+    t_start = time.perf_counter()
+    g = net.graph
+    if g.loss is None:
+        raise DnncError(f"network '{g.name}' has no loss to train (add: loss softmax_cross_entropy(logits, label))")
+    if len(g.inputs) != 1 or len(g.labels) != 1:
+        raise DnncError("dnnc train feeds networks with one input and one label")
+    s = settings_from(net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer)
+    ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
+    prog = Progress()
+    norm = datamod.normalization(ds.x_train)
+    model = net.compile(batch=s.batch, seed=seed)
+    if resume:
+        params, state, meta = read_checkpoint(resume, net)
+        if meta is None:
+            raise DnncError("holds parameters only, not a training state to resume", path=resume)
+        model.params.update_from(params)
+        seed = meta["seed"]
+        norm = tuple(meta["normalization"])
+        prog = Progress(**meta["progress"])
+        saved = meta["settings"]
+        s = replace(s, batch=saved["batch"], schedule=saved["schedule"], step_size=saved["step_size"],
+                    gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
+                    epochs=epochs if epochs is not None else saved["epochs"])
+        if model.batch != s.batch:
+            model = net.compile(batch=s.batch, seed=seed)
+            model.params.update_from(params)
+        model.executable("train", s.optimizer)
+        for k, v in state.items():
+            if k in model.buffers and model.buffers[k].shape == v.shape:
+                model.buffers[k][...] = v
+    mean, std = norm
+    xt = (ds.x_train - mean) / std
+    xs = (ds.x_test - mean) / std
+    yt = ds.y_train.astype(np.float32)
+    inp, lab = g.inputs[0], g.labels[0]
+    classes = g.classes[lab]
+    ex = model.executable("train", s.optimizer)
+    evaluator = Evaluator(model)
+    steps = len(xt) // s.batch
+    if steps == 0:
+        raise DnncError(f"the batch ({s.batch}) is larger than the training set ({len(xt)} examples)")
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    out = out or f"{g.name}.npz"
+    from .optim import HYPER
+
+    log(f"training {g.name} on {ds.source}: {len(xt)} train / {len(xs)} test, batch {s.batch}, "
+        f"{s.epochs} epochs, {s.optimizer.kind} lr {s.optimizer.lr}"
+        + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
+        + f", {s.schedule} schedule, seed {seed}; compiled in {time.perf_counter() - t_start:.2f} s")
+    ev = None
+    try:
+        for epoch in range(prog.epoch, s.epochs):
+            order = np.random.default_rng([seed, epoch]).permutation(len(xt))
+            t0 = time.perf_counter()
+            for k in range(prog.step_in_epoch, steps):
+                idx = order[k * s.batch:(k + 1) * s.batch]
+                model.buffers[inp][...] = xt[idx]
+                model.buffers[lab][...] = yt[idx]
+                rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
+                prog.global_step += 1
+                model.buffers[HYPER][...] = s.optimizer.hyper(prog.global_step, rate)
+                ex.run()
+                loss = float(model.buffers["loss"])
+                if not np.isfinite(loss):
+                    raise DnncError(f"the loss became {loss} at epoch {epoch + 1}, step {k + 1}; "
+                                    f"try a lower learning rate (--lr)")
+                prog.loss_sum += loss
+                prog.step_in_epoch = k + 1
+                if show_bar and (k % 5 == 0 or k == steps - 1):
+                    _bar(k + 1, steps, t0, sys.stderr)
+            dt = time.perf_counter() - t0
+            if show_bar:
+                sys.stderr.write("\r" + " " * 70 + "\r")
+            ev = evaluator.run(xs, ds.y_test, classes)
+            train_loss = prog.loss_sum / steps
+            prog.history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": ev.loss,
+                                 "accuracy": ev.accuracy, "seconds": dt})
+            prog.epoch, prog.step_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
+            save_checkpoint(out, model, s, seed, norm, prog)
+            log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
+                f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s")
+    except KeyboardInterrupt:
+        save_checkpoint(out, model, s, seed, norm, prog)
+        log(f"interrupted: checkpoint written to {out} (epoch {prog.epoch + 1}, step {prog.step_in_epoch}); "
+            f"continue with --resume {out}")
+        raise
+    if ev is None:
+        ev = evaluator.run(xs, ds.y_test, classes)
+    return Result(model, s, ev, time.perf_counter() - t_start, prog.history)
+
+
+def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 256) -> Evaluation:
+    g = net.graph
+    if g.loss is None or len(g.labels) != 1:
+        raise DnncError(f"network '{g.name}' needs a label and a loss to be evaluated")
+    params, _, meta = read_checkpoint(weights, net)
+    ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
+    mean, std = meta["normalization"] if meta else (0.0, 1.0)
+    model = net.compile(batch=min(batch, max(len(ds.x_test), 1)))
+    model.params.update_from(params)
+    return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])
