@@ -34,6 +34,8 @@ def _read_source(src) -> tuple[str, str]:
             return p.read_text(encoding="utf-8"), str(p)
         except UnicodeDecodeError:
             raise DnncError("not a text file (expected .net source in UTF-8)", path=str(p)) from None
+        except OSError as e:  # unreadable: permissions, a special file
+            raise DnncError(f"cannot read ({e.strerror or e})", path=str(p)) from None
     return str(src), "<string>"
 
 
@@ -92,6 +94,10 @@ def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
             val = g.fixed[name]
         elif kind == "const":
             val = np.full(shape, arg[0])
+        elif arg[0] == "uniform":
+            val = rng.uniform(-arg[1], arg[1], shape)
+        elif arg[0] == "normal":
+            val = rng.normal(0.0, arg[1], shape)
         elif arg[0] == "he_normal":
             val = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
         elif arg[0] == "he_uniform":

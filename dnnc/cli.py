@@ -73,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="ast, graph, te, loops, a pass name, llvm, llvm-opt or asm (default loops)")
     r.add_argument("--layer", help="only this layer (or binding)")
     r.add_argument("--batch", type=_positive, default=1)
+    r.add_argument("--grad", action="store_true",
+                   help="the training program: forward, loss, backward (derived by autodiff) and update")
 
     u = sub.add_parser("run", help="run the forward pass on inputs from .npy files")
     u.add_argument("net")
@@ -176,15 +178,17 @@ def cmd_ir(args) -> int:
     if stage == "ast":
         from .frontend import _terminate_statements
 
-        text = Path(args.net).read_text() if Path(args.net).exists() else ""
-        net = _load(args.net)  # reports errors with locations
+        net = _load(args.net)  # reports errors with locations (and a missing, binary or directory path)
+        text = Path(args.net).read_text(encoding="utf-8")
         print(parser().parse(_terminate_statements(text)).pretty(), end="")
         return 0
     net = _load(args.net)
-    g = net.at_batch(args.batch)
+    g = net.at_batch(args.batch, training=args.grad)
     layers = [l for l in g.layers if _match(l, args.layer)]
-    if args.layer and not layers:
+    if args.layer and not layers and not (args.grad and args.layer == "loss"):
         raise UsageError(f"no layer '{args.layer}' (layers: {', '.join(l.name for l in g.layers)})")
+    if args.grad:
+        return _ir_grad(args, net, g, stage)
     if stage == "graph":
         for l in layers:
             shape = list(g.tensors[l.output].shape)
@@ -218,6 +222,52 @@ def cmd_ir(args) -> int:
     return 0
 
 
+def _ir_grad(args, net, g, stage) -> int:
+    """The training program (SGD with the network's settings) at any stage, or one layer's part."""
+    from . import passes
+    from .codegen.llvm import emit, symbol
+    from .ir import show_program
+    from .lower import lower_groups
+    from .runtime import jit
+    from .runtime.memory import plan
+    from .step import training_groups
+    from .train import settings_from
+
+    if stage == "graph":
+        raise UsageError("--grad starts at the tensor-expression stage: use --stage te or later")
+    buffers, groups = training_groups(g, settings_from(net).optimizer)
+
+    def wanted(kname: str) -> bool:
+        if not args.layer:
+            return True
+        names = {l.name for l in g.layers if _match(l, args.layer)} | {args.layer}
+        return any(kname == n or kname.startswith(n + ".") for n in names)
+
+    if stage == "te":
+        for kname, stmts in groups:
+            if wanted(kname):
+                print(f"# {kname}")
+                for s in stmts:
+                    print(s.show())
+        return 0
+    prog = lower_groups(g.name, buffers, groups)
+    stages = dict(passes.run(prog))
+    if stage in stages:
+        p = stages[stage]
+        if args.layer:
+            p = p.replace_kernels(k for k in p.kernels if wanted(k.name))
+        print(show_program(p), end="")
+        return 0
+    final = list(stages.values())[-1]
+    offsets, _ = plan(final)
+    text = emit(final, offsets)
+    out = text if stage == "llvm" else jit.optimized_ir(text) if stage == "llvm-opt" else jit.assembly(text)
+    if args.layer:
+        out = "\n\n".join(_extract(out, "k_" + symbol(k.name), stage) for k in final.kernels if wanted(k.name))
+    print(out)
+    return 0
+
+
 def _match(layer, name) -> bool:
     return name is None or layer.name == name or layer.binding == name
 
@@ -236,6 +286,10 @@ def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[st
     for k, item in enumerate(items):
         if "=" in item and item.split("=", 1)[0] in names:
             n, path = item.split("=", 1)
+            if not path:
+                raise UsageError(f"no file name after '{n}='")
+        elif "=" in item and re.fullmatch(r"[A-Za-z_][\w.]*", item.split("=", 1)[0]):
+            raise UsageError(f"no {what} named '{item.split('=', 1)[0]}' (names: {', '.join(names)})")
         elif len(items) == 1 and len(names) >= 1:
             n, path = names[0], item
         else:
@@ -245,7 +299,7 @@ def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[st
 
 
 def cmd_run(args) -> int:
-    from .fileio import load_npy, load_weights, save_npy
+    from .fileio import load_npy, save_npy
 
     net = _load(args.net)
     paths = _parse_named(args.input, net.graph.inputs, "input")
@@ -264,7 +318,13 @@ def cmd_run(args) -> int:
     count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
     model = net.compile(batch=min(args.batch, count))
     if args.weights:
-        model.params.update_from(load_weights(args.weights, net.params))
+        from .train import restore, read_checkpoint
+
+        params, _, meta = read_checkpoint(args.weights, net)
+        restore(model, params)
+        if meta:  # the training set's normalization, as training applied it
+            mean, std = meta["normalization"]
+            arrays = {n: (a - mean) / std for n, a in arrays.items()}
     t0 = time.perf_counter()
     result = model.forward(**arrays)
     dt = time.perf_counter() - t0
@@ -276,8 +336,21 @@ def cmd_run(args) -> int:
             print(f"{n}: {list(y.shape)}")
             with np.printoptions(precision=4, suppress=True, threshold=60, edgeitems=3):
                 print(y)
+            if net.graph.classes and y.ndim == 2 and y.shape[1] == next(iter(net.graph.classes.values())):
+                _print_top(y)
     print(f"{count} example(s) in {dt * 1e3:.2f} ms", file=sys.stderr)
     return 0
+
+
+def _print_top(logits: np.ndarray, k: int = 3) -> None:
+    """The most probable classes of each example (softmax of the logits)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for i, row in enumerate(p[:20]):
+        top = np.argsort(-row)[:k]
+        print(f"  example {i}: " + "  ".join(f"{c} ({100 * row[c]:.1f}%)" for c in top))
+    if len(p) > 20:
+        print(f"  ... {len(p) - 20} more")
 
 
 def cmd_compile(args) -> int:

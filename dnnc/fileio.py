@@ -101,7 +101,11 @@ def load_npz(path) -> dict[str, np.ndarray]:
 
 def load_weights(path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Parameters from an .npz, checked against the network's names and shapes."""
-    arrays = load_npz(path)
+    return check_weights(load_npz(path), expected, path)
+
+
+def check_weights(arrays: dict, expected: dict[str, tuple[int, ...]], path) -> dict[str, np.ndarray]:
+    """The expected arrays, each present, of the right shape and finite."""
     out = {}
     for name, shape in expected.items():
         if name not in arrays:

@@ -52,7 +52,7 @@ class AttrDecl:
 class ParamDecl:
     name: str
     dims: tuple
-    init: tuple  # ("named", "he_normal") or ("const", 0.0) or ("zeros",)
+    init: tuple  # ("named", "he_normal"), ("named", "uniform", bound expr) or ("const", 0.0)
     loc: Loc
 
 
@@ -304,7 +304,8 @@ class _Builder:
         if init is None:
             spec = ("const", 0.0)
         elif init.data == "init_named":
-            spec = ("named", str(init.children[0]))
+            fn, arg = init.children
+            spec = ("named", str(fn)) if arg is None else ("named", str(fn), self.expr(arg))
         else:
             spec = ("const", float(self.literal(init.children[0])))
         return ParamDecl(str(name), self.dims(dl), spec, self.loc(name))

@@ -31,6 +31,12 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
                      name: str | None = None) -> Program:
     """Forward (with the values the backward needs saved), loss, backward and, with an
     optimizer, the parameter update: d loss / d param lands in `param.grad`."""
+    buffers, groups = training_groups(g, optimizer, dtype)
+    return lower_groups(name or g.name, buffers, groups)
+
+
+def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32"):
+    """The buffers and the named groups of tensor-expression statements of a training program."""
     if g.loss is None:
         raise DnncError(f"network '{g.name}' has no loss; add one, e.g. loss softmax_cross_entropy(logits, label)")
     layers = needed_layers(g, g.outputs, True)
@@ -96,7 +102,7 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
         elif kind == "act":
             kind = "temp"
         buffers.append(Buffer(n, shapes[n], kind, dtype))
-    return lower_groups(name or g.name, buffers, groups)
+    return buffers, groups
 
 
 def _used(groups) -> list[str]:

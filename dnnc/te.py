@@ -92,6 +92,12 @@ def evaluate(e: Expr, env: dict, loc: Loc | None = None):
         if e.op == "/":
             return a // b if isinstance(a, int) and isinstance(b, int) else a / b
         return _BINOPS[e.op](a, b)
+    if isinstance(e, Call) and e.body is None and e.fn in ("exp", "log", "sqrt") and len(e.args) == 1:
+        a = evaluate(e.args[0], env, loc)
+        try:
+            return getattr(math, e.fn)(a)
+        except ValueError:
+            raise DnncError(f"{e.fn}({a}) is undefined", e.loc or loc) from None
     if isinstance(e, Call) and e.body is None and e.fn in ("max", "min") and len(e.args) == 2:
         vals = [evaluate(x, env, loc) for x in e.args]
         return max(vals) if e.fn == "max" else min(vals)
@@ -225,9 +231,18 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
         shape = tuple(evaluate(d, env, p.loc) for d in p.dims)
         if any(not isinstance(s, int) or s < 1 for s in shape):
             raise DnncError(f"{where}parameter '{p.name}' would have shape {_fmt_shape(shape)}", call_loc)
-        if p.init[0] == "named" and p.init[1] not in INITIALIZERS:
-            raise DnncError(f"unknown initializer '{p.init[1]}' (known: {', '.join(INITIALIZERS)})", p.loc)
-        params.append(ParamSpec(p.name, shape, p.init, p.loc))
+        init = p.init
+        if init[0] == "named" and len(init) == 3:  # uniform(bound) or normal(std)
+            if init[1] not in ("uniform", "normal"):
+                raise DnncError(f"'{init[1]}' takes no argument; uniform(bound) and normal(std) do", p.loc)
+            v = evaluate(init[2], env, p.loc)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise DnncError(f"{init[1]}(...) needs a non-negative number, got {v}", p.loc)
+            init = ("named", init[1], float(v))
+        elif init[0] == "named" and init[1] not in INITIALIZERS:
+            raise DnncError(f"unknown initializer '{init[1]}' (known: {', '.join(INITIALIZERS)}, "
+                            f"uniform(bound), normal(std))", p.loc)
+        params.append(ParamSpec(p.name, shape, init, p.loc))
 
     states = []
     for p in op.states:

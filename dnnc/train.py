@@ -17,7 +17,7 @@ import numpy as np
 from . import data as datamod
 from .api import Model, Network
 from .errors import DnncError
-from .fileio import load_npz, save_npz
+from .fileio import check_weights, load_npz, save_npz
 from .frontend import CallValue, NameRef
 from .optim import Optimizer, lr_at
 
@@ -134,6 +134,7 @@ class Progress:
 
 def save_checkpoint(path, model: Model, s: Settings, seed: int, norm, progress: Progress) -> None:
     arrays = {n: model.params[n] for n in model.params}
+    arrays.update({n: model.states[n] for n in model.states})
     for p in model.params:
         for st in s.optimizer.state(p):
             if st in model.buffers:
@@ -146,7 +147,8 @@ def save_checkpoint(path, model: Model, s: Settings, seed: int, norm, progress: 
 
 
 def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
-    """(parameters, optimizer state, meta or None) from an .npz, checked against the network."""
+    """(parameters and running statistics, optimizer state, meta or None) from an .npz,
+    checked against the network."""
     arrays = load_npz(path)
     meta = None
     if META in arrays:
@@ -155,19 +157,17 @@ def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
             assert meta.get("format") == "dnnc-checkpoint"
         except (ValueError, AssertionError, UnicodeDecodeError):
             raise DnncError("corrupt checkpoint metadata", path=str(path)) from None
-    params = {}
-    for name, shape in net.params.items():
-        if name not in arrays:
-            raise DnncError(f"missing parameter '{name}'", path=str(path))
-        a = arrays[name]
-        if tuple(a.shape) != tuple(shape):
-            raise DnncError(f"parameter '{name}' has shape {list(a.shape)}, the network needs {list(shape)}",
-                            path=str(path))
-        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise DnncError(f"parameter '{name}' must hold finite floating-point values", path=str(path))
-        params[name] = a
+    expected = dict(net.params)
+    expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
+    params = check_weights(arrays, expected, path)
     state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
     return params, state, meta
+
+
+def restore(model: Model, arrays: dict) -> None:
+    """Parameters and running statistics from checked checkpoint arrays."""
+    for n, a in arrays.items():
+        (model.params if n in model.params else model.states)[n] = a
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -195,6 +195,7 @@ class Evaluator:
             self._tail[n] = self.model.network.compile(batch=n, dtype=self.model.dtype)
         m = self._tail[n]
         m.params.update_from(self.model.params)
+        m.states.update_from(self.model.states)
         return m
 
     def run(self, x: np.ndarray, y: np.ndarray, classes: int) -> Evaluation:
@@ -257,7 +258,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         params, state, meta = read_checkpoint(resume, net)
         if meta is None:
             raise DnncError("holds parameters only, not a training state to resume", path=resume)
-        model.params.update_from(params)
+        restore(model, params)
         seed = meta["seed"]
         norm = tuple(meta["normalization"])
         prog = Progress(**meta["progress"])
@@ -267,7 +268,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                     epochs=epochs if epochs is not None else saved["epochs"])
         if model.batch != s.batch:
             model = net.compile(batch=s.batch, seed=seed)
-            model.params.update_from(params)
+            restore(model, params)
         model.executable("train", s.optimizer)
         for k, v in state.items():
             if k in model.buffers and model.buffers[k].shape == v.shape:
@@ -341,5 +342,5 @@ def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 2
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = meta["normalization"] if meta else (0.0, 1.0)
     model = net.compile(batch=min(batch, max(len(ds.x_test), 1)))
-    model.params.update_from(params)
+    restore(model, params)
     return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])
