@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    files: dict = field(default_factory=dict)  # x_train, y_train, ... -> its file, for errors
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -133,18 +134,23 @@ def _directory(d: Path) -> Dataset:
     if all(found.values()):
         xt, yt = _pair(found["x_train"], found["y_train"])
         xs, ys = _pair(found["x_test"], found["y_test"])
-        return Dataset(xt, yt, xs, ys, f"{d} (IDX)")
+        return Dataset(xt, yt, xs, ys, f"{d} (IDX)", {k: str(v) for k, v in found.items()})
     images = sorted(d.glob("*images*idx3*"))
     labels = sorted(d.glob("*labels*idx1*"))
     if len(images) == 1 and len(labels) == 1:  # one set: split it like the embedded digits, 80/20
         x, y = _pair(images[0], labels[0])
         n = int(len(x) * 0.8)
-        return Dataset(x[:n], y[:n], x[n:], y[n:], f"{images[0]} (first 80% train, last 20% test)")
+        return Dataset(x[:n], y[:n], x[n:], y[n:], f"{images[0]} (first 80% train, last 20% test)",
+                       {"x_train": str(images[0]), "x_test": str(images[0]),
+                        "y_train": str(labels[0]), "y_test": str(labels[0])})
     missing = [MNIST_NAMES[k] + "[.gz]" for k, v in found.items() if v is None]
     raise DnncError(f"no MNIST-style IDX files here; missing {', '.join(missing)}", path=str(d))
 
 
 def _npz(p: Path) -> Dataset:
+    from .fileio import _NPY_MAGIC, _ZIP_MAGIC, _check_magic
+
+    _check_magic(p, (_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive")  # numpy would call it pickled data
     try:
         z = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -164,27 +170,27 @@ def _npz(p: Path) -> Dataset:
     for x, y, part in ((xt, yt, "train"), (xs, ys, "test")):
         if len(x) != len(y):
             raise DnncError(f"x_{part} has {len(x)} examples but y_{part} has {len(y)}", path=str(p))
-    return Dataset(xt, yt, xs, ys, f"{p} (npz)")
+    return Dataset(xt, yt, xs, ys, f"{p} (npz)", dict.fromkeys(("x_train", "y_train", "x_test", "y_test"), str(p)))
 
 
 def fit(ds: Dataset, input_shape: tuple[int, ...], classes: int | None) -> Dataset:
     """Reshape examples to the network's input shape and check labels against its classes."""
     out = []
-    for x, part in ((ds.x_train, "training"), (ds.x_test, "test")):
+    for x, part, key in ((ds.x_train, "training", "x_train"), (ds.x_test, "test", "x_test")):
         per = int(np.prod(x.shape[1:]))
         if per != int(np.prod(input_shape)):
             raise DnncError(f"{part} examples have shape {list(x.shape[1:])}, but the network's input is "
-                            f"{list(input_shape)}", path=ds.source)
+                            f"{list(input_shape)}", path=ds.files.get(key, ds.source))
         out.append(np.ascontiguousarray(x.reshape((len(x),) + tuple(input_shape)), dtype=np.float32))
     if classes is not None:
-        for y, part in ((ds.y_train, "training"), (ds.y_test, "test")):
+        for y, part, key in ((ds.y_train, "training", "y_train"), (ds.y_test, "test", "y_test")):
             if len(y) and (y.min() < 0 or y.max() >= classes):
                 bad = int(y[(y < 0) | (y >= classes)][0])
                 raise DnncError(f"{part} label {bad} is outside the network's {classes} classes (0..{classes - 1})",
-                                path=ds.source)
+                                path=ds.files.get(key, ds.source))
     if len(out[0]) == 0:
-        raise DnncError("no training examples", path=ds.source)
-    return Dataset(out[0], ds.y_train, out[1], ds.y_test, ds.source)
+        raise DnncError("no training examples", path=ds.files.get("x_train", ds.source))
+    return Dataset(out[0], ds.y_train, out[1], ds.y_test, ds.source, ds.files)
 
 
 def normalization(x_train: np.ndarray) -> tuple[float, float]:

@@ -73,8 +73,21 @@ def op_table(module: Module) -> dict[str, OpDef]:
         if o.name in ops:
             where = "a built-in op" if ops[o.name] in prelude().ops else f"defined at {ops[o.name].loc}"
             raise DnncError(f"op '{o.name}' is already {where}", o.loc)
+        _check_names(o)
         ops[o.name] = o
     return ops
+
+
+def _check_names(o: OpDef) -> None:
+    """Inputs, output, attributes, parameters and states of an op need distinct names."""
+    seen: dict[str, str] = {}
+    decls = ([(d.name, "an input", d.loc) for d in o.inputs] + [(o.output.name, "the output", o.output.loc)]
+             + [(a.name, "an argument", a.loc) for a in o.attrs]
+             + [(p.name, "a parameter", p.loc) for p in o.params] + [(p.name, "a state", p.loc) for p in o.states])
+    for name, kind, loc in decls:
+        if name in seen:
+            raise DnncError(f"{o.name}: '{name}' is declared twice (first as {seen[name]})", loc)
+        seen[name] = kind
 
 
 def pick_network(module: Module, name: str | None = None) -> Network:

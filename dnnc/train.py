@@ -304,6 +304,8 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                 rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
                 prog.global_step += 1
                 model.buffers[HYPER][...] = s.optimizer.hyper(prog.global_step, rate)
+                model.seed, model.steps = seed, prog.global_step  # dropout's masks: new every step
+                model.set_rng()
                 ex.run()
                 loss = float(model.buffers["loss"])
                 if not np.isfinite(loss):

@@ -11,6 +11,8 @@ passed in unchanged and the reference sees exactly the same values.
     flatten     row-major over C, H, W
     softmax     over the last axis
     concat      on the channel axis (axis 1)
+    batchnorm   BatchNorm2d (batch statistics in training, running statistics in inference)
+    dropout     inference only (the identity)
     losses      softmax_cross_entropy (mean over the batch), mse (mean over all elements)
 """
 from __future__ import annotations
@@ -139,6 +141,24 @@ def mse(x, target) -> float:
     return float((d * d).mean())
 
 
+def batchnorm(x, weight, bias, running_mean=None, running_var=None, eps: float = 1e-5,
+              training: bool = False) -> np.ndarray:
+    """BatchNorm2d: per channel, batch statistics (biased variance) in training, else the running ones."""
+    x = f64(x)
+    if training:
+        mu, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    else:
+        mu, var = f64(running_mean), f64(running_var)
+    c = (slice(None), None, None)
+    return (x - mu[c]) / np.sqrt(var + eps)[c] * f64(weight)[c] + f64(bias)[c]
+
+
+def dropout(x, rate: float = 0.5, training: bool = False) -> np.ndarray:
+    """Inverted dropout; in inference the identity (training is random: not modelled here)."""
+    assert not training, "dropout in training draws random numbers; compare statistics instead"
+    return f64(x)
+
+
 # ----------------------------------------------------------------------------- self-checks
 # Small hand-computed cases, so a mistake in the reference itself cannot hide behind an
 # equal mistake in the compiler. Run by tests/test_ops.py.
@@ -171,5 +191,36 @@ def self_check() -> None:
     assert np.isclose(softmax_cross_entropy(np.array([[0.0, np.log(3.0)]]), [1]), -np.log(0.75))
     assert mse(np.ones((2, 2)), np.zeros((2, 2))) == 1.0 and mse([[1.0, 3.0]], [[0.0, 0.0]]) == 5.0
     assert np.isclose(sigmoid(np.array([0.0, -1000.0, 1000.0])), [0.5, 0.0, 1.0]).all()
+    # batchnorm in training normalizes each channel to mean 0, variance 1 (then weight, bias)
+    xb = np.random.default_rng(1).normal(3.0, 2.0, size=(4, 2, 3, 5))
+    yb = batchnorm(xb, np.ones(2), np.zeros(2), eps=0.0, training=True)
+    assert np.allclose(yb.mean(axis=(0, 2, 3)), 0.0) and np.allclose(yb.var(axis=(0, 2, 3)), 1.0)
+    yb = batchnorm(xb, np.array([2.0, 1.0]), np.array([0.0, 5.0]), np.array([1.0, 0.0]), np.array([4.0, 1.0]), eps=0.0)
+    assert np.allclose(yb[:, 0], (xb[:, 0] - 1.0) / 2.0 * 2.0) and np.allclose(yb[:, 1], xb[:, 1] + 5.0)
+    # the vectorized conv agrees with the definition written as plain loops
+    rng = np.random.default_rng(0)
+    xr, wr, br = rng.normal(size=(2, 4, 6, 5)), rng.normal(size=(6, 2, 3, 3)), rng.normal(size=6)
+    assert np.allclose(conv2d(xr, wr, br, stride=2, pad=1, groups=2), _conv2d_loops(xr, wr, br, 2, 1, 2))
     assert np.array_equal(dense(np.array([[1.0, 2.0]]), np.array([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]]),
                                 np.array([0.0, 1.0, 0.0])), [[1.0, 4.0, -2.0]])
+
+
+def _conv2d_loops(x, weight, bias, stride, pad, groups):
+    n, c, h, w = x.shape
+    f, cg, k, _ = weight.shape
+    oh, ow = out_size(h, k, stride, pad), out_size(w, k, stride, pad)
+    y = np.zeros((n, f, oh, ow))
+    for b in range(n):
+        for o in range(f):
+            g = o // (f // groups)
+            for i in range(oh):
+                for j in range(ow):
+                    acc = bias[o]
+                    for ci in range(cg):
+                        for r in range(k):
+                            for s in range(k):
+                                hh, ww = i * stride + r - pad, j * stride + s - pad
+                                if 0 <= hh < h and 0 <= ww < w:
+                                    acc += x[b, g * cg + ci, hh, ww] * weight[o, ci, r, s]
+                    y[b, o, i, j] = acc
+    return y
