@@ -120,6 +120,12 @@ def bounds(e: Expr, ranges: dict[str, Interval], facts: dict | None = None) -> I
     if key in facts:
         f = facts[key]
         lo, hi = max(lo, f[0]), min(hi, f[1])
+    c = d.get(1, 0)
+    if c:  # a fact about e - c bounds e too (a guard on i*8 + j, a read at i*8 + j - 3)
+        rest = from_affine({k: x for k, x in d.items() if k != 1})
+        if rest in facts:
+            f = facts[rest]
+            lo, hi = max(lo, f[0] + c), min(hi, f[1] + c)
     return lo, hi
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 from . import affine
-from .expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars
+from .errors import DnncError
+from .expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars, substitute, subst_vars
 from .graph import Graph
 from .ir import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store
 from .te import TStmt
@@ -19,7 +20,7 @@ INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "arg
 
 
 def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
-                name: str | None = None, dtype: str = "f32") -> Program:
+                name: str | None = None, dtype: str = "f32", schedule: bool | list = True) -> Program:
     """The forward program of g: every layer needed for `outputs` (default g.outputs)."""
     from .step import needed_layers
 
@@ -42,23 +43,162 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
             kind = "temp"
         buffers.append(Buffer(t.name, t.shape, kind, dtype))
     groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
-    return lower_groups(name or g.name, buffers, groups)
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype)
 
 
-KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7}
+KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
+              "local": 8}
 
 
-def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[TStmt]]]) -> Program:
-    """One kernel per named group of statements, over the given buffers (args first)."""
-    buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
+def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[TStmt]]],
+                 schedule: bool | list = True, dtype: str = "f32") -> Program:
+    """One kernel per named group of statements, over the given buffers (args first).
+
+    With `schedule` (True: the default schedule; or a list of steps) statements are packed
+    and tiled as the steps say; without, each becomes the naive loop nest of lower_stmt.
+    """
+    from .schedule import Tile, apply_packs, default_schedule
+
     shapes = {b.name: b.shape for b in buffers}
+    buffers = list(buffers)
+    tiles: dict[tuple[str, int], Tile] = {}
+    if schedule:
+        flat = [st for _, stmts in groups for st in stmts]
+        steps = default_schedule(flat, shapes, dtype) if schedule is True else list(schedule)
+        tiles = {s.key: s for s in steps if isinstance(s, Tile)}
+        new_groups = []
+        for kname, stmts in groups:
+            stmts, temps = apply_packs(stmts, steps, shapes)
+            for t, s in temps:
+                shapes[t] = s
+                buffers.append(Buffer(t, s, "temp", dtype))
+                if (t, 0) not in tiles:
+                    tiles[t, 0] = Tile(t, f"p{len(s) - 1}", 16 if dtype == "f32" else 8)
+            new_groups.append((kname, stmts))
+        groups = new_groups
     kernels = []
+    seen: dict[str, int] = {}
     for kname, stmts in groups:
         body: list[Stmt] = []
         for st in stmts:
-            body += lower_stmt(st, shapes)
+            nth = seen.get(st.tensor, 0)
+            seen[st.tensor] = nth + 1
+            if (st.tensor, nth) in tiles and st.index is None:
+                nest, local = lower_tiled(st, shapes, tiles[st.tensor, nth])
+                body += nest
+                for b in local:
+                    shapes[b.name] = b.shape
+                    buffers.append(Buffer(b.name, b.shape, "local", dtype))
+            else:
+                body += lower_stmt(st, shapes)
         kernels.append(Kernel(kname, tuple(body), kname))
+    buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
     return Program(name, tuple(buffers), tuple(kernels))
+
+
+def _fresh_name(base: str, taken: set[str]) -> str:
+    name = base
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
+    """The loop nest of a Tile step: outer axes, then the reduction, then a register tile.
+
+    Invariant: computes what lower_stmt(st) computes (up to the order of a sum's terms).
+    Axis v becomes vo*W + vi with vi a vector loop; axis u becomes uo*U + ui with ui
+    unrolled. A reduction accumulates in the local buffer T.acc[U, W] inside its own loops,
+    and the result is stored once. Lanes and rows past the end are masked off.
+    """
+    from .schedule import single_reduce
+
+    axes = dict(st.axes)
+    if t.vector not in axes or (t.unroll is not None and (t.unroll not in axes or t.unroll == t.vector)):
+        raise DnncError(f"schedule step {t} names an axis that {st.tensor} does not have "
+                        f"(axes: {', '.join(axes)})")
+    taken = set(axes) | {n for x in st.value.walk() if isinstance(x, Reduce) for n, _ in x.axes}
+    v, W, ext_v = t.vector, t.width, axes[t.vector]
+    u, U = t.unroll, (t.factor if t.unroll else 1)
+    vo, vi = _fresh_name(v + "o", taken), _fresh_name(v + "i", taken)
+    sub: dict[str, Expr] = {v: affine.simplify(Binary("+", Binary("*", Var(vo), Const(W)), Var(vi)))}
+    outer = [(n, x) for n, x in st.axes if n not in (u, v)]
+    if u:
+        uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
+        sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
+        outer.append((uo, -(-axes[u] // U)))
+    outer.append((vo, -(-ext_v // W)))
+    ranges = {n: (0, x - 1) for n, x in outer}
+    ranges[vi] = (0, W - 1)
+    if u:
+        ranges[ui] = (0, U - 1)
+    edge: list[Expr] = []
+    if u and axes[u] % U:
+        edge.append(Binary("<", sub[u], Const(axes[u])))
+    if ext_v % W:
+        edge.append(Binary("<", sub[v], Const(ext_v)))
+    value = _canon_loads(subst_vars(st.value, sub))
+    target = tuple(sub.get(n, Var(n)) for n, _ in st.axes)
+    if st.accumulate:
+        value = Binary("+", Load(st.tensor, target), value)
+
+    def tile(body: list[Stmt]) -> list[Stmt]:
+        nest: Stmt = Loop(vi, W, tuple(body), "vector")
+        if u:
+            nest = Loop(ui, U, (nest,), "unroll")
+        return [nest]
+
+    locals_: list[Buffer] = []
+    r = single_reduce(TStmt(st.tensor, st.axes, value))
+    sh = dict(shapes)
+    if r is None:
+        ctx = _Ctx(sh, ranges)
+        pre, val = ctx.value(value, {})
+        body = tile(_guard(edge, pre + [Store(st.tensor, target, val)]))
+    else:
+        acc = f"{st.tensor}.acc{t.nth or ''}"
+        sh[acc] = (U, W)
+        locals_.append(Buffer(acc, (U, W), "local"))
+        cell = (Var(ui) if u else Const(0), Var(vi))
+        for n, x in r.axes:
+            ranges[n] = (0, x - 1)
+        ctx = _Ctx(sh, ranges)
+        pre, body_val = ctx.value(r.body, {})
+        guards = ctx.guards(r.body, {})
+        lane_vars = {vi} | ({ui} if u else set())
+        inner_g = [g for g in guards if free_vars(g) & lane_vars]
+        op = {"sum": "+", "max": "max", "min": "min"}[r.op]
+        update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), body_val))]
+        nest = tile(_guard(inner_g, update))
+        placed: dict[str | None, list[Expr]] = {}
+        names = [n for n, _ in r.axes]
+        for g in guards:
+            if g in inner_g:
+                continue
+            deep = [n for n in names if n in free_vars(g)]
+            placed.setdefault(deep[-1] if deep else None, []).append(g)
+        for n, x in reversed(r.axes):
+            nest = _guard(placed.get(n, []), nest)
+            nest = [Loop(n, x, tuple(nest))]
+        nest = _guard(placed.get(None, []), nest)
+        prologue = tile([Store(acc, cell, Const(INIT[r.op]))])
+        epi_value = substitute(value, lambda x: Load(acc, cell) if x == r else None)
+        pre2, val2 = _Ctx(sh, ranges).value(epi_value, {})
+        epilogue = tile(_guard(edge, pre2 + [Store(st.tensor, target, val2)]))
+        body = prologue + nest + epilogue
+    for n, x in reversed(outer):
+        body = [Loop(n, x, tuple(body))]
+    return body, locals_
+
+
+def _canon_loads(e: Expr) -> Expr:
+    def fix(x):
+        if isinstance(x, Load):
+            return Load(x.tensor, tuple(affine.simplify(i) for i in x.index), x.loc)
+        return None
+
+    return substitute(e, fix)
 
 
 def lower_stmt(st: TStmt, shapes: dict[str, tuple[int, ...]]) -> list[Stmt]:

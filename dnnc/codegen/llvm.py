@@ -2,9 +2,16 @@
 
 One function per kernel (taking the buffers it touches) and one entry function
 `NAME_forward(args..., workspace)` that calls them in order. Buffers are noalias pointers;
-temporaries are slices of the workspace at offsets chosen by the caller's memory plan.
+temporaries are slices of the workspace at offsets chosen by the caller's memory plan;
+`local` buffers (register tiles) are stack arrays of the kernel, which LLVM keeps in registers.
 Indices are i64; floor division and modulo follow the IR's (Python's) rounding. Selects
 whose arms read memory are branches, so a guarded read is never performed.
+
+A `vector for v in 0..W` loop is emitted once, as SIMD code over W lanes: every value that
+depends on v is a <W x T> vector. A read or write whose address moves by one element per
+lane is one vector load or store; one that does not depend on v is a scalar, broadcast; any
+other is a gather or scatter. A guard that depends on v becomes a lane mask: masked-off lanes
+neither load nor store, which is how padding and ragged edges stay in bounds.
 """
 from __future__ import annotations
 
@@ -12,10 +19,12 @@ import re
 
 from llvmlite import ir
 
+from .. import affine
 from ..expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
 from ..ir import If, Kernel, Let, Loop, Program, Set, Stmt, Store
 
 I64 = ir.IntType(64)
+I32 = ir.IntType(32)
 I1 = ir.IntType(1)
 FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 FAST = ("reassoc", "contract")
@@ -36,16 +45,22 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     ft = FLOAT[dtype]
     ptr = ft.as_pointer()
     shapes = {b.name: b.shape for b in p.buffers}
+    locals_ = {b.name for b in p.buffers if b.kind == "local"}
     kernel_fns = []
     for k in p.kernels:
-        used = _buffers_used(k)
+        touched = _buffers_used(k)
+        used = [u for u in touched if u not in locals_]
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * len(used)), symbol("k_" + k.name))
         fn.linkage = "internal"
         _attrs(fn)
         fn.attributes.add("noinline")
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
-        _KernelEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft).run(k.body)
+        em = _KernelEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft)
+        for name in touched:
+            if name in locals_:
+                em.local(name)
+        em.run(k.body)
         kernel_fns.append((fn, used))
     args = p.args
     entry = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * (len(args) + 1)), symbol(p.name) + "_forward")
@@ -101,6 +116,10 @@ def _buffers_used(k: Kernel) -> list[str]:
     return list(seen)
 
 
+def _is_vec(v: ir.Value) -> bool:
+    return isinstance(v.type, ir.VectorType)
+
+
 class _KernelEmitter:
     def __init__(self, m, fn, bufs, shapes, ft):
         self.m, self.fn, self.bufs, self.shapes, self.ft = m, fn, bufs, shapes, ft
@@ -108,6 +127,8 @@ class _KernelEmitter:
         self.b = ir.IRBuilder(fn.append_basic_block("body"))
         self.regs: dict[str, ir.AllocaInstr] = {}
         self.vars: dict[str, ir.Value] = {}
+        self.vec: tuple[str, int] | None = None  # the vector loop's variable and width
+        self.mask: ir.Value | None = None  # lanes enabled by the guards around (vector code)
 
     def run(self, body):
         self.block(body)
@@ -117,6 +138,35 @@ class _KernelEmitter:
     def alloca(self, ty, name):
         eb = ir.IRBuilder(self.entry)
         return eb.alloca(ty, name=name)
+
+    def local(self, name: str) -> None:
+        """A register tile: a small array on the stack, promoted to registers by LLVM."""
+        n = 1
+        for d in self.shapes[name]:
+            n *= d
+        eb = ir.IRBuilder(self.entry)
+        arr = eb.alloca(ir.ArrayType(self.ft, n), name=symbol(name))
+        arr.align = 64
+        self.bufs[name] = eb.bitcast(arr, self.ft.as_pointer())
+
+    # ---- vector helpers
+    @property
+    def width(self) -> int:
+        return self.vec[1] if self.vec else 1
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        if not self.vec or _is_vec(v):
+            return v
+        W = self.width
+        vt = ir.VectorType(v.type, W)
+        undef = ir.Constant(vt, ir.Undefined)
+        one = self.b.insert_element(undef, v, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, W), [0] * W))
+
+    def both(self, x: ir.Value, y: ir.Value):
+        if _is_vec(x) or _is_vec(y):
+            return self.splat(x), self.splat(y)
+        return x, y
 
     def block(self, stmts):
         for s in stmts:
@@ -130,6 +180,15 @@ class _KernelEmitter:
                     self.vars[s.var] = ir.Constant(I64, v)
                     self.block(s.body)
                 del self.vars[s.var]
+                return
+            if s.kind == "vector":
+                if self.vec is not None:
+                    raise NotImplementedError("nested vector loops")
+                self.vec = (s.var, s.extent)
+                self.vars[s.var] = ir.Constant(ir.VectorType(I64, s.extent), list(range(s.extent)))
+                self.block(s.body)
+                del self.vars[s.var]
+                self.vec = None
                 return
             head = self.fn.append_basic_block(f"{s.var}.head")
             body = self.fn.append_basic_block(f"{s.var}.body")
@@ -152,6 +211,16 @@ class _KernelEmitter:
             del self.vars[s.var]
         elif isinstance(s, If):
             c = self.cond(s.cond)
+            if _is_vec(c):  # a lane mask: both branches run, each on its lanes
+                outer = self.mask
+                self.mask = c if outer is None else b.and_(outer, c)
+                self.block(s.then)
+                if s.orelse:
+                    nc = b.not_(c)
+                    self.mask = nc if outer is None else b.and_(outer, nc)
+                    self.block(s.orelse)
+                self.mask = outer
+                return
             if s.orelse:
                 with b.if_else(c) as (then, other):
                     with then:
@@ -162,26 +231,109 @@ class _KernelEmitter:
                 with b.if_then(c):
                     self.block(s.then)
         elif isinstance(s, Store):
-            b.store(self.float(s.value), self.addr(s.buffer, s.index))
+            self.store(s.buffer, s.index, self.float(s.value))
         elif isinstance(s, Let):
             if s.name not in self.regs:
-                self.regs[s.name] = self.alloca(self.ft, s.name)
-            b.store(self.float(s.value), self.regs[s.name])
+                ty = ir.VectorType(self.ft, self.width) if self.vec else self.ft
+                self.regs[s.name] = self.alloca(ty, s.name)
+            self.set_reg(s.name, self.float(s.value))
         elif isinstance(s, Set):
-            b.store(self.float(s.value), self.regs[s.name])
+            self.set_reg(s.name, self.float(s.value))
         else:
             raise TypeError(s)
 
-    def addr(self, buf: str, index) -> ir.Value:
+    def set_reg(self, name: str, v: ir.Value) -> None:
+        slot = self.regs[name]
+        if isinstance(slot.type.pointee, ir.VectorType):
+            v = self.splat(v)
+            if self.mask is not None:
+                v = self.b.select(self.mask, v, self.b.load(slot))
+        self.b.store(v, slot)
+
+    # ---- memory
+    def _linear(self, buf: str, index) -> Expr:
+        """The element offset of buf[index] as one integer expression."""
         shape = self.shapes[buf]
-        lin = None
+        lin: Expr = Const(0)
         for k, ix in enumerate(index):
-            v = self.int(ix)
-            lin = v if lin is None else self.b.add(self.b.mul(lin, ir.Constant(I64, shape[k]), flags=("nsw",)), v,
-                                                  flags=("nsw",))
-        if lin is None:
-            lin = ir.Constant(I64, 0)
-        return self.b.gep(self.bufs[buf], [lin], inbounds=True)
+            lin = Binary("+", Binary("*", lin, Const(shape[k])), ix)
+        return affine.simplify(lin)
+
+    def _access(self, buf: str, index):
+        """('scalar', ptr), ('contiguous', ptr to lane 0) or ('gather', vector of ptrs)."""
+        lin = self._linear(buf, index)
+        base = self.bufs[buf]
+        if not self.vec:
+            return "scalar", self.b.gep(base, [self.int(lin)], inbounds=True)
+        v = self.vec[0]
+        form = affine.affine(lin)
+        atoms_use_v = form is None or any(
+            not isinstance(k, str) and k != 1 and v in _vars(k) for k in form)
+        coef = 0 if form is None else form.get(v, 0)
+        if not atoms_use_v and coef == 0:
+            return "scalar", self.b.gep(base, [self.int(lin)], inbounds=True)
+        if not atoms_use_v and coef == 1:
+            lane0 = affine.simplify(affine.from_affine({k: c for k, c in form.items() if k != v}))
+            p = self.b.gep(base, [self.int(lane0)], inbounds=True)
+            return "contiguous", self.b.bitcast(p, ir.VectorType(self.ft, self.width).as_pointer())
+        return "lanes", self.splat(self.int(lin))
+
+    def load(self, buf: str, index) -> ir.Value:
+        kind, p = self._access(buf, index)
+        b, W = self.b, self.width
+        if kind == "scalar":
+            return b.load(p)
+        vt = ir.VectorType(self.ft, W)
+        zero = ir.Constant(vt, [0.0] * W)
+        if kind == "contiguous":
+            if self.mask is None:
+                ld = b.load(p)
+                ld.align = 4
+                return ld
+            fn = self._intrinsic(f"llvm.masked.load.{_vname(vt)}.p0", vt, [p.type, I32, self.mask.type, vt])
+            return b.call(fn, [p, ir.Constant(I32, 4), self.mask, zero])
+        # a gather, lane by lane; a masked-off lane reads element 0 (which exists) and yields 0
+        base = self.bufs[buf]
+        out = zero
+        for k in range(W):
+            lane = ir.Constant(I32, k)
+            i = b.extract_element(p, lane)
+            if self.mask is not None:
+                i = b.select(b.extract_element(self.mask, lane), i, ir.Constant(I64, 0))
+            v = b.load(b.gep(base, [i], inbounds=True))
+            if self.mask is not None:
+                v = b.select(b.extract_element(self.mask, lane), v, ir.Constant(self.ft, 0.0))
+            out = b.insert_element(out, v, lane)
+        return out
+
+    def store(self, buf: str, index, value: ir.Value) -> None:
+        kind, p = self._access(buf, index)
+        b, W = self.b, self.width
+        if kind == "scalar":
+            if _is_vec(value):
+                raise NotImplementedError(f"vector store to one element of {buf} (a reduction across lanes)")
+            b.store(value, p)
+            return
+        value = self.splat(value)
+        if kind == "contiguous":
+            if self.mask is None:
+                st = b.store(value, p)
+                st.align = 4
+                return
+            fn = self._intrinsic(f"llvm.masked.store.{_vname(value.type)}.p0", ir.VoidType(),
+                                 [value.type, p.type, I32, self.mask.type])
+            b.call(fn, [value, p, ir.Constant(I32, 4), self.mask])
+            return
+        base = self.bufs[buf]  # a scatter, lane by lane, each lane only where enabled
+        for k in range(W):
+            lane = ir.Constant(I32, k)
+            ptr = b.gep(base, [b.extract_element(p, lane)], inbounds=True)
+            v = b.extract_element(value, lane)
+            if self.mask is None:
+                b.store(v, ptr)
+            else:
+                with b.if_then(b.extract_element(self.mask, lane)):
+                    b.store(v, ptr)
 
     # ---- expressions
     def int(self, e: Expr) -> ir.Value:
@@ -191,14 +343,16 @@ class _KernelEmitter:
         if isinstance(e, Var):
             return self.vars[e.name]
         if isinstance(e, Unary) and e.op == "neg":
-            return b.sub(ir.Constant(I64, 0), self.int(e.a))
+            x = self.int(e.a)
+            return b.sub(self.splat(ir.Constant(I64, 0)) if _is_vec(x) else ir.Constant(I64, 0), x)
         if isinstance(e, Unary) and e.op == "abs":
             x = self.int(e.a)
-            return b.select(b.icmp_signed("<", x, ir.Constant(I64, 0)), b.sub(ir.Constant(I64, 0), x), x)
+            zero = self.splat(ir.Constant(I64, 0)) if _is_vec(x) else ir.Constant(I64, 0)
+            return b.select(b.icmp_signed("<", x, zero), b.sub(zero, x), x)
         if isinstance(e, Select):
             return self._select(e, self.int)
         if isinstance(e, Binary):
-            x, y = self.int(e.a), self.int(e.b)
+            x, y = self.both(self.int(e.a), self.int(e.b))
             op = e.op
             if op == "+":
                 return b.add(x, y, flags=("nsw",))
@@ -210,13 +364,14 @@ class _KernelEmitter:
                 return b.select(b.icmp_signed(">", y, x), y, x)
             if op == "min":
                 return b.select(b.icmp_signed("<", y, x), y, x)
-            zero = ir.Constant(I64, 0)
+            zero = ir.Constant(x.type, [0] * x.type.count) if _is_vec(x) else ir.Constant(I64, 0)
+            one = ir.Constant(x.type, [1] * x.type.count) if _is_vec(x) else ir.Constant(I64, 1)
             q, r = b.sdiv(x, y), b.srem(x, y)
             # floor semantics: adjust when the remainder is nonzero and the signs differ
             adjust = b.and_(b.icmp_signed("!=", r, zero),
                             b.icmp_signed("!=", b.icmp_signed("<", r, zero), b.icmp_signed("<", y, zero)))
             if op == "/":
-                return b.select(adjust, b.sub(q, ir.Constant(I64, 1)), q)
+                return b.select(adjust, b.sub(q, one), q)
             if op == "%":
                 return b.select(adjust, b.add(r, y), r)
         raise TypeError(f"not an integer expression: {e!r}")
@@ -224,27 +379,41 @@ class _KernelEmitter:
     def cond(self, e: Expr) -> ir.Value:
         b = self.b
         if isinstance(e, Binary) and e.op in ("and", "or"):
-            x, y = self.cond(e.a), self.cond(e.b)
+            x, y = self.both(self.cond(e.a), self.cond(e.b))
             return b.and_(x, y) if e.op == "and" else b.or_(x, y)
         if isinstance(e, Unary) and e.op == "not":
             return b.not_(self.cond(e.a))
         if isinstance(e, Binary):
             if is_int(e.a) and is_int(e.b):
-                return b.icmp_signed(e.op, self.int(e.a), self.int(e.b))
-            return b.fcmp_ordered(e.op, self.float(e.a), self.float(e.b))
+                x, y = self.both(self.int(e.a), self.int(e.b))
+                return b.icmp_signed(e.op, x, y)
+            x, y = self.both(self.float(e.a), self.float(e.b))
+            return b.fcmp_ordered(e.op, x, y)
         raise TypeError(f"not a condition: {e!r}")
 
     def _select(self, e: Select, kind):
         b = self.b
         c = self.cond(e.cond)
-        if not any(isinstance(x, Load) for x in e.a.walk()) and not any(isinstance(x, Load) for x in e.b.walk()):
-            return b.select(c, kind(e.a), kind(e.b))
+        has_load = any(isinstance(x, Load) for x in e.a.walk()) or any(isinstance(x, Load) for x in e.b.walk())
+        if _is_vec(c):  # each arm's reads only on its own lanes
+            outer = self.mask
+            self.mask = c if outer is None else b.and_(outer, c)
+            va = kind(e.a)
+            nc = b.not_(c)
+            self.mask = nc if outer is None else b.and_(outer, nc)
+            vb = kind(e.b)
+            self.mask = outer
+            va, vb = self.splat(va), self.splat(vb)
+            return b.select(c, va, vb)
+        if not has_load:
+            va, vb = self.both(kind(e.a), kind(e.b))
+            return b.select(c, va, vb)
         with b.if_else(c) as (then, other):
-            with then:
-                va = kind(e.a)
+            with then:  # in vector code both arms become vectors, each in its own block
+                va = self.splat(kind(e.a))
                 ba = b.block
             with other:
-                vb = kind(e.b)
+                vb = self.splat(kind(e.b))
                 bb = b.block
         phi = b.phi(va.type)
         phi.add_incoming(va, ba)
@@ -254,34 +423,41 @@ class _KernelEmitter:
     def float(self, e: Expr) -> ir.Value:
         b, ft = self.b, self.ft
         if is_bool(e):
-            return b.uitofp(self.cond(e), ft)
+            c = self.cond(e)
+            return b.uitofp(c, ir.VectorType(ft, self.width) if _is_vec(c) else ft)
         if is_int(e):
-            return b.sitofp(self.int(e), ft)
+            x = self.int(e)
+            return b.sitofp(x, ir.VectorType(ft, self.width) if _is_vec(x) else ft)
         if isinstance(e, Const):
             return ir.Constant(ft, float(e.value))
         if isinstance(e, Scalar):
             return b.load(self.regs[e.name])
         if isinstance(e, Load):
-            return b.load(self.addr(e.tensor, e.index))
+            return self.load(e.tensor, e.index)
         if isinstance(e, Select):
             return self._select(e, self.float)
         if isinstance(e, Unary):
             x = self.float(e.a)
+            ty = x.type
             if e.op == "neg":
                 return b.fneg(x)
             if e.op in ("exp", "log", "sqrt"):
-                return b.call(self.m.declare_intrinsic(f"llvm.{e.op}", [ft]), [x])
+                return b.call(self._math(e.op, ty), [x])
             if e.op == "abs":
-                return b.call(self.m.declare_intrinsic("llvm.fabs", [ft]), [x])
+                return b.call(self._math("fabs", ty), [x])
             if e.op == "tanh":
-                return b.call(self._libm("tanhf" if ft == FLOAT["f32"] else "tanh"), [x])
+                return self._lanewise(x, self._libm("tanhf" if ft == FLOAT["f32"] else "tanh"))
             if e.op == "sigmoid":
-                ex = b.call(self.m.declare_intrinsic("llvm.exp", [ft]), [b.fneg(x)])
-                return b.fdiv(ir.Constant(ft, 1.0), b.fadd(ir.Constant(ft, 1.0), ex))
+                one = self.splat(ir.Constant(ft, 1.0)) if _is_vec(x) else ir.Constant(ft, 1.0)
+                ex = b.call(self._math("exp", ty), [b.fneg(x)])
+                return b.fdiv(one, b.fadd(one, ex))
         if isinstance(e, Binary) and e.op == "uniform":
-            return self.uniform(b.fptosi(self.float(e.a), I64), self.int(e.b))
+            seed = b.fptosi(self.float(e.a), I64)
+            idx = self.int(e.b)
+            seed, idx = self.both(seed, idx)
+            return self.uniform(seed, idx)
         if isinstance(e, Binary):
-            x, y = self.float(e.a), self.float(e.b)
+            x, y = self.both(self.float(e.a), self.float(e.b))
             op = e.op
             if op == "+":
                 return b.fadd(x, y, flags=FAST)
@@ -297,20 +473,43 @@ class _KernelEmitter:
                 return b.select(b.fcmp_ordered("<", y, x), y, x)
         raise TypeError(f"cannot emit {e!r}")
 
+    def _math(self, op: str, ty) -> ir.Function:
+        """llvm.exp.f32, llvm.sqrt.v16f32, ...: one-argument math on scalars or vectors."""
+        suffix = _vname(ty) if isinstance(ty, ir.VectorType) else ("f32" if ty == FLOAT["f32"] else "f64")
+        return self._intrinsic(f"llvm.{op}.{suffix}", ty, [ty])
+
+    def _intrinsic(self, name: str, ret, args) -> ir.Function:
+        if name in self.m.globals:
+            return self.m.globals[name]
+        return ir.Function(self.m, ir.FunctionType(ret, args), name)
+
+    def _lanewise(self, x: ir.Value, fn) -> ir.Value:
+        if not _is_vec(x):
+            return self.b.call(fn, [x])
+        out = x
+        for k in range(x.type.count):
+            lane = self.b.call(fn, [self.b.extract_element(x, ir.Constant(I32, k))])
+            out = self.b.insert_element(out, lane, ir.Constant(I32, k))
+        return out
+
     def uniform(self, seed: ir.Value, index: ir.Value) -> ir.Value:
         """splitmix64(seed * golden + index) -> its top 24 bits / 2**24, in [0, 1)."""
         b = self.b
+        vec = _is_vec(index)
 
         def k(v):
-            return ir.Constant(I64, v - (1 << 64) if v >= 1 << 63 else v)
+            c = ir.Constant(I64, v - (1 << 64) if v >= 1 << 63 else v)
+            return self.splat(c) if vec else c
 
         z = b.add(b.mul(seed, k(0x9E3779B97F4A7C15)), index)
         z = b.add(z, k(0x9E3779B97F4A7C15))
         z = b.mul(b.xor(z, b.lshr(z, k(30))), k(0xBF58476D1CE4E5B9))
         z = b.mul(b.xor(z, b.lshr(z, k(27))), k(0x94D049BB133111EB))
         z = b.xor(z, b.lshr(z, k(31)))
-        top = b.uitofp(b.lshr(z, k(40)), self.ft)
-        return b.fmul(top, ir.Constant(self.ft, 1.0 / (1 << 24)))
+        ty = ir.VectorType(self.ft, self.width) if vec else self.ft
+        top = b.uitofp(b.lshr(z, k(40)), ty)
+        scale = ir.Constant(self.ft, 1.0 / (1 << 24))
+        return b.fmul(top, self.splat(scale) if vec else scale)
 
     def _libm(self, name: str):
         if name in self.m.globals:
@@ -318,3 +517,11 @@ class _KernelEmitter:
         fn = ir.Function(self.m, ir.FunctionType(self.ft, [self.ft]), name)
         fn.attributes.add("nounwind")
         return fn
+
+
+def _vname(t: ir.VectorType) -> str:
+    return f"v{t.count}{'f32' if isinstance(t.element, ir.FloatType) else 'f64'}"
+
+
+def _vars(e: Expr) -> set[str]:
+    return {x.name for x in e.walk() if isinstance(x, Var)}

@@ -89,8 +89,9 @@ class Program:
 
     @property
     def args(self) -> tuple[Buffer, ...]:
-        """Buffers passed to the compiled function, in this order; temps live in the workspace."""
-        return tuple(b for b in self.buffers if b.kind != "temp")
+        """Buffers passed to the compiled function, in this order; temps live in the workspace
+        and locals (register tiles) inside their kernels."""
+        return tuple(b for b in self.buffers if b.kind not in ("temp", "local"))
 
     def replace_kernels(self, kernels) -> "Program":
         return Program(self.name, self.buffers, tuple(kernels))

@@ -1,0 +1,200 @@
+"""Schedules as data: how each statement's loops are laid out, as printable records.
+
+A `Tile` step says how to lower the statement that writes one tensor: one output axis runs
+across the lanes of SIMD vectors (`vector`, `width` lanes, stride-1 in memory), another is
+unrolled into a register tile (`unroll`, `factor` rows), and the reduction, if any, runs
+outside both, accumulating into registers (a local `T.acc[factor, width]`), so each value
+loaded is used `factor` or `width` times. A `Pack` step copies a tensor with its dimensions
+permuted, so that a read which would stride across lanes becomes stride-1.
+
+`default_schedule` chooses steps from shapes and the host's vector width alone, with no search.
+Steps can be replayed from their text (`parse_step`), given in a `schedule { }` block, and
+printed with `dnnc ir NET --stage schedule`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import affine
+from .errors import DnncError, Loc
+from .expr import Binary, Expr, Load, Reduce, Select, Unary, Var, free_vars, substitute
+from .te import TStmt
+
+VECTOR_BITS = 512  # AVX-512; the lowering masks ragged edges, so any extent works
+
+
+@dataclass(frozen=True)
+class Tile:
+    tensor: str
+    vector: str
+    width: int = 16
+    unroll: str | None = None
+    factor: int = 1
+    nth: int = 0  # which statement writing `tensor` (gradients may have several)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.tensor, self.nth
+
+    def __str__(self) -> str:
+        u = f", unroll={self.unroll}:{self.factor}" if self.unroll else ""
+        t = self.tensor + (f"#{self.nth}" if self.nth else "")
+        return f"tile({t}, vector={self.vector}:{self.width}{u})"
+
+
+@dataclass(frozen=True)
+class Pack:
+    tensor: str  # the tensor read
+    perm: tuple[int, ...]  # new dimension k is old dimension perm[k]
+    reader: str  # the statement (by the tensor it writes) that reads the packed copy
+
+    @property
+    def packed(self) -> str:
+        return f"{self.tensor}.packed{''.join(map(str, self.perm))}"
+
+    def __str__(self) -> str:
+        return f"pack({self.tensor}, perm={list(self.perm)}, for={self.reader})"
+
+
+_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?\)$")
+
+
+def parse_step(text: str, loc: Loc | None = None) -> Tile:
+    """A Tile from its printed form: tile(c1.conv, vector=j:16, unroll=f:4)."""
+    m = _STEP.match(text.strip())
+    if not m:
+        raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
+                        f"[, unroll=AXIS:FACTOR])", loc)
+    return Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0))
+
+
+def lanes(dtype: str = "f32") -> int:
+    return VECTOR_BITS // (32 if dtype == "f32" else 64)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def single_reduce(st: TStmt) -> Reduce | None:
+    """The statement's one reduction, if it has exactly one and nothing nests in it."""
+    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
+    if len(reds) != 1 or any(isinstance(x, Reduce) for x in reds[0].body.walk() if x is not reds[0]):
+        return None
+    return reds[0]
+
+
+def _stride_kind(load: Load, v: str) -> str:
+    """How a read moves with axis v: 'none', 'unit' (last dimension, +1) or 'other'."""
+    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
+    if not uses:
+        return "none"
+    last = len(load.index) - 1
+    if uses == [last]:
+        form = affine.affine(load.index[last])
+        if form is not None and form.get(v) == 1 and not any(
+                not isinstance(k, str) and k != 1 and v in free_vars(k) for k in form):
+            return "unit"
+    return "other"
+
+
+def _hot_loads(st: TStmt) -> list[Load]:
+    r = single_reduce(st)
+    src = r.body if r is not None else st.value
+    return [x for x in src.walk() if isinstance(x, Load)]
+
+
+def schedulable(st: TStmt) -> bool:
+    if st.index is not None or not st.axes:
+        return False
+    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
+    if not reds:
+        return True
+    r = single_reduce(st)
+    return r is not None and r.op in ("sum", "max", "min")
+
+
+def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dtype: str = "f32",
+                     pack: bool = True) -> list:
+    """Tile (and Pack) steps for the statements worth vectorizing, from shapes alone."""
+    steps: list = []
+    W = lanes(dtype)
+    packed: set[tuple[str, str]] = set()
+    seen: dict[str, int] = {}
+    for st in stmts:
+        nth = seen.get(st.tensor, 0)
+        seen[st.tensor] = nth + 1
+        if not schedulable(st):
+            continue
+        v, ext_v = st.axes[-1]
+        hot = _hot_loads(st)
+        if pack and single_reduce(st) is not None:
+            for ld in hot:  # a weight read across lanes: pack it so the lanes are contiguous
+                uses = [k for k, ix in enumerate(ld.index) if v in free_vars(ix)]
+                if (len(uses) == 1 and ld.index[uses[0]] == Var(v) and uses[0] != len(ld.index) - 1
+                        and (st.tensor, ld.tensor) not in packed and len(ld.index) == 2):
+                    d = uses[0]
+                    perm = tuple(k for k in range(len(ld.index)) if k != d) + (d,)
+                    steps.append(Pack(ld.tensor, perm, st.tensor))
+                    packed.add((st.tensor, ld.tensor))
+        width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
+        unroll, factor = None, 1
+        if single_reduce(st) is not None:
+            best = None
+            for u, ext_u in st.axes[:-1]:
+                if ext_u < 2:
+                    continue
+                reuse = sum(1 for ld in hot if _stride_kind(ld, v) == "unit" and u not in
+                            set().union(*[free_vars(i) for i in ld.index]))
+                key = (reuse, ext_u)
+                if best is None or key > best[0]:
+                    best = (key, u, ext_u)
+            if best is not None:
+                unroll = best[1]
+                ext_u = best[2]
+                factor = next((f for f in (8, 6, 4) if ext_u % f == 0), min(ext_u, 4))
+        steps.append(Tile(st.tensor, v, width, unroll, factor, nth))
+    return steps
+
+
+# ----------------------------------------------------------------------------- packing
+
+def apply_packs(stmts: list[TStmt], steps: list, shapes: dict) -> tuple[list[TStmt], list[tuple[str, tuple]]]:
+    """Statements that read packed copies; the copies are computed right before first use.
+
+    Invariant: computes the same values (a packed copy is a permutation of its tensor).
+    """
+    packs: dict[str, dict[str, Pack]] = {}
+    for s in steps:
+        if isinstance(s, Pack):
+            packs.setdefault(s.reader, {})[s.tensor] = s
+    if not packs:
+        return stmts, []
+    out: list[TStmt] = []
+    temps: list[tuple[str, tuple]] = []
+    done: set[str] = set()
+    for st in stmts:
+        mine = packs.get(st.tensor, {})
+        if not mine:
+            out.append(st)
+            continue
+        for t, p in mine.items():
+            if p.packed not in done:
+                shape = shapes[t]
+                new_shape = tuple(shape[k] for k in p.perm)
+                axes = tuple((f"p{k}", x) for k, x in enumerate(new_shape))
+                inv = [0] * len(p.perm)
+                for k, old in enumerate(p.perm):
+                    inv[old] = k
+                src = Load(t, tuple(Var(f"p{inv[d]}") for d in range(len(shape))))
+                out.append(TStmt(p.packed, axes, src, st.loc))
+                temps.append((p.packed, new_shape))
+                done.add(p.packed)
+
+        def repl(x, mine=mine):
+            if isinstance(x, Load) and x.tensor in mine:
+                p = mine[x.tensor]
+                return Load(p.packed, tuple(x.index[k] for k in p.perm), x.loc)
+            return None
+
+        out.append(TStmt(st.tensor, st.axes, substitute(st.value, repl), st.loc, st.index, st.accumulate))
+    return out, temps
