@@ -36,11 +36,12 @@ def header_text(net: Network, prog, batch: int, workspace: int) -> str:
     return "\n".join(lines)
 
 
-def compile_object(net: Network, output: str, batch: int = 1) -> tuple[str, str]:
+def compile_object(net: Network, output: str, batch: int = 1, schedule: bool = True,
+                   overrides: tuple = ()) -> tuple[str, str]:
     out = Path(output)
     if out.suffix != ".o":
         raise DnncError("the object file name must end in .o", path=output)
-    prog = run_passes(lower_graph(net.at_batch(batch)))[-1][1]
+    prog = run_passes(lower_graph(net.at_batch(batch), schedule=schedule, overrides=overrides))[-1][1]
     offsets, ws = plan(prog)
     obj = jit.object_code(emit(prog, offsets))
     header = out.with_suffix(".h")

@@ -76,8 +76,11 @@ class Network:
     def program(self, batch: int = 1, with_loss: bool = False) -> Program:
         return lower_graph(self.at_batch(batch), with_loss=with_loss)
 
-    def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None) -> "Model":
-        return Model(self, batch, seed, dtype)
+    def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
+                schedule: bool = True, overrides: list = ()) -> "Model":
+        """JIT-compile the forward pass for `batch` examples. schedule=False keeps the naive
+        loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults."""
+        return Model(self, batch, seed, dtype, schedule, tuple(overrides))
 
 
 def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -156,8 +159,10 @@ class Model:
     compiled on first use. All share the parameter buffers.
     """
 
-    def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32"):
+    def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
+                 overrides: tuple = ()):
         self.network = net
+        self.schedule, self.overrides = schedule, overrides
         self.batch = batch
         self.dtype = dtype
         self.graph = net.at_batch(batch)
@@ -191,11 +196,13 @@ class Model:
             from .step import training_program
 
             if kind in ("forward", "loss"):
-                prog = lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype)
+                prog = lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype, schedule=self.schedule,
+                                   overrides=self.overrides)
             else:
                 if self._train_graph is None:
                     self._train_graph = self.network.at_batch(self.batch, training=True)
-                prog = training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype)
+                prog = training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype,
+                                        schedule=self.schedule, overrides=self.overrides)
             self._exec[key] = Executable(prog, self.buffers, self.dtype)
         return self._exec[key]
 

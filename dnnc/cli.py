@@ -70,7 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("ir", help="print a stage of the pipeline")
     r.add_argument("net")
     r.add_argument("--stage", default="loops",
-                   help="ast, graph, te, loops, a pass name, llvm, llvm-opt or asm (default loops)")
+                   help="ast, graph, te, schedule, loops, a pass name, llvm, llvm-opt or asm (default loops)")
     r.add_argument("--layer", help="only this layer (or binding)")
     r.add_argument("--batch", type=_positive, default=1)
     r.add_argument("--grad", action="store_true",
@@ -105,7 +105,22 @@ def make_parser() -> argparse.ArgumentParser:
     o.add_argument("net")
     o.add_argument("-o", "--output", required=True, metavar="NAME.o")
     o.add_argument("--batch", type=_positive, default=1)
+    for sp in (r, u, t, e, o):
+        sp.add_argument("--schedule", action="append", default=[], metavar="STEP",
+                        help="a schedule step replacing the default for its tensor, as `dnnc ir --stage "
+                             "schedule` prints it: 'tile(c1.conv, vector=j:16, unroll=f:4)' or 'naive(c1.conv)'")
+        sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
     return p
+
+
+def _schedule_args(args) -> dict:
+    from .schedule import parse_step
+
+    try:
+        steps = tuple(parse_step(s) for s in args.schedule)
+    except DnncError as e:
+        raise UsageError(f"--schedule: {e.message}") from None
+    return {"schedule": not args.no_schedule, "overrides": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +187,7 @@ def cmd_ir(args) -> int:
     from .runtime.memory import plan
 
     stage = args.stage
-    valid = ["ast", "graph", "te", "loops"] + passes.names() + ["llvm", "llvm-opt", "asm"]
+    valid = ["ast", "graph", "te", "schedule", "loops"] + passes.names() + ["llvm", "llvm-opt", "asm"]
     if stage not in valid:
         raise UsageError(f"unknown stage '{stage}' (stages: {', '.join(valid)})")
     if stage == "ast":
@@ -202,7 +217,10 @@ def cmd_ir(args) -> int:
             for s in l.inst.stmts:
                 print(s.show())
         return 0
-    prog = lower_graph(g)
+    prog = lower_graph(g, **_schedule_args(args))
+    if stage == "schedule":
+        print("\n".join(str(s) for s in prog.schedule) or "(no schedule: plain loop nests)")
+        return 0
     stages = dict(passes.run(prog))
     if stage in stages:
         print(show_program(stages[stage], args.layer), end="")
@@ -250,7 +268,13 @@ def _ir_grad(args, net, g, stage) -> int:
                 for s in stmts:
                     print(s.show())
         return 0
-    prog = lower_groups(g.name, buffers, groups)
+    from .schedule import from_settings
+
+    opts = _schedule_args(args)
+    prog = lower_groups(g.name, buffers, groups, opts["schedule"], "f32", from_settings(g.settings) + list(opts["overrides"]))
+    if stage == "schedule":
+        print("\n".join(str(s) for s in prog.schedule) or "(no schedule: plain loop nests)")
+        return 0
     stages = dict(passes.run(prog))
     if stage in stages:
         p = stages[stage]
@@ -316,7 +340,7 @@ def cmd_run(args) -> int:
         if a.size == 0:
             raise DnncError(f"input '{n}' holds no examples (shape {list(a.shape)})", path=paths[n])
     count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
-    model = net.compile(batch=min(args.batch, count))
+    model = net.compile(batch=min(args.batch, count), **_schedule_args(args))
     if args.weights:
         from .train import restore, read_checkpoint
 
@@ -357,7 +381,7 @@ def cmd_compile(args) -> int:
     from .aot import compile_object
 
     net = _load(args.net)
-    obj, header = compile_object(net, args.output, args.batch)
+    obj, header = compile_object(net, args.output, args.batch, **_schedule_args(args))
     print(f"wrote {obj} and {header}")
     return 0
 
@@ -371,7 +395,7 @@ def cmd_train(args) -> int:
             raise DnncError("no such file or directory", path=f)
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                  seed=args.seed, out=args.out, resume=args.resume)
+                  seed=args.seed, out=args.out, resume=args.resume, **_schedule_args(args))
     except KeyboardInterrupt:
         return 130
     print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
@@ -384,7 +408,7 @@ def cmd_eval(args) -> int:
     from .train import evaluate
 
     net = _load(args.net)
-    ev = evaluate(net, args.weights, args.data, args.batch)
+    ev = evaluate(net, args.weights, args.data, args.batch, **_schedule_args(args))
     k = len(ev.per_class)
     print(f"accuracy {100 * ev.accuracy:.2f}% on {ev.count} examples, mean loss {ev.loss:.4f}")
     print("per class: " + "  ".join(f"{c}:{100 * a:.1f}%" for c, a in enumerate(ev.per_class) if a == a))

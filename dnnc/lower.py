@@ -20,7 +20,8 @@ INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "arg
 
 
 def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
-                name: str | None = None, dtype: str = "f32", schedule: bool | list = True) -> Program:
+                name: str | None = None, dtype: str = "f32", schedule: bool | list = True,
+                overrides: list = ()) -> Program:
     """The forward program of g: every layer needed for `outputs` (default g.outputs)."""
     from .step import needed_layers
 
@@ -43,7 +44,9 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
             kind = "temp"
         buffers.append(Buffer(t.name, t.shape, kind, dtype))
     groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
-    return lower_groups(name or g.name, buffers, groups, schedule, dtype)
+    from .schedule import from_settings
+
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype, from_settings(g.settings) + list(overrides))
 
 
 KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
@@ -51,20 +54,22 @@ KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "outpu
 
 
 def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[TStmt]]],
-                 schedule: bool | list = True, dtype: str = "f32") -> Program:
+                 schedule: bool | list = True, dtype: str = "f32", overrides: list = ()) -> Program:
     """One kernel per named group of statements, over the given buffers (args first).
 
-    With `schedule` (True: the default schedule; or a list of steps) statements are packed
-    and tiled as the steps say; without, each becomes the naive loop nest of lower_stmt.
+    With `schedule` (True: the default schedule; or the list of steps to apply) statements
+    are packed and tiled as the steps say; with False each is the naive nest of lower_stmt.
     """
-    from .schedule import Tile, apply_packs, default_schedule
+    from .schedule import Tile, apply_packs, default_schedule, merge
 
     shapes = {b.name: b.shape for b in buffers}
     buffers = list(buffers)
     tiles: dict[tuple[str, int], Tile] = {}
-    if schedule:
+    steps: list = []
+    if schedule is not False:
         flat = [st for _, stmts in groups for st in stmts]
         steps = default_schedule(flat, shapes, dtype) if schedule is True else list(schedule)
+        steps = merge(steps, list(overrides))
         tiles = {s.key: s for s in steps if isinstance(s, Tile)}
         new_groups = []
         for kname, stmts in groups:
@@ -93,7 +98,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
                 body += lower_stmt(st, shapes)
         kernels.append(Kernel(kname, tuple(body), kname))
     buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
-    return Program(name, tuple(buffers), tuple(kernels))
+    return Program(name, tuple(buffers), tuple(kernels), tuple(steps) if schedule is not False else ())
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:

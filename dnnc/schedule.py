@@ -60,13 +60,76 @@ class Pack:
 _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?\)$")
 
 
-def parse_step(text: str, loc: Loc | None = None) -> Tile:
+def parse_step(text: str, loc: Loc | None = None):
     """A Tile from its printed form: tile(c1.conv, vector=j:16, unroll=f:4)."""
-    m = _STEP.match(text.strip())
+    text = text.strip()
+    n = re.match(r"naive\((?P<t>[\w.]+)\)$", text)
+    if n:
+        return Naive(n["t"])
+    m = _STEP.match(text)
     if not m:
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
-                        f"[, unroll=AXIS:FACTOR])", loc)
-    return Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0))
+                        f"[, unroll=AXIS:FACTOR]) or naive(TENSOR)", loc)
+    return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0)), loc)
+
+
+def from_settings(settings: dict) -> list:
+    """Tile steps from a network's `schedule { T = tile(vector=j, width=16, unroll=f, factor=4) }`
+    block; `T = naive` keeps T's plain loop nest."""
+    from .frontend import CallValue, NameRef
+
+    out: list = []
+    for key, (value, loc) in settings.items():
+        if not key.startswith("schedule."):
+            continue
+        tensor = key[len("schedule."):]
+        if isinstance(value, NameRef) and value.name == "naive":
+            out.append(Naive(tensor))
+            continue
+        if not (isinstance(value, CallValue) and value.name == "tile"):
+            raise DnncError("a schedule entry is T = tile(vector=AXIS, width=N, unroll=AXIS, factor=N) "
+                            "or T = naive", loc)
+        kw: dict = {}
+        for a in value.args:
+            if a.key in ("vector", "unroll") and isinstance(a.value, NameRef):
+                kw[a.key] = a.value.name
+            elif a.key in ("width", "factor") and isinstance(a.value, int) and a.value >= 1:
+                kw[a.key] = a.value
+            else:
+                raise DnncError(f"tile(...) takes vector=AXIS, width=N, unroll=AXIS, factor=N; got "
+                                f"{a.key or 'a positional argument'}", a.loc)
+        if "vector" not in kw:
+            raise DnncError("tile(...) needs vector=AXIS", loc)
+        out.append(check(Tile(tensor, kw["vector"], kw.get("width", 16), kw.get("unroll"),
+                              kw.get("factor", 1) if kw.get("unroll") else 1), loc))
+    return out
+
+
+@dataclass(frozen=True)
+class Naive:
+    """Keep the plain loop nest of the statement(s) writing `tensor`."""
+
+    tensor: str
+
+    def __str__(self) -> str:
+        return f"naive({self.tensor})"
+
+
+def check(t: Tile, loc: Loc | None = None) -> Tile:
+    if t.width not in (1, 2, 4, 8, 16, 32, 64):
+        raise DnncError(f"{t}: the vector width must be a power of two up to 64", loc)
+    if t.factor > 16:
+        raise DnncError(f"{t}: an unroll factor above 16 would spill the register tile", loc)
+    if t.unroll == t.vector:
+        raise DnncError(f"{t}: the vector and unrolled axes must differ", loc)
+    return t
+
+
+def merge(defaults: list, overrides: list) -> list:
+    """The default steps with each tensor's steps replaced by the user's."""
+    named = {o.tensor for o in overrides}
+    return [d for d in defaults if not (isinstance(d, (Tile, Naive)) and d.tensor in named)] + [
+        o for o in overrides if isinstance(o, Tile)]
 
 
 def lanes(dtype: str = "f32") -> int:

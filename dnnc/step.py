@@ -28,11 +28,13 @@ def needed_layers(g: Graph, outputs: tuple[str, ...], with_loss: bool) -> list[L
 
 
 def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32",
-                     name: str | None = None) -> Program:
+                     name: str | None = None, schedule: bool = True, overrides: list = ()) -> Program:
     """Forward (with the values the backward needs saved), loss, backward and, with an
     optimizer, the parameter update: d loss / d param lands in `param.grad`."""
+    from .schedule import from_settings
+
     buffers, groups = training_groups(g, optimizer, dtype)
-    return lower_groups(name or g.name, buffers, groups)
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype, from_settings(g.settings) + list(overrides))
 
 
 def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32"):

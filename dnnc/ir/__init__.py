@@ -80,6 +80,7 @@ class Program:
     name: str
     buffers: tuple[Buffer, ...]
     kernels: tuple[Kernel, ...]
+    schedule: tuple = ()  # the steps (schedule.Tile, Pack) this program was lowered with
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -94,7 +95,7 @@ class Program:
         return tuple(b for b in self.buffers if b.kind not in ("temp", "local"))
 
     def replace_kernels(self, kernels) -> "Program":
-        return Program(self.name, self.buffers, tuple(kernels))
+        return Program(self.name, self.buffers, tuple(kernels), self.schedule)
 
 
 # ----------------------------------------------------------------------------- printer
