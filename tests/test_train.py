@@ -6,6 +6,8 @@ takes a fraction of a second after compilation.
 """
 from __future__ import annotations
 
+import importlib
+
 import gzip
 import math
 import re
@@ -23,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 import dnnc  # noqa: E402
 from dnnc import data as datamod  # noqa: E402
-from dnnc import train as trainmod  # noqa: E402
+trainmod = importlib.import_module("dnnc.train")  # the module (dnnc.train is the function)
 from dnnc.errors import DnncError  # noqa: E402
 from dnnc.optim import Optimizer, lr_at  # noqa: E402
 
