@@ -20,7 +20,7 @@ NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 def load(path_or_source: str | Path, network: str | None = None) -> "Network":
     """Parse and check a network from a .net file path or from source text."""
     text, file = _read_source(path_or_source)
-    return Network(parse(text, file), network)
+    return Network(parse(text, file), network, text)
 
 
 def _read_source(src) -> tuple[str, str]:
@@ -42,8 +42,9 @@ def _read_source(src) -> tuple[str, str]:
 class Network:
     """A checked network: its layers, tensor shapes and parameters, per example (batch 1)."""
 
-    def __init__(self, module: Module, name: str | None = None):
+    def __init__(self, module: Module, name: str | None = None, source: str | None = None):
         self.module = module
+        self.source = source  # the text, when known: part of the compile cache's key
         self.graph = graphmod.build(module, 1, name)
         self.name = self.graph.name
 
@@ -183,27 +184,44 @@ class Model:
         self._exec: dict = {}
         fwd = self.executable("forward")
         self.compile_seconds = fwd.seconds
-        self.program = fwd.program
-        self.stages = fwd.stages
-        self.llvm_ir = fwd.llvm_ir
+
+    @property
+    def program(self):
+        """The forward pass's final loop-nest IR."""
+        return self.executable("forward").program
+
+    @property
+    def stages(self):
+        return self.executable("forward").stages
+
+    @property
+    def llvm_ir(self) -> str:
+        return self.executable("forward").llvm_ir
 
     def executable(self, kind: str, optimizer=None):
         """The compiled program `forward`, `loss` (forward and loss), `grad` (loss and
         gradients) or `train` (one step with `optimizer`)."""
         key = (kind, optimizer)
         if key not in self._exec:
+            from .runtime import cache
             from .runtime.executable import Executable
             from .step import training_program
 
-            if kind in ("forward", "loss"):
-                prog = lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype, schedule=self.schedule,
-                                   overrides=self.overrides)
-            else:
+            def build():
+                if kind in ("forward", "loss"):
+                    return lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype,
+                                       schedule=self.schedule, overrides=self.overrides)
                 if self._train_graph is None:
                     self._train_graph = self.network.at_batch(self.batch, training=True)
-                prog = training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype,
+                return training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype,
                                         schedule=self.schedule, overrides=self.overrides)
-            self._exec[key] = Executable(prog, self.buffers, self.dtype)
+
+            ckey = None
+            if self.network.source is not None:
+                ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
+                                 optimizer=repr(optimizer if kind == "train" else None), batch=self.batch,
+                                 dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides])
+            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey)
         return self._exec[key]
 
     @property

@@ -69,14 +69,31 @@ class Compiled:
     address: int
 
 
-def jit(text: str, entry: str, nargs: int) -> Compiled:
+def jit(text: str, entry: str, nargs: int) -> tuple[Compiled, bytes]:
+    """Machine code for LLVM IR text, and the object code it came from (for the cache)."""
+    objects: list[bytes] = []
     with _lock:
         mod = optimize(parse(text))
         # the engine takes ownership of its target machine and frees it with itself: give it
         # a new one, never the cached one (freed with the first model, then used after free)
         engine = llvm.create_mcjit_compiler(mod, target_machine.__wrapped__())
+        engine.set_object_cache(lambda _mod, data: objects.append(bytes(data)))
         engine.finalize_object()
         addr = engine.get_function_address(entry)
+    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))
+    return Compiled(engine, proto(addr), addr), (objects[0] if objects else b"")
+
+
+def jit_object(obj: bytes, entry: str, nargs: int) -> Compiled:
+    """Machine code from a cached object file: no LLVM optimization or code generation."""
+    with _lock:
+        target_machine()
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine.__wrapped__())
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+        addr = engine.get_function_address(entry)
+    if not addr:
+        raise KeyError(entry)
     proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))
     return Compiled(engine, proto(addr), addr)
 
