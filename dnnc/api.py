@@ -80,8 +80,9 @@ class Network:
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
                 schedule: bool = True, overrides: list = ()) -> "Model":
         """JIT-compile the forward pass for `batch` examples. schedule=False keeps the naive
-        loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults."""
-        return Model(self, batch, seed, dtype, schedule, tuple(overrides))
+        loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults;
+        `threads` (default: every core) run the parallel loops."""
+        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads)
 
 
 def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -161,8 +162,11 @@ class Model:
     """
 
     def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
-                 overrides: tuple = ()):
+                 overrides: tuple = (), threads: int | None = None):
+        import os
+
         self.network = net
+        self.threads = max(int(threads), 1) if threads else (os.cpu_count() or 1)
         self.schedule, self.overrides = schedule, overrides
         self.batch = batch
         self.dtype = dtype
@@ -221,7 +225,7 @@ class Model:
                 ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
                                  optimizer=repr(optimizer if kind == "train" else None), batch=self.batch,
                                  dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides])
-            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey)
+            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads)
         return self._exec[key]
 
     @property

@@ -110,6 +110,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="a schedule step replacing the default for its tensor, as `dnnc ir --stage "
                              "schedule` prints it: 'tile(c1.conv, vector=j:16, unroll=f:4)' or 'naive(c1.conv)'")
         sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
+    for sp in (u, t, e):
+        sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
     return p
 
 
@@ -120,7 +122,10 @@ def _schedule_args(args) -> dict:
         steps = tuple(parse_step(s) for s in args.schedule)
     except DnncError as e:
         raise UsageError(f"--schedule: {e.message}") from None
-    return {"schedule": not args.no_schedule, "overrides": steps}
+    out = {"schedule": not args.no_schedule, "overrides": steps}
+    if getattr(args, "threads", None):
+        out["threads"] = args.threads
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

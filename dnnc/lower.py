@@ -128,7 +128,8 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     u, U = t.unroll, (t.factor if t.unroll else 1)
     vo, vi = _fresh_name(v + "o", taken), _fresh_name(v + "i", taken)
     sub: dict[str, Expr] = {v: affine.simplify(Binary("+", Binary("*", Var(vo), Const(W)), Var(vi)))}
-    outer = [(n, x) for n, x in st.axes if n not in (u, v)]
+    outer = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
+    sub.update({n: Const(0) for n, x in st.axes if n not in (u, v) and x == 1})  # no loop of one
     if u:
         uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
         sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
@@ -192,8 +193,8 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         pre2, val2 = _Ctx(sh, ranges).value(epi_value, {})
         epilogue = tile(_guard(edge, pre2 + [Store(st.tensor, target, val2)]))
         body = prologue + nest + epilogue
-    for n, x in reversed(outer):
-        body = [Loop(n, x, tuple(body))]
+    for k, (n, x) in reversed(list(enumerate(outer))):
+        body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
     return body, locals_
 
 

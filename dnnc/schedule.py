@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from . import affine
 from .errors import DnncError, Loc
 from .expr import Binary, Expr, Load, Reduce, Select, Unary, Var, free_vars, substitute
-from .te import TStmt
+from .te import TStmt, count_flops
 
 VECTOR_BITS = 512  # AVX-512; the lowering masks ragged edges, so any extent works
+PARALLEL_FLOPS = 2_000_000  # below this a statement is not worth starting threads for (~30 us)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Tile:
     unroll: str | None = None
     factor: int = 1
     nth: int = 0  # which statement writing `tensor` (gradients may have several)
+    parallel: bool = False  # the outermost loop's iterations run on the thread pool
 
     @property
     def key(self) -> tuple[str, int]:
@@ -40,7 +42,7 @@ class Tile:
     def __str__(self) -> str:
         u = f", unroll={self.unroll}:{self.factor}" if self.unroll else ""
         t = self.tensor + (f"#{self.nth}" if self.nth else "")
-        return f"tile({t}, vector={self.vector}:{self.width}{u})"
+        return f"tile({t}, vector={self.vector}:{self.width}{u}{', parallel' if self.parallel else ''})"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Pack:
         return f"pack({self.tensor}, perm={list(self.perm)}, for={self.reader})"
 
 
-_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?\)$")
+_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(?P<p>,\s*parallel)?\)$")
 
 
 def parse_step(text: str, loc: Loc | None = None):
@@ -70,7 +72,7 @@ def parse_step(text: str, loc: Loc | None = None):
     if not m:
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
                         f"[, unroll=AXIS:FACTOR]) or naive(TENSOR)", loc)
-    return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0)), loc)
+    return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"])), loc)
 
 
 def from_settings(settings: dict) -> list:
@@ -95,13 +97,15 @@ def from_settings(settings: dict) -> list:
                 kw[a.key] = a.value.name
             elif a.key in ("width", "factor") and isinstance(a.value, int) and a.value >= 1:
                 kw[a.key] = a.value
+            elif a.key == "parallel" and a.value in (0, 1):
+                kw[a.key] = bool(a.value)
             else:
-                raise DnncError(f"tile(...) takes vector=AXIS, width=N, unroll=AXIS, factor=N; got "
+                raise DnncError(f"tile(...) takes vector=AXIS, width=N, unroll=AXIS, factor=N, parallel=0|1; got "
                                 f"{a.key or 'a positional argument'}", a.loc)
         if "vector" not in kw:
             raise DnncError("tile(...) needs vector=AXIS", loc)
         out.append(check(Tile(tensor, kw["vector"], kw.get("width", 16), kw.get("unroll"),
-                              kw.get("factor", 1) if kw.get("unroll") else 1), loc))
+                              kw.get("factor", 1) if kw.get("unroll") else 1, 0, kw.get("parallel", False)), loc))
     return out
 
 
@@ -215,7 +219,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 unroll = best[1]
                 ext_u = best[2]
                 factor = next((f for f in (8, 6, 4) if ext_u % f == 0), min(ext_u, 4))
-        steps.append(Tile(st.tensor, v, width, unroll, factor, nth))
+        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS))
     return steps
 
 

@@ -193,7 +193,7 @@ class Evaluator:
             return self.model
         if n not in self._tail:
             self._tail[n] = self.model.network.compile(batch=n, dtype=self.model.dtype, schedule=self.model.schedule,
-                                                       overrides=self.model.overrides)
+                                                       overrides=self.model.overrides, threads=self.model.threads)
         m = self._tail[n]
         m.params.update_from(self.model.params)
         m.states.update_from(self.model.states)
@@ -243,7 +243,7 @@ def _bar(done: int, total: int, t0: float, stream) -> None:
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
           lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
           resume: str | None = None, log=print, progress: bool | None = None, schedule: bool = True,
-          overrides: tuple = ()) -> Result:
+          overrides: tuple = (), threads: int | None = None) -> Result:
     """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch."""
     t_start = time.perf_counter()
     g = net.graph
@@ -255,7 +255,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     prog = Progress()
     norm = datamod.normalization(ds.x_train)
-    model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides)
+    model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
     if resume:
         params, state, meta = read_checkpoint(resume, net)
         if meta is None:
@@ -269,7 +269,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                     gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
                     epochs=epochs if epochs is not None else saved["epochs"])
         if model.batch != s.batch:
-            model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides)
+            model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
             restore(model, params)
         model.executable("train", s.optimizer)
         for k, v in state.items():
@@ -339,13 +339,14 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
 
 
 def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 256, schedule: bool = True,
-             overrides: tuple = ()) -> Evaluation:
+             overrides: tuple = (), threads: int | None = None) -> Evaluation:
     g = net.graph
     if g.loss is None or len(g.labels) != 1:
         raise DnncError(f"network '{g.name}' needs a label and a loss to be evaluated")
     params, _, meta = read_checkpoint(weights, net)
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = meta["normalization"] if meta else (0.0, 1.0)
-    model = net.compile(batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule, overrides=overrides)
+    model = net.compile(batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule, overrides=overrides,
+                        threads=threads)
     restore(model, params)
     return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])

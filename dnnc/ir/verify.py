@@ -60,6 +60,8 @@ class _Checker:
             self.access(s.buffer, s.index, ranges, facts, "store to")
             self.expr(s.value, ranges, facts, regs)
             for v in parallel:
+                if self.kinds.get(s.buffer) == "local":
+                    break  # register tiles are private to each thread
                 if not any(v in free_vars(i) for i in s.index):
                     self.fail(f"store to {s.buffer} in parallel loop {v} does not depend on {v}: iterations race")
             self.written.add(s.buffer)

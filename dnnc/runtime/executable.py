@@ -26,7 +26,7 @@ NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 
 class Executable:
     def __init__(self, program: Program | Callable[[], Program], arrays: dict[str, np.ndarray],
-                 dtype: str = "f32", key: str | None = None):
+                 dtype: str = "f32", key: str | None = None, threads: int = 1):
         t0 = time.perf_counter()
         self._build = program if callable(program) else (lambda: program)
         self._lowered = None
@@ -60,6 +60,7 @@ class Executable:
         self.workspace = np.zeros(max(ws, 1), npd)
         self.workspace_bytes = ws * np.dtype(npd).itemsize
         self._addrs = [arrays[n].ctypes.data for n, _, _ in self.args] + [self.workspace.ctypes.data]
+        self.set_threads(threads)
 
     @property
     def stages(self) -> list[tuple[str, Program]]:
@@ -77,6 +78,15 @@ class Executable:
         if not hasattr(self, "_llvm_ir"):
             self._llvm_ir = emit(self.program, plan(self.program)[0], self.dtype)
         return self._llvm_ir
+
+    def set_threads(self, n: int) -> None:
+        """How many threads the program's parallel loops use (results do not depend on it)."""
+        import ctypes
+
+        name = self.entry[: -len("_forward")] + "_set_threads"
+        addr = self.compiled.engine.get_function_address(name)
+        ctypes.CFUNCTYPE(None, ctypes.c_int64)(addr)(max(int(n), 1))
+        self.threads = max(int(n), 1)
 
     def run(self) -> None:
         self.compiled.fn(*self._addrs)

@@ -1,0 +1,137 @@
+"""Schedules: every step computes what the naive loop nest computes (reference interpreter on
+small shapes, JIT on real ones), steps print and replay, overrides apply, illegal steps are
+refused, and parallel loops give the same bits for any number of threads."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dnnc
+from dnnc.api import init_params
+from dnnc.errors import DnncError
+from dnnc.ir import Loop, interp, walk
+from dnnc.lower import lower_graph
+from dnnc.optim import Optimizer
+from dnnc.schedule import Tile, parse_step
+from dnnc.step import training_program
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = """network t {
+    input x: [3, 7, 9]
+    label y: 4
+    c = conv(x, filters=5, kernel=3, stride=2, pad=1) |> relu
+    p = maxpool(c, 2, stride=1)
+    g = conv(x, filters=4, kernel=3, pad=1, groups=1) |> avgpool(3, pad=1)
+    o = dense(p, 6) |> tanh
+    z = dense(g, 6)
+    s = add(o, z) |> softmax
+    logits = dense(s, 4)
+    loss softmax_cross_entropy(logits, y)
+}"""
+
+
+def arrays(g, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {n: rng.normal(size=g.tensors[n].shape) for n in g.inputs}
+    out.update({n: rng.integers(0, g.classes[n], g.tensors[n].shape).astype(float) for n in g.labels})
+    out.update({k: v.astype(np.float64) for k, v in init_params(g, seed).items()})
+    return out
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_scheduled_equals_naive_in_the_interpreter(training):
+    net = dnnc.load(SMALL)
+    g = net.at_batch(2, training=training)
+    if training:
+        naive = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64", schedule=False)
+        tiled = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64")
+    else:  # in float64, so only the order of a sum's terms can differ
+        naive, tiled = lower_graph(g, dtype="f64", schedule=False), lower_graph(g, dtype="f64")
+    assert any(isinstance(s, Loop) and s.kind == "vector" for k in tiled.kernels for s in walk(k.body))
+    a = arrays(g)
+    ref, got = interp.run(naive, a), interp.run(tiled, a)
+    for b in naive.buffers:
+        if b.kind in ("output", "param", "grad", "state"):
+            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+
+
+def test_scheduled_equals_naive_in_the_jit():
+    net = dnnc.load(ROOT / "examples" / "lenet5.net")
+    x = np.random.default_rng(0).normal(size=(7, 1, 28, 28))
+    a = net.compile(batch=7, schedule=False, threads=1).forward(image=x)["logits"]
+    b = net.compile(batch=7, threads=2).forward(image=x)["logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_threads_give_the_same_bits():
+    net = dnnc.load(ROOT / "examples" / "lenet5.net")
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(32, 1, 28, 28)), rng.integers(0, 10, 32).astype(float)
+    results = []
+    for threads in (1, 2, 3):
+        m = net.compile(batch=32, threads=threads)
+        prog = m.executable("train", Optimizer("sgd", 0.05, 0.9)).program
+        assert any(isinstance(s, Loop) and s.kind == "parallel" for k in prog.kernels for s in k.body)
+        for step in range(3):
+            m.train_step(Optimizer("sgd", 0.05, 0.9), step=step + 1, image=x, digit=y)
+        results.append({k: v.copy() for k, v in m.params.items()})
+    for other in results[1:]:
+        for k in results[0]:
+            np.testing.assert_array_equal(results[0][k], other[k], err_msg=k)
+
+
+def test_steps_print_and_replay():
+    for text in ("tile(c1.conv, vector=j:16, unroll=f:6, parallel)", "tile(f3.grad#2, vector=k:8)",
+                 "tile(x, vector=a:4, unroll=b:2)"):
+        assert str(parse_step(text)) == text
+    with pytest.raises(DnncError):
+        parse_step("tile(c1.conv, vector=j)")
+    with pytest.raises(DnncError):
+        parse_step("tile(c1.conv, vector=j:12)")  # not a power of two
+    with pytest.raises(DnncError):
+        parse_step("tile(c1.conv, vector=j:16, unroll=j:2)")
+
+
+def test_overrides_replace_the_default_and_stay_correct():
+    net = dnnc.load(ROOT / "examples" / "lenet5.net")
+    g = net.at_batch(2)
+    step = Tile("c1.conv", "i", 8, "f", 3)
+    prog = lower_graph(g, overrides=[step])
+    assert step in prog.schedule
+    assert not any(isinstance(s, Tile) and s.tensor == "c1.conv" and s != step for s in prog.schedule)
+    x = np.random.default_rng(1).normal(size=(2, 1, 28, 28))
+    a = net.compile(batch=2, overrides=[step]).forward(image=x)["logits"]
+    b = net.compile(batch=2, schedule=False).forward(image=x)["logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_illegal_step_is_refused():
+    net = dnnc.load(ROOT / "examples" / "lenet5.net")
+    with pytest.raises(DnncError, match="axis that c1.conv does not have"):
+        net.compile(batch=2, overrides=[Tile("c1.conv", "q", 8)])
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--schedule", "tile(bad"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--schedule" in r.stderr
+
+
+def test_schedule_block_in_the_source():
+    src = (ROOT / "examples" / "lenet5.net").read_text().replace(
+        "    train {", "    schedule { c1.conv = tile(vector=i, width=8, unroll=f, factor=2) }\n    train {")
+    net = dnnc.load(src)
+    prog = lower_graph(net.at_batch(1))
+    assert Tile("c1.conv", "i", 8, "f", 2) in prog.schedule
+    with pytest.raises(DnncError, match="tile"):
+        dnnc.load(src.replace("tile(vector=i", "tile(vectr=i")).compile()
+
+
+def test_cli_prints_the_schedule():
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--stage", "schedule",
+                        "--batch", "64"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0
+    assert "tile(c1.conv, vector=j:16, unroll=f:6, parallel)" in r.stdout
+    assert "pack(f3.weight, perm=[1, 0], for=f3.dense)" in r.stdout
