@@ -101,16 +101,23 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--data")
     e.add_argument("--batch", type=_positive, default=256)
 
+    bn = sub.add_parser("bench", help="time the forward pass or the training step, whole and per kernel")
+    bn.add_argument("net")
+    bn.add_argument("--batch", type=_positive, default=64)
+    bn.add_argument("--training", action="store_true", help="the training step: forward, backward, update")
+    bn.add_argument("--per-layer", action="store_true", help="also time every kernel on its own")
+    bn.add_argument("--repeat", type=_positive, default=20, help="runs per measurement; medians are shown")
+
     o = sub.add_parser("compile", help="ahead-of-time object file and C header")
     o.add_argument("net")
     o.add_argument("-o", "--output", required=True, metavar="NAME.o")
     o.add_argument("--batch", type=_positive, default=1)
-    for sp in (r, u, t, e, o):
+    for sp in (r, u, t, e, o, bn):
         sp.add_argument("--schedule", action="append", default=[], metavar="STEP",
                         help="a schedule step replacing the default for its tensor, as `dnnc ir --stage "
                              "schedule` prints it: 'tile(c1.conv, vector=j:16, unroll=f:4)' or 'naive(c1.conv)'")
         sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
-    for sp in (u, t, e):
+    for sp in (u, t, e, bn):
         sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
     return p
 
@@ -184,7 +191,7 @@ def cmd_info(args) -> int:
 def cmd_ir(args) -> int:
     from . import passes
     from .api import Model
-    from .codegen.llvm import emit, symbol
+    from .codegen.llvm import emit, kernel_symbol
     from .frontend import parser
     from .ir import show_program
     from .lower import lower_graph
@@ -240,7 +247,7 @@ def cmd_ir(args) -> int:
     else:
         out = jit.assembly(text)
     if args.layer:
-        out = "\n\n".join(_extract(out, "k_" + symbol(l.name), stage) for l in layers)
+        out = "\n\n".join(_extract(out, kernel_symbol(final.name, l.name), stage) for l in layers)
     print(out)
     return 0
 
@@ -248,7 +255,7 @@ def cmd_ir(args) -> int:
 def _ir_grad(args, net, g, stage) -> int:
     """The training program (SGD with the network's settings) at any stage, or one layer's part."""
     from . import passes
-    from .codegen.llvm import emit, symbol
+    from .codegen.llvm import emit, kernel_symbol
     from .ir import show_program
     from .lower import lower_groups
     from .runtime import jit
@@ -292,7 +299,7 @@ def _ir_grad(args, net, g, stage) -> int:
     text = emit(final, offsets)
     out = text if stage == "llvm" else jit.optimized_ir(text) if stage == "llvm-opt" else jit.assembly(text)
     if args.layer:
-        out = "\n\n".join(_extract(out, "k_" + symbol(k.name), stage) for k in final.kernels if wanted(k.name))
+        out = "\n\n".join(_extract(out, kernel_symbol(final.name, k.name), stage) for k in final.kernels if wanted(k.name))
     print(out)
     return 0
 
@@ -382,6 +389,16 @@ def _print_top(logits: np.ndarray, k: int = 3) -> None:
         print(f"  ... {len(p) - 20} more")
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench, render
+
+    net = _load(args.net)
+    opts = _schedule_args(args)
+    report = bench(net, args.batch, args.training, opts.pop("threads", None), args.repeat, args.per_layer, **opts)
+    print(render(report))
+    return 0
+
+
 def cmd_compile(args) -> int:
     from .aot import compile_object
 
@@ -425,7 +442,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,6 +36,16 @@ def symbol(name: str) -> str:
     return out if not out[:1].isdigit() else "_" + out
 
 
+def kernel_symbol(program: str, kernel: str) -> str:
+    return symbol(f"{program}__k_{kernel}")
+
+
+def kernel_args(p: Program, k: Kernel) -> list[str]:
+    """The buffers a kernel's function takes, in order (register tiles are its own)."""
+    local = {b.name for b in p.buffers if b.kind == "local"}
+    return [u for u in _buffers_used(k) if u not in local]
+
+
 def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = "",
          data_layout: str = "") -> str:
     """LLVM IR text for program p. offsets: element offset of each temp in the workspace."""
@@ -50,8 +60,8 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     for k in p.kernels:
         touched = _buffers_used(k)
         used = [u for u in touched if u not in locals_]
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * len(used)), symbol("k_" + k.name))
-        fn.linkage = "internal"
+        # external, so `dnnc bench` can time each kernel on its own
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * len(used)), kernel_symbol(p.name, k.name))
         _attrs(fn)
         fn.attributes.add("noinline")
         for a, name in zip(fn.args, used):
@@ -130,6 +140,7 @@ class _KernelEmitter:
         self.regs: dict[str, ir.AllocaInstr] = {}
         self.vars: dict[str, ir.Value] = {}
         self.vec: tuple[str, int] | None = None  # the vector loop's variable and width
+        self.locals_: list[str] = []  # register tiles (stack arrays) of this function
         self.mask: ir.Value | None = None  # lanes enabled by the guards around (vector code)
 
     def run(self, body):
@@ -267,6 +278,7 @@ class _KernelEmitter:
         eb = ir.IRBuilder(sub.entry)
         for k, name in enumerate(self.buffer_names):
             sub.bufs[name] = eb.load(eb.gep(fn.args[2], [ir.Constant(I64, k)]), name=symbol(name))
+        sub.locals_ = list(self.locals_)
         for name in self.locals_:
             sub.local(name)
         start, end = fn.args[0], fn.args[1]
@@ -345,7 +357,7 @@ class _KernelEmitter:
         vt = ir.VectorType(self.ft, W)
         zero = ir.Constant(vt, [0.0] * W)
         if kind == "contiguous":
-            if self.mask is None:
+            if self.mask is None or buf in self.locals_:  # a register tile: every lane exists
                 ld = b.load(p)
                 ld.align = 4
                 return ld
@@ -375,7 +387,12 @@ class _KernelEmitter:
             return
         value = self.splat(value)
         if kind == "contiguous":
-            if self.mask is None:
+            if self.mask is not None and buf in self.locals_:
+                # a register tile: blend instead of a masked store, which would keep it in memory
+                old = b.load(p)
+                old.align = 4
+                value = b.select(self.mask, value, old)
+            if self.mask is None or buf in self.locals_:
                 st = b.store(value, p)
                 st.align = 4
                 return
