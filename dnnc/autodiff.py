@@ -365,15 +365,26 @@ def invert(index: tuple[Expr, ...], axes: list[tuple[str, int]], shape: tuple[in
         elif c == -1:
             sol = affine.simplify(Unary("neg", num))
         else:
-            sol = Binary("/", num, Const(c))
-            conds.append(Binary("==", Binary("%", num, Const(abs(c))), Const(0)))
+            # t = c*v + w + k with 0 <= w < |c| (a window no wider than its stride): both are
+            # fixed, v = (t - k) / c and w = (t - k) % c, so neither is summed over
+            c_pos = c > 0
+            w = next((n for n in cands if n != v and f[n] == 1 and extent[n] == abs(c) and c_pos), None)
+            if w is not None:
+                rest2 = affine.from_affine({k: x for k, x in f.items() if k not in (v, w)})
+                num2 = affine.simplify(Binary("-", Var(name), rest2))
+                solution[w] = Binary("%", num2, Const(c))
+                ranges[w] = (0, c - 1)
+                sol = Binary("/", num2, Const(c))
+            else:
+                sol = Binary("/", num, Const(c))
+                conds.append(Binary("==", Binary("%", num, Const(abs(c))), Const(0)))
         solution[v] = sol
     for n, x in axes:
         if n not in solution:
             ranges[n] = (0, x - 1)
     for v, sol in solution.items():
-        if sol == Var(v):
-            continue
+        if sol == Var(v) or (isinstance(sol, Binary) and sol.op == "%"):
+            continue  # a remainder is in range by construction
         b = affine.bounds(sol, ranges)
         if b is None or b[0] < 0:
             conds.append(Binary(">=", affine.simplify(sol), Const(0)))

@@ -174,8 +174,19 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         guards = ctx.guards(r.body, {})
         lane_vars = {vi} | ({ui} if u else set())
         inner_g = [g for g in guards if free_vars(g) & lane_vars]
-        op = {"sum": "+", "max": "max", "min": "min"}[r.op]
-        update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), body_val))]
+        if r.op == "argmax":  # the position of the first maximum: a second tile holds the best value
+            best = f"{acc}.best"
+            sh[best] = (U, W)
+            locals_.append(Buffer(best, (U, W), "local"))
+            flat: Expr = Const(0)
+            for n, x in r.axes:
+                flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
+            wins = Binary(">", body_val, Load(best, cell))
+            update = pre + [Store(acc, cell, Select(wins, affine.simplify(flat), Load(acc, cell))),
+                            Store(best, cell, Binary("max", Load(best, cell), body_val))]
+        else:
+            op = {"sum": "+", "max": "max", "min": "min"}[r.op]
+            update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), body_val))]
         nest = tile(_guard(inner_g, update))
         placed: dict[str | None, list[Expr]] = {}
         names = [n for n, _ in r.axes]
@@ -188,7 +199,8 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
             nest = _guard(placed.get(n, []), nest)
             nest = [Loop(n, x, tuple(nest))]
         nest = _guard(placed.get(None, []), nest)
-        prologue = tile([Store(acc, cell, Const(INIT[r.op]))])
+        prologue = tile([Store(acc, cell, Const(INIT[r.op]))] + (
+            [Store(f"{acc}.best", cell, Const(float("-inf")))] if r.op == "argmax" else []))
         epi_value = substitute(value, lambda x: Load(acc, cell) if x == r else None)
         pre2, val2 = _Ctx(sh, ranges).value(epi_value, {})
         epilogue = tile(_guard(edge, pre2 + [Store(st.tensor, target, val2)]))

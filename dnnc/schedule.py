@@ -177,7 +177,7 @@ def schedulable(st: TStmt) -> bool:
     if not reds:
         return True
     r = single_reduce(st)
-    return r is not None and r.op in ("sum", "max", "min")
+    return r is not None and r.op in ("sum", "max", "min", "argmax")
 
 
 def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dtype: str = "f32",

@@ -343,10 +343,13 @@ class _KernelEmitter:
         coef = 0 if form is None else form.get(v, 0)
         if not atoms_use_v and coef == 0:
             return "scalar", self.b.gep(base, [self.int(lin)], inbounds=True)
-        if not atoms_use_v and coef == 1:
+        if not atoms_use_v and coef in (1, 2, 3, 4):
             lane0 = affine.simplify(affine.from_affine({k: c for k, c in form.items() if k != v}))
             p = self.b.gep(base, [self.int(lane0)], inbounds=True)
-            return "contiguous", self.b.bitcast(p, ir.VectorType(self.ft, self.width).as_pointer())
+            if coef == 1:
+                return "contiguous", self.b.bitcast(p, ir.VectorType(self.ft, self.width).as_pointer())
+            self.stride = coef  # a small stride: one wide load, then every coef-th element
+            return "strided", self.b.bitcast(p, ir.VectorType(self.ft, self.width * coef).as_pointer())
         return "lanes", self.splat(self.int(lin))
 
     def load(self, buf: str, index) -> ir.Value:
@@ -354,6 +357,21 @@ class _KernelEmitter:
         b, W = self.b, self.width
         if kind == "scalar":
             return b.load(p)
+        if kind == "strided":
+            s = self.stride
+            wide = ir.VectorType(self.ft, W * s)
+            lanes = ir.Constant(ir.VectorType(I32, W), [k * s for k in range(W)])
+            # element k*s of the wide load is lane k; only those elements are read
+            if self.mask is None:
+                keep = ir.Constant(ir.VectorType(I1, W * s), [1 if e % s == 0 else 0 for e in range(W * s)])
+            else:
+                spread = ir.Constant(ir.VectorType(I32, W * s), [e // s for e in range(W * s)])
+                every = b.shuffle_vector(self.mask, ir.Constant(self.mask.type, ir.Undefined), spread)
+                keep = b.and_(every, ir.Constant(ir.VectorType(I1, W * s),
+                                                 [1 if e % s == 0 else 0 for e in range(W * s)]))
+            fn = self._intrinsic(f"llvm.masked.load.{_vname(wide)}.p0", wide, [p.type, I32, keep.type, wide])
+            got = b.call(fn, [p, ir.Constant(I32, 4), keep, ir.Constant(wide, [0.0] * (W * s))])
+            return b.shuffle_vector(got, ir.Constant(wide, ir.Undefined), lanes)
         vt = ir.VectorType(self.ft, W)
         zero = ir.Constant(vt, [0.0] * W)
         if kind == "contiguous":
@@ -363,22 +381,27 @@ class _KernelEmitter:
                 return ld
             fn = self._intrinsic(f"llvm.masked.load.{_vname(vt)}.p0", vt, [p.type, I32, self.mask.type, vt])
             return b.call(fn, [p, ir.Constant(I32, 4), self.mask, zero])
-        # a gather, lane by lane; a masked-off lane reads element 0 (which exists) and yields 0
-        base = self.bufs[buf]
-        out = zero
-        for k in range(W):
-            lane = ir.Constant(I32, k)
-            i = b.extract_element(p, lane)
-            if self.mask is not None:
-                i = b.select(b.extract_element(self.mask, lane), i, ir.Constant(I64, 0))
-            v = b.load(b.gep(base, [i], inbounds=True))
-            if self.mask is not None:
-                v = b.select(b.extract_element(self.mask, lane), v, ir.Constant(self.ft, 0.0))
-            out = b.insert_element(out, v, lane)
-        return out
+        # a gather: one address per lane; masked-off lanes are not read
+        fn = self._intrinsic(f"llvm.masked.gather.{_vname(vt)}.v{W}p0", vt,
+                             [ir.VectorType(self.ft.as_pointer(), W), I32, ir.VectorType(I1, W), vt])
+        return b.call(fn, [self._lane_ptrs(buf, p), ir.Constant(I32, 4), self._mask_or_all(), zero])
+
+    def _lane_ptrs(self, buf: str, idx: ir.Value) -> ir.Value:
+        """<W x T*>: the address of element idx[lane] of buf, per lane."""
+        b, W = self.b, self.width
+        size = ir.Constant(I64, 4 if self.ft == FLOAT["f32"] else 8)
+        base = self.splat(b.ptrtoint(self.bufs[buf], I64))
+        addr = b.add(base, b.mul(idx, self.splat(size)))
+        return b.inttoptr(addr, ir.VectorType(self.ft.as_pointer(), W))
+
+    def _mask_or_all(self) -> ir.Value:
+        W = self.width
+        return self.mask if self.mask is not None else ir.Constant(ir.VectorType(I1, W), [1] * W)
 
     def store(self, buf: str, index, value: ir.Value) -> None:
         kind, p = self._access(buf, index)
+        if kind == "strided":  # a strided store is a scatter
+            kind, p = "lanes", self.splat(self.int(self._linear(buf, index)))
         b, W = self.b, self.width
         if kind == "scalar":
             if _is_vec(value):
@@ -400,16 +423,10 @@ class _KernelEmitter:
                                  [value.type, p.type, I32, self.mask.type])
             b.call(fn, [value, p, ir.Constant(I32, 4), self.mask])
             return
-        base = self.bufs[buf]  # a scatter, lane by lane, each lane only where enabled
-        for k in range(W):
-            lane = ir.Constant(I32, k)
-            ptr = b.gep(base, [b.extract_element(p, lane)], inbounds=True)
-            v = b.extract_element(value, lane)
-            if self.mask is None:
-                b.store(v, ptr)
-            else:
-                with b.if_then(b.extract_element(self.mask, lane)):
-                    b.store(v, ptr)
+        # a scatter: lanes write in order, so where two lanes share an element the later wins
+        fn = self._intrinsic(f"llvm.masked.scatter.{_vname(value.type)}.v{W}p0", ir.VoidType(),
+                             [value.type, ir.VectorType(self.ft.as_pointer(), W), I32, ir.VectorType(I1, W)])
+        b.call(fn, [value, self._lane_ptrs(buf, p), ir.Constant(I32, 4), self._mask_or_all()])
 
     # ---- expressions
     def int(self, e: Expr) -> ir.Value:
