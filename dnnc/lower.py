@@ -89,7 +89,9 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
             nth = seen.get(st.tensor, 0)
             seen[st.tensor] = nth + 1
             if (st.tensor, nth) in tiles and st.index is None:
-                nest, local = lower_tiled(st, shapes, tiles[st.tensor, nth])
+                step = tiles[st.tensor, nth]
+                across = step.vector not in dict(st.axes)
+                nest, local = (lower_across if across else lower_tiled)(st, shapes, step)
                 body += nest
                 for b in local:
                     shapes[b.name] = b.shape
@@ -208,6 +210,94 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     for k, (n, x) in reversed(list(enumerate(outer))):
         body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
     return body, locals_
+
+
+def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
+    """A Tile step whose vector axis is the reduction's: lanes sum different terms.
+
+    Invariant: computes what lower_stmt(st) computes (up to the order of a sum's terms).
+    The reduction axis w becomes wo*W + wi with wi the vector lanes; output axis u is unrolled
+    into a register tile T.acc[U, W]; after the reduction each row's lanes are combined and
+    stored. For a weight gradient (`sum(n, i, j) dy[.., i, j] * x[.., i + r, j + s]`) the
+    lanes run along j, where both reads are contiguous, instead of along a 5-wide kernel axis.
+    """
+    from .schedule import single_reduce
+
+    r = single_reduce(st)
+    axes = dict(st.axes)
+    raxes = dict(r.axes) if r is not None else {}
+    if r is None or r.op not in ("sum", "max", "min") or t.vector not in raxes or (
+            t.unroll is not None and t.unroll not in axes):
+        raise DnncError(f"schedule step {t} names an axis that {st.tensor} does not have (axes: "
+                        f"{', '.join(axes)}; reduction axes: {', '.join(raxes) or 'none'})")
+    taken = set(axes) | set(raxes)
+    w, W = t.vector, t.width
+    u, U = t.unroll, (t.factor if t.unroll else 1)
+    wo, wi = _fresh_name(w + "o", taken), _fresh_name(w + "i", taken)
+    sub: dict[str, Expr] = {w: affine.simplify(Binary("+", Binary("*", Var(wo), Const(W)), Var(wi)))}
+    outer = [(n, x) for n, x in st.axes if n != u and x > 1]
+    sub.update({n: Const(0) for n, x in st.axes if n != u and x == 1})
+    if u:
+        uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
+        sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
+        outer.append((uo, -(-axes[u] // U)))
+    red = [(wo, -(-raxes[w] // W)) if n == w else (n, x) for n, x in r.axes]
+    ranges = {n: (0, x - 1) for n, x in outer + red}
+    ranges[wi] = (0, W - 1)
+    if u:
+        ranges[ui] = (0, U - 1)
+    edge = [Binary("<", sub[u], Const(axes[u]))] if u and axes[u] % U else []
+    body_e = _canon_loads(subst_vars(r.body, sub))
+    if raxes[w] % W:  # lanes past the reduction's end contribute nothing
+        body_e = Select(Binary("<", sub[w], Const(raxes[w])), body_e, Const(INIT[r.op]))
+    acc = f"{st.tensor}.acc{t.nth or ''}"
+    sh = dict(shapes)
+    sh[acc] = (U, W)
+    cell = (Var(ui) if u else Const(0), Var(wi))
+    ctx = _Ctx(sh, ranges)
+    pre, val = ctx.value(body_e, {})
+    guards = ctx.guards(body_e, {})
+    lanes = {wi} | ({ui} if u else set())
+    inner_g = [g for g in guards if free_vars(g) & lanes]
+    op = {"sum": "+", "max": "max", "min": "min"}[r.op]
+
+    def tile(body: list[Stmt], vector: bool = True) -> list[Stmt]:
+        nest: Stmt = Loop(wi, W, tuple(body), "vector" if vector else "unroll")
+        if u:
+            nest = Loop(ui, U, (nest,), "unroll")
+        return [nest]
+
+    nest = tile(_guard(inner_g, pre + [Store(acc, cell, Binary(op, Load(acc, cell), val))]))
+    placed: dict[str | None, list[Expr]] = {}
+    names = [n for n, _ in red]
+    for g in guards:
+        if g in inner_g:
+            continue
+        deep = [n for n in names if n in free_vars(g)]
+        placed.setdefault(deep[-1] if deep else None, []).append(g)
+    for n, x in reversed(red):
+        nest = _guard(placed.get(n, []), nest)
+        nest = [Loop(n, x, tuple(nest))]
+    nest = _guard(placed.get(None, []), nest)
+    prologue = tile([Store(acc, cell, Const(INIT[r.op]))])
+    # combine each row's lanes, then the statement's own expression around the reduction
+    total = f"{acc}.lanes"
+    row = Load(acc, (Var(ui) if u else Const(0), Var(wi)))
+    combine = [Let(total, Const(INIT[r.op])),
+               Loop(wi, W, (Set(total, Binary(op, Scalar(total), row)),), "unroll")]
+    value = _canon_loads(subst_vars(st.value, {k: e for k, e in sub.items() if k != w}))
+    if st.accumulate:
+        value = Binary("+", Load(st.tensor, tuple(sub.get(n, Var(n)) for n, _ in st.axes)), value)
+    value = substitute(value, lambda x: Scalar(total) if isinstance(x, Reduce) else None)
+    pre2, val2 = _Ctx(sh, ranges).value(value, {})
+    target = tuple(sub.get(n, Var(n)) for n, _ in st.axes)
+    epi: Stmt = Loop(ui, U, tuple(_guard(edge, combine + pre2 + [Store(st.tensor, target, val2)])), "unroll") \
+        if u else None
+    epilogue = [epi] if u else combine + pre2 + [Store(st.tensor, target, val2)]
+    body = prologue + nest + epilogue
+    for k, (n, x) in reversed(list(enumerate(outer))):
+        body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
+    return body, [Buffer(acc, (U, W), "local")]
 
 
 def _canon_loads(e: Expr) -> Expr:

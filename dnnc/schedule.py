@@ -205,6 +205,21 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                     packed.add((st.tensor, ld.tensor))
         width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
         unroll, factor = None, 1
+        r = single_reduce(st)
+        if r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2:
+            # a short output axis (a kernel's width): put the lanes on a reduction axis along
+            # which every read is contiguous, and the short axis in a register tile
+            best = None
+            for w, ext_w in r.axes:
+                kinds = [_stride_kind(ld, w) for ld in hot]
+                if ext_w >= W and "other" not in kinds and "unit" in kinds:
+                    best = (w, ext_w) if best is None or ext_w > best[1] else best
+            if best is not None:
+                w, ext_w = best
+                lanes_w = W
+                steps.append(Tile(st.tensor, w, lanes_w, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
+                                  nth, count_flops(st) >= PARALLEL_FLOPS))
+                continue
         if single_reduce(st) is not None:
             best = None
             for u, ext_u in st.axes[:-1]:
