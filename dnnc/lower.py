@@ -127,24 +127,28 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
                         f"(axes: {', '.join(axes)})")
     taken = set(axes) | {n for x in st.value.walk() if isinstance(x, Reduce) for n, _ in x.axes}
     v, W, ext_v = t.vector, t.width, axes[t.vector]
+    K = t.vectors
     u, U = t.unroll, (t.factor if t.unroll else 1)
     vo, vi = _fresh_name(v + "o", taken), _fresh_name(v + "i", taken)
-    sub: dict[str, Expr] = {v: affine.simplify(Binary("+", Binary("*", Var(vo), Const(W)), Var(vi)))}
+    vk = _fresh_name(v + "k", taken)
+    lane = Binary("+", Binary("*", Var(vk), Const(W)), Var(vi)) if K > 1 else Var(vi)
+    sub: dict[str, Expr] = {v: affine.simplify(Binary("+", Binary("*", Var(vo), Const(W * K)), lane))}
     outer = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
     sub.update({n: Const(0) for n, x in st.axes if n not in (u, v) and x == 1})  # no loop of one
     if u:
         uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
         sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
         outer.append((uo, -(-axes[u] // U)))
-    outer.append((vo, -(-ext_v // W)))
+    outer.append((vo, -(-ext_v // (W * K))))
     ranges = {n: (0, x - 1) for n, x in outer}
     ranges[vi] = (0, W - 1)
+    ranges[vk] = (0, K - 1)
     if u:
         ranges[ui] = (0, U - 1)
     edge: list[Expr] = []
     if u and axes[u] % U:
         edge.append(Binary("<", sub[u], Const(axes[u])))
-    if ext_v % W:
+    if ext_v % (W * K):
         edge.append(Binary("<", sub[v], Const(ext_v)))
     value = _canon_loads(subst_vars(st.value, sub))
     target = tuple(sub.get(n, Var(n)) for n, _ in st.axes)
@@ -153,6 +157,8 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
 
     def tile(body: list[Stmt]) -> list[Stmt]:
         nest: Stmt = Loop(vi, W, tuple(body), "vector")
+        if K > 1:
+            nest = Loop(vk, K, (nest,), "unroll")
         if u:
             nest = Loop(ui, U, (nest,), "unroll")
         return [nest]
@@ -166,20 +172,20 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         body = tile(_guard(edge, pre + [Store(st.tensor, target, val)]))
     else:
         acc = f"{st.tensor}.acc{t.nth or ''}"
-        sh[acc] = (U, W)
-        locals_.append(Buffer(acc, (U, W), "local"))
-        cell = (Var(ui) if u else Const(0), Var(vi))
+        sh[acc] = (U, W * K)
+        locals_.append(Buffer(acc, (U, W * K), "local"))
+        cell = (Var(ui) if u else Const(0), affine.simplify(lane))
         for n, x in r.axes:
             ranges[n] = (0, x - 1)
         ctx = _Ctx(sh, ranges)
         pre, body_val = ctx.value(r.body, {})
         guards = ctx.guards(r.body, {})
-        lane_vars = {vi} | ({ui} if u else set())
+        lane_vars = {vi, vk} | ({ui} if u else set())
         inner_g = [g for g in guards if free_vars(g) & lane_vars]
         if r.op == "argmax":  # the position of the first maximum: a second tile holds the best value
             best = f"{acc}.best"
-            sh[best] = (U, W)
-            locals_.append(Buffer(best, (U, W), "local"))
+            sh[best] = (U, W * K)
+            locals_.append(Buffer(best, (U, W * K), "local"))
             flat: Expr = Const(0)
             for n, x in r.axes:
                 flat = Binary("+", Binary("*", flat, Const(x)), Var(n))

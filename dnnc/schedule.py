@@ -34,6 +34,7 @@ class Tile:
     factor: int = 1
     nth: int = 0  # which statement writing `tensor` (gradients may have several)
     parallel: bool = False  # the outermost loop's iterations run on the thread pool
+    vectors: int = 1  # vectors per row of the register tile along the vector axis
 
     @property
     def key(self) -> tuple[str, int]:
@@ -42,7 +43,8 @@ class Tile:
     def __str__(self) -> str:
         u = f", unroll={self.unroll}:{self.factor}" if self.unroll else ""
         t = self.tensor + (f"#{self.nth}" if self.nth else "")
-        return f"tile({t}, vector={self.vector}:{self.width}{u}{', parallel' if self.parallel else ''})"
+        k = f"x{self.vectors}" if self.vectors > 1 else ""
+        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{', parallel' if self.parallel else ''})"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Pack:
         return f"pack({self.tensor}, perm={list(self.perm)}, for={self.reader})"
 
 
-_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(?P<p>,\s*parallel)?\)$")
+_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(?P<p>,\s*parallel)?\)$")
 
 
 def parse_step(text: str, loc: Loc | None = None):
@@ -72,7 +74,8 @@ def parse_step(text: str, loc: Loc | None = None):
     if not m:
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
                         f"[, unroll=AXIS:FACTOR]) or naive(TENSOR)", loc)
-    return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"])), loc)
+    return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"]),
+                      int(m["k"] or 1)), loc)
 
 
 def from_settings(settings: dict) -> list:
@@ -230,11 +233,19 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 key = (reuse, ext_u)
                 if best is None or key > best[0]:
                     best = (key, u, ext_u)
+            # vectors per row: as many as fit without more masked lanes than one vector needs
+            # (a small row, such as LeNet's 28 pixels, runs best one vector at a time)
+            vectors = min(range(1, 5), key=lambda k: (-(-ext_v // (width * k)) * width * k, -k)) \
+                if width == W and ext_v >= 3 * W else 1
             if best is not None:
                 unroll = best[1]
                 ext_u = best[2]
-                factor = next((f for f in (8, 6, 4) if ext_u % f == 0), min(ext_u, 4))
-        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS))
+                # a register tile of at most 16 accumulators (AVX-512 has 32 registers)
+                fits = [f for f in (8, 6, 4, 3, 2) if f * vectors <= 16 and f <= ext_u]
+                factor = next((f for f in fits if ext_u % f == 0), fits[0] if fits else 1)
+        else:
+            vectors = 1
+        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS, vectors))
     return steps
 
 
