@@ -66,6 +66,9 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="per-layer table: shapes, parameters, memory, FLOPs")
     i.add_argument("net")
     i.add_argument("--batch", type=_positive, default=1)
+    i.add_argument("--training", action="store_true",
+                   help="also the planned memory of a training step: weights, gradients, optimizer state, activations")
+    i.add_argument("--plan", action="store_true", help="also the planned memory of inference")
 
     r = sub.add_parser("ir", help="print a stage of the pipeline")
     r.add_argument("net")
@@ -185,6 +188,13 @@ def cmd_info(args) -> int:
     net = _load(args.net)
     print(f"network {net.name} (memory per example unless marked x{args.batch}; float32)")
     print(table(net.graph, args.batch))
+    if args.training or args.plan:
+        from .footprint import planned
+
+        if args.training and net.graph.loss is None:
+            raise DnncError(f"network '{net.name}' has no loss, so no training program", path=args.net)
+        print()
+        print(planned(net, args.batch, args.training))
     return 0
 
 

@@ -117,3 +117,55 @@ def table(g: Graph, batch: int = 1) -> str:
     out.append(f"parameters: {params:,} ({human_bytes(params * DTYPE_BYTES)}); activations per example: "
                f"{human_bytes(to * DTYPE_BYTES)}; forward FLOPs per example: {human_count(tf)}")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- planned memory
+
+def planned(net, batch: int, training: bool) -> str:
+    """The memory the compiled program will use, from the memory planner, per layer and in all.
+
+    Weights, gradients and optimizer state are per parameter; activations are the temporaries
+    the planner lays out in one workspace, shared by liveness, so their total is the
+    workspace's size, not the sum of the layers' own.
+    """
+    from .lower import lower_graph
+    from .runtime.memory import lifetimes, plan
+    from .step import training_program
+    from .train import settings_from
+
+    g = net.at_batch(batch, training=training)
+    prog = training_program(g, settings_from(net).optimizer) if training else lower_graph(g)
+    offsets, ws = plan(prog)
+    life = lifetimes(prog)
+    kernel_of = {k.name: i for i, k in enumerate(prog.kernels)}
+    sizes = {b.name: b.size * DTYPE_BYTES for b in prog.buffers}
+    kinds = {b.name: b.kind for b in prog.buffers}
+    rows_ = []
+    for layer in g.layers:
+        params = [p for p in layer.params if p in sizes]
+        w = sum(sizes[p] for p in params)
+        gr = sum(sizes.get(p + ".grad", 0) for p in params)
+        st = sum(sizes[n] for n in sizes if kinds[n] == "state" and any(n.startswith(p + ".") for p in params))
+        k = kernel_of.get(layer.name)
+        # what this layer's forward leaves in the workspace for later kernels (saved for the backward)
+        saved = sum(sizes[n] for n, (a, b) in life.items() if a == k and b > k) if k is not None else 0
+        rows_.append((layer.name, w, gr, st, saved))
+    io = sum(sizes[n] for n in sizes if kinds[n] in ("input", "label", "output", "hyper"))
+    tw, tg, ts = (sum(r[i] for r in rows_) for i in (1, 2, 3))
+    head = ("layer", "weights", "gradients", "optimizer", "activations out")
+    table_ = [head] + [(n, human_bytes(w), human_bytes(gr) if training else "",
+                        human_bytes(st) if training else "", human_bytes(sv)) for n, w, gr, st, sv in rows_]
+    widths = [max(len(r[i]) for r in table_) for i in range(5)]
+    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip()
+             for r in table_]
+    lines.insert(1, "  ".join("-" * x for x in widths))
+    peak = tw + tg + ts + ws * DTYPE_BYTES + io
+    what = "training step" if training else "inference"
+    lines.append("")
+    lines.append(f"planned memory for {what} at batch {batch}: weights {human_bytes(tw)}"
+                 + (f", gradients {human_bytes(tg)}, optimizer state {human_bytes(ts)}" if training else "")
+                 + f", activations (one workspace shared by liveness) {human_bytes(ws * DTYPE_BYTES)}, "
+                   f"inputs and outputs {human_bytes(io)}; total {human_bytes(peak)}")
+    naive = sum(sizes[n] for n in sizes if kinds[n] == "temp")
+    lines.append(f"(without sharing, the activations would take {human_bytes(naive)})")
+    return "\n".join(lines)

@@ -135,3 +135,16 @@ def test_cli_prints_the_schedule():
     assert r.returncode == 0
     assert "tile(c1.conv, vector=j:16, unroll=f:6, parallel)" in r.stdout
     assert "pack(f3.weight, perm=[1, 0], for=f3.dense)" in r.stdout
+
+
+def test_info_prints_the_planned_training_memory():
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "info", "examples/lenet5.net", "--batch", "64",
+                        "--training"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    # LeNet-5 has 61,706 parameters: 241 KiB each of weights, gradients and momentum
+    assert "weights 241 KiB, gradients 241 KiB, optimizer state 241 KiB" in out
+    assert "activations (one workspace shared by liveness)" in out
+    shared = float(out.split("shared by liveness) ")[1].split(" MiB")[0])
+    alone = float(out.split("would take ")[1].split(" MiB")[0])
+    assert shared < alone  # the planner shares storage
