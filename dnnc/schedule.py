@@ -231,7 +231,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 reuse = sum(1 for ld in hot if _stride_kind(ld, v) == "unit" and u not in
                             set().union(*[free_vars(i) for i in ld.index]))
                 key = (reuse, ext_u)
-                if best is None or key > best[0]:
+                if reuse and (best is None or key > best[0]):  # unrolling without reuse only adds code
                     best = (key, u, ext_u)
             # vectors per row: as many as fit without more masked lanes than one vector needs
             # (a small row, such as LeNet's 28 pixels, runs best one vector at a time)
