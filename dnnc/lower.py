@@ -195,18 +195,7 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         else:
             op = {"sum": "+", "max": "max", "min": "min"}[r.op]
             update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), body_val))]
-        nest = tile(_guard(inner_g, update))
-        placed: dict[str | None, list[Expr]] = {}
-        names = [n for n, _ in r.axes]
-        for g in guards:
-            if g in inner_g:
-                continue
-            deep = [n for n in names if n in free_vars(g)]
-            placed.setdefault(deep[-1] if deep else None, []).append(g)
-        for n, x in reversed(r.axes):
-            nest = _guard(placed.get(n, []), nest)
-            nest = [Loop(n, x, tuple(nest))]
-        nest = _guard(placed.get(None, []), nest)
+        nest = loops(r.axes, tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
         prologue = tile([Store(acc, cell, Const(INIT[r.op]))] + (
             [Store(f"{acc}.best", cell, Const(float("-inf")))] if r.op == "argmax" else []))
         epi_value = substitute(value, lambda x: Load(acc, cell) if x == r else None)
@@ -273,18 +262,8 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
             nest = Loop(ui, U, (nest,), "unroll")
         return [nest]
 
-    nest = tile(_guard(inner_g, pre + [Store(acc, cell, Binary(op, Load(acc, cell), val))]))
-    placed: dict[str | None, list[Expr]] = {}
-    names = [n for n, _ in red]
-    for g in guards:
-        if g in inner_g:
-            continue
-        deep = [n for n in names if n in free_vars(g)]
-        placed.setdefault(deep[-1] if deep else None, []).append(g)
-    for n, x in reversed(red):
-        nest = _guard(placed.get(n, []), nest)
-        nest = [Loop(n, x, tuple(nest))]
-    nest = _guard(placed.get(None, []), nest)
+    nest = loops(red, tile(_guard(inner_g, pre + [Store(acc, cell, Binary(op, Load(acc, cell), val))])),
+                 [g for g in guards if g not in inner_g])
     prologue = tile([Store(acc, cell, Const(INIT[r.op]))])
     # combine each row's lanes, then the statement's own expression around the reduction
     total = f"{acc}.lanes"
@@ -324,17 +303,8 @@ def lower_stmt(st: TStmt, shapes: dict[str, tuple[int, ...]]) -> list[Stmt]:
     body: list[Stmt] = pre + [Store(st.tensor, target, value)]
     if st.index is not None:
         # a scatter: a term whose write or reads fall outside their tensors contributes nothing
-        guards = ctx.guards(Load(st.tensor, target), {}) + [
-            g for g in ctx.guards(st.value, {}) if g not in ctx.guards(Load(st.tensor, target), {})]
-        placed: dict[str | None, list[Expr]] = {}
-        names = [n for n, _ in st.axes]
-        for g in guards:
-            deep = [n for n in names if n in free_vars(g)]
-            placed.setdefault(deep[-1] if deep else None, []).append(g)
-        for n, x in reversed(st.axes):
-            body = _guard(placed.get(n, []), body)
-            body = [Loop(n, x, tuple(body))]
-        return _guard(placed.get(None, []), body)
+        write = ctx.guards(Load(st.tensor, target), {})
+        return loops(st.axes, body, write + [g for g in ctx.guards(st.value, {}) if g not in write])
     for n, x in reversed(st.axes):
         body = [Loop(n, x, tuple(body))]
     return body
@@ -395,16 +365,7 @@ class _Ctx:
         cnt = self.fresh("cnt") if counted else None
         if cnt:
             update.append(Set(cnt, Binary("+", Scalar(cnt), Const(1.0))))
-        axis_names = [n for n, _ in e.axes]
-        placed: dict[str | None, list[Expr]] = {}
-        for g in guards:
-            deep = [n for n in axis_names if n in free_vars(g)]
-            placed.setdefault(deep[-1] if deep else None, []).append(g)
-        nest = update
-        for n, x in reversed(e.axes):
-            nest = _guard(placed.get(n, []), nest)
-            nest = [Loop(n, x, tuple(nest))]
-        nest = _guard(placed.get(None, []), nest)
+        nest = loops(e.axes, update, guards)
         out: list[Stmt] = [Let(acc, Const(INIT[e.op]))] + ([Let(cnt, Const(0.0))] if cnt else []) + (
             [Let(best, Const(float("-inf")))] if e.op == "argmax" else []) + nest
         if e.op == "mean":
@@ -449,6 +410,19 @@ def read_guards(body: Expr, ranges: dict, facts: dict, shapes: dict) -> list[Exp
 
     visit(body, facts)
     return out
+
+
+def loops(axes, body: list[Stmt], guards: list[Expr]) -> list[Stmt]:
+    """Loops over axes (outermost first) around body, each guard placed in the innermost loop
+    whose variable it uses, so the iterations a guard rules out are skipped whole."""
+    names = [n for n, _ in axes]
+    placed: dict[str | None, list[Expr]] = {}
+    for g in guards:
+        deep = [n for n in names if n in free_vars(g)]
+        placed.setdefault(deep[-1] if deep else None, []).append(g)
+    for n, x in reversed(list(axes)):
+        body = [Loop(n, x, tuple(_guard(placed.get(n, []), body)))]
+    return _guard(placed.get(None, []), body)
 
 
 def _guard(conds: list[Expr], body: list[Stmt]) -> list[Stmt]:

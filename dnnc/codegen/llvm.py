@@ -206,25 +206,7 @@ class _KernelEmitter:
                 del self.vars[s.var]
                 self.vec = None
                 return
-            head = self.fn.append_basic_block(f"{s.var}.head")
-            body = self.fn.append_basic_block(f"{s.var}.body")
-            done = self.fn.append_basic_block(f"{s.var}.done")
-            pre = b.block
-            b.branch(head)
-            b.position_at_end(head)
-            iv = b.phi(I64, name=s.var)
-            iv.add_incoming(ir.Constant(I64, 0), pre)
-            self.vars[s.var] = iv
-            b.position_at_end(body)
-            self.block(s.body)
-            nxt = b.add(iv, ir.Constant(I64, 1), name=f"{s.var}.next", flags=("nuw", "nsw"))
-            latch = b.block
-            b.branch(head)
-            iv.add_incoming(nxt, latch)
-            b.position_at_end(head)
-            b.cbranch(b.icmp_signed("<", iv, ir.Constant(I64, s.extent)), body, done)
-            b.position_at_end(done)
-            del self.vars[s.var]
+            self.counted_loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
         elif isinstance(s, If):
             c = self.cond(s.cond)
             if _is_vec(c):  # a lane mask: both branches run, each on its lanes
