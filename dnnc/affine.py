@@ -11,10 +11,6 @@ from .expr import Binary, Const, Expr, Select, Unary, Var, is_int
 Interval = tuple[int, int]  # inclusive
 
 
-def floordiv(a: int, b: int) -> int:
-    return a // b
-
-
 def affine(e: Expr) -> dict | None:
     """e as {term: coeff} with term 1 for the constant, a variable name, or an atom Expr."""
     if isinstance(e, Const):

@@ -200,7 +200,6 @@ def cmd_info(args) -> int:
 
 def cmd_ir(args) -> int:
     from . import passes
-    from .api import Model
     from .codegen.llvm import emit, kernel_symbol
     from .frontend import parser
     from .ir import show_program
@@ -329,7 +328,7 @@ def _extract(text: str, sym: str, stage: str) -> str:
 
 def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
-    for k, item in enumerate(items):
+    for item in items:
         if "=" in item and item.split("=", 1)[0] in names:
             n, path = item.split("=", 1)
             if not path:

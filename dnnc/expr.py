@@ -148,12 +148,6 @@ def free_vars(e: Expr) -> set[str]:
     return out
 
 
-def loads(e: Expr) -> Iterator[Load]:
-    for x in e.walk():
-        if isinstance(x, Load):
-            yield x
-
-
 def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
     """A copy of e with new children (same order as e.children())."""
     if isinstance(e, Load):

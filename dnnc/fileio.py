@@ -99,11 +99,6 @@ def load_npz(path) -> dict[str, np.ndarray]:
         raise DnncError(f"not a readable .npz file ({e})", path=str(p)) from None
 
 
-def load_weights(path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Parameters from an .npz, checked against the network's names and shapes."""
-    return check_weights(load_npz(path), expected, path)
-
-
 def check_weights(arrays: dict, expected: dict[str, tuple[int, ...]], path) -> dict[str, np.ndarray]:
     """The expected arrays, each present, of the right shape and finite."""
     out = {}

@@ -326,7 +326,3 @@ class _Builder:
         except ValueError:
             raise DnncError(f"{op.name}: '{p.name}' has shape {list(arr.shape)}, which does not fit the "
                             f"parameter's shape {list(p.shape)}", loc) from None
-
-
-def load_module(source: str, file: str = "<string>") -> Module:
-    return parse(source, file)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import affine
 from .errors import DnncError, Loc
-from .expr import Binary, Expr, Load, Reduce, Select, Unary, Var, free_vars, substitute
+from .expr import Load, Reduce, Var, free_vars, substitute
 from .te import TStmt, count_flops
 
 VECTOR_BITS = 512  # AVX-512; the lowering masks ragged edges, so any extent works

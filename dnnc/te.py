@@ -179,7 +179,6 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
                     raise DnncError(f"{where}dimension {k} of input '{decl.name}' is {size}, "
                                     f"expected {show(d)} = {expect} (shape {_fmt_shape(shape)})", call_loc)
             k += 1
-    sizes = dict(env)
     env["training"] = 1 if training else 0  # ops may behave differently in training (dropout)
 
     # 2. attributes: given values, then defaults in order

@@ -25,11 +25,6 @@ def target_machine(reloc: str = "default", codemodel: str = "jitdefault"):
                                         opt=3, reloc=reloc, codemodel=codemodel)
 
 
-def host() -> str:
-    tm = target_machine()
-    return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()}"
-
-
 def parse(text: str):
     tm = target_machine()
     mod = llvm.parse_assembly(text)
