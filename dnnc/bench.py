@@ -52,7 +52,14 @@ def _flops_by_kernel(model: Model, training: bool, optimizer) -> dict[str, int]:
     if training:
         _, groups = training_groups(model.network.at_batch(model.batch, training=True), optimizer)
         return {name: sum(count_flops(s) for s in stmts) for name, stmts in groups}
-    return {layer.name: layer.inst.flops for layer in needed_layers(model.graph, model.graph.outputs, False)}
+    flops = {layer.name: layer.inst.flops for layer in needed_layers(model.graph, model.graph.outputs, False)}
+    out = dict(flops)
+    for k in model.executable("forward").program.kernels:  # fused kernels: c1.conv+relu
+        if "+" in k.name:
+            base, *rest = k.name.split("+")
+            prefix = base.rsplit(".", 1)[0]
+            out[k.name] = flops.get(base, 0) + sum(flops.get(f"{prefix}.{r}", 0) for r in rest)
+    return out
 
 
 def bench(net: Network, batch: int = 64, training: bool = False, threads: int | None = None,

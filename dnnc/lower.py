@@ -46,7 +46,16 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
     groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
     from .schedule import from_settings
 
-    return lower_groups(name or g.name, buffers, groups, schedule, dtype, from_settings(g.settings) + list(overrides))
+    named = from_settings(g.settings) + list(overrides)
+    if schedule is not False:  # activations computed in their producer's epilogue
+        from .passes.fuse import fuse_elementwise
+
+        # a statement a schedule step names keeps its own loop nest, so the step applies to it
+        groups = fuse_elementwise(groups, set(finals) | {o.tensor for o in named})
+        used = {st.tensor for _, stmts in groups for st in stmts} | {
+            x.tensor for _, stmts in groups for st in stmts for x in st.value.walk() if isinstance(x, Load)}
+        buffers = [b for b in buffers if b.name in used]
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
 
 
 KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
@@ -99,6 +108,11 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
             else:
                 body += lower_stmt(st, shapes)
         kernels.append(Kernel(kname, tuple(body), kname))
+    written = {st.tensor for _, stmts in groups for st in stmts}
+    for o in overrides:
+        if o.tensor not in written:
+            raise DnncError(f"schedule step {o}: no statement writes {o.tensor} (statements write: "
+                            f"{', '.join(sorted(written))})")
     buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
     return Program(name, tuple(buffers), tuple(kernels), tuple(steps) if schedule is not False else ())
 

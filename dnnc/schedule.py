@@ -228,8 +228,8 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
             for u, ext_u in st.axes[:-1]:
                 if ext_u < 2:
                     continue
-                reuse = sum(1 for ld in hot if _stride_kind(ld, v) == "unit" and u not in
-                            set().union(*[free_vars(i) for i in ld.index]))
+                reuse = sum(1 for ld in hot if (_stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
+                            and u not in set().union(*[free_vars(i) for i in ld.index]))
                 key = (reuse, ext_u)
                 if reuse and (best is None or key > best[0]):  # unrolling without reuse only adds code
                     best = (key, u, ext_u)

@@ -53,6 +53,9 @@ def test_scheduled_equals_naive_in_the_interpreter(training):
     else:  # in float64, so only the order of a sum's terms can differ
         naive, tiled = lower_graph(g, dtype="f64", schedule=False), lower_graph(g, dtype="f64")
     assert any(isinstance(s, Loop) and s.kind == "vector" for k in tiled.kernels for s in walk(k.body))
+    if not training:  # the ReLU is computed in the convolution's epilogue: no c.conv buffer
+        assert "c.conv+relu" in [k.name for k in tiled.kernels]
+        assert "c.conv" not in [b.name for b in tiled.buffers]
     a = arrays(g)
     ref, got = interp.run(naive, a), interp.run(tiled, a)
     for b in naive.buffers:
@@ -112,8 +115,10 @@ def test_overrides_replace_the_default_and_stay_correct():
 
 def test_illegal_step_is_refused():
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
-    with pytest.raises(DnncError, match="axis that c1.conv does not have"):
-        net.compile(batch=2, overrides=[Tile("c1.conv", "q", 8)])
+    with pytest.raises(DnncError, match="axis that c1.relu does not have"):
+        net.compile(batch=2, overrides=[Tile("c1.relu", "q", 8)])  # c1.relu: the conv fused with it
+    with pytest.raises(DnncError, match="no statement writes c9"):
+        net.compile(batch=2, overrides=[Tile("c9", "j", 8)])
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--schedule", "tile(bad"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--schedule" in r.stderr
@@ -133,8 +138,8 @@ def test_cli_prints_the_schedule():
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--stage", "schedule",
                         "--batch", "64"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0
-    assert "tile(c1.conv, vector=j:16, unroll=f:6, parallel)" in r.stdout
-    assert "pack(f3.weight, perm=[1, 0], for=f3.dense)" in r.stdout
+    assert "tile(c1.relu, vector=j:16, unroll=f:6, parallel)" in r.stdout  # conv and ReLU fused
+    assert "pack(f3.weight, perm=[1, 0], for=f3)" in r.stdout
 
 
 def test_info_prints_the_planned_training_memory():
