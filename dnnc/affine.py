@@ -28,7 +28,7 @@ def affine(e: Expr) -> dict | None:
         out = dict(a)
         for k, v in b.items():
             out[k] = out.get(k, 0) + sign * v
-        return {k: v for k, v in out.items() if v != 0 or k == 1}
+        return _merge_divmod({k: v for k, v in out.items() if v != 0 or k == 1})
     if isinstance(e, Binary) and e.op == "*":
         a, b = affine(e.a), affine(e.b)
         if a is None or b is None:
@@ -54,6 +54,39 @@ def affine(e: Expr) -> dict | None:
     if is_int(e):
         return {e: 1, 1: 0}
     return None
+
+
+def _merge_divmod(d: dict) -> dict:
+    """Undo flattening: (x / c)*c*m + (x % c)*m = x*m, and ((x / c) % e)*c*m + (x % c)*m =
+    (x % (c*e))*m, for positive constants; so a flattened read is seen to be contiguous."""
+    changed = True
+    while changed:
+        changed = False
+        mods = [k for k in d if isinstance(k, Binary) and k.op == "%" and isinstance(k.b, Const) and d[k]]
+        for r in mods:
+            x, c, m = r.a, r.b.value, d[r]
+            if c <= 0:
+                continue
+            q = Binary("/", x, Const(c))
+            for k in list(d):
+                if k == q and d[k] == c * m:  # (x / c)*c*m + (x % c)*m
+                    new = affine(x)
+                elif (isinstance(k, Binary) and k.op == "%" and k.a == q and isinstance(k.b, Const)
+                      and k.b.value > 0 and d[k] == c * m):  # ((x / c) % e)*c*m + (x % c)*m
+                    new = {Binary("%", x, Const(c * k.b.value)): 1, 1: 0}
+                else:
+                    continue
+                if new is None:
+                    continue
+                del d[k], d[r]
+                for t, v in new.items():
+                    d[t] = d.get(t, 0) + v * m
+                d = {t: v for t, v in d.items() if v != 0 or t == 1}
+                changed = True
+                break
+            if changed:
+                break
+    return d
 
 
 def from_affine(d: dict) -> Expr:
@@ -206,5 +239,11 @@ def simplify_in(e: Expr, ranges: dict[str, Interval]) -> Expr:
             if b is not None and b[0] == b[1]:
                 out[1] = out.get(1, 0) + c * b[0]
                 continue
+            if isinstance(k, Binary) and k.op == "%" and isinstance(k.b, Const):
+                inner = bounds(k.a, ranges)  # x % c is x when x is already in [0, c)
+                if inner is not None and 0 <= inner[0] and inner[1] < k.b.value:
+                    for t, v in (affine(simplify_in(k.a, ranges)) or {k: 1}).items():
+                        out[t] = out.get(t, 0) + c * v
+                    continue
         out[k] = out.get(k, 0) + c
-    return from_affine(out)
+    return from_affine(_merge_divmod({t: v for t, v in out.items() if v != 0 or t == 1}))

@@ -233,10 +233,11 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 key = (reuse, ext_u)
                 if reuse and (best is None or key > best[0]):  # unrolling without reuse only adds code
                     best = (key, u, ext_u)
-            # vectors per row: as many as fit without more masked lanes than one vector needs
-            # (a small row, such as LeNet's 28 pixels, runs best one vector at a time)
-            vectors = min(range(1, 5), key=lambda k: (-(-ext_v // (width * k)) * width * k, -k)) \
-                if width == W and ext_v >= 3 * W else 1
+            # vectors per row (1, 2 or 4): the most that waste at most one vector of masked lanes
+            # beyond what one vector at a time would (a short row, like LeNet's 28 pixels, gets 1)
+            least = -(-ext_v // width) * width
+            vectors = max((k for k in (1, 2, 4) if -(-ext_v // (width * k)) * width * k <= least + width),
+                          default=1) if width == W and ext_v >= 3 * W else 1
             if best is not None:
                 unroll = best[1]
                 ext_u = best[2]
