@@ -11,17 +11,22 @@ from .expr import Binary, Const, Expr, Select, Unary, Var, is_int
 Interval = tuple[int, int]  # inclusive
 
 
-def affine(e: Expr) -> dict | None:
-    """e as {term: coeff} with term 1 for the constant, a variable name, or an atom Expr."""
+def affine(e: Expr, split: bool = False) -> dict | None:
+    """e as {term: coeff} with term 1 for the constant, a variable name, or an atom Expr.
+
+    With split, multiples of a divisor come out of floor division and modulo, (c*m + r) / c =
+    m + r / c, which code generation uses to see lanes that repeat (t / 2 along t); interval
+    analysis keeps the atom whole, since its bounds are tighter that way.
+    """
     if isinstance(e, Const):
         return {1: int(e.value)} if e.is_int else None
     if isinstance(e, Var):
         return {e.name: 1}
     if isinstance(e, Unary) and e.op == "neg":
-        a = affine(e.a)
+        a = affine(e.a, split)
         return None if a is None else {k: -v for k, v in a.items()}
     if isinstance(e, Binary) and e.op in ("+", "-"):
-        a, b = affine(e.a), affine(e.b)
+        a, b = affine(e.a, split), affine(e.b, split)
         if a is None or b is None:
             return None
         sign = 1 if e.op == "+" else -1
@@ -30,7 +35,7 @@ def affine(e: Expr) -> dict | None:
             out[k] = out.get(k, 0) + sign * v
         return _merge_divmod({k: v for k, v in out.items() if v != 0 or k == 1})
     if isinstance(e, Binary) and e.op == "*":
-        a, b = affine(e.a), affine(e.b)
+        a, b = affine(e.a, split), affine(e.b, split)
         if a is None or b is None:
             return None
         if set(a) == {1}:
@@ -39,7 +44,7 @@ def affine(e: Expr) -> dict | None:
             c = b[1]
             return {k: v * c for k, v in a.items() if v * c != 0 or k == 1}
     if isinstance(e, Binary) and e.op in ("/", "%", "max", "min"):
-        a, b = affine(e.a), affine(e.b)
+        a, b = affine(e.a, split), affine(e.b, split)
         if a is None or b is None:
             return None
         if set(a) == {1} and set(b) == {1}:
@@ -49,6 +54,16 @@ def affine(e: Expr) -> dict | None:
             if e.op == "%":
                 return {1: x % y}
             return {1: max(x, y) if e.op == "max" else min(x, y)}
+        if split and e.op in ("/", "%") and set(b) == {1} and b[1] > 0:
+            # (c*m + r) / c = m + r / c and (c*m + r) % c = r % c: the multiples of c come out
+            c = b[1]
+            whole = {k: v // c for k, v in a.items() if v % c == 0 and v}
+            rest = {k: v for k, v in a.items() if v % c}
+            if not rest:
+                return {1: 0} if e.op == "%" else {**whole, 1: whole.get(1, 0)}
+            if whole:
+                atom = Binary(e.op, from_affine({**rest, 1: rest.get(1, 0)}), Const(c))
+                return {atom: 1, 1: 0} if e.op == "%" else {**whole, atom: 1, 1: whole.get(1, 0)}
         atom = Binary(e.op, from_affine(a), from_affine(b))
         return {atom: 1, 1: 0}
     if is_int(e):
@@ -110,9 +125,9 @@ def from_affine(d: dict) -> Expr:
     return out
 
 
-def simplify(e: Expr) -> Expr:
+def simplify(e: Expr, split: bool = False) -> Expr:
     """The canonical form of an integer expression (other expressions are returned as they are)."""
-    d = affine(e)
+    d = affine(e, split)
     return e if d is None else from_affine(d)
 
 

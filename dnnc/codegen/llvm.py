@@ -310,7 +310,7 @@ class _KernelEmitter:
         lin: Expr = Const(0)
         for k, ix in enumerate(index):
             lin = Binary("+", Binary("*", lin, Const(shape[k])), ix)
-        return affine.simplify(lin)
+        return affine.simplify(lin, split=True)
 
     def _access(self, buf: str, index):
         """('scalar', ptr), ('contiguous', ptr to lane 0) or ('gather', vector of ptrs)."""
@@ -319,7 +319,7 @@ class _KernelEmitter:
         if not self.vec:
             return "scalar", self.b.gep(base, [self.int(lin)], inbounds=True)
         v = self.vec[0]
-        form = affine.affine(lin)
+        form = affine.affine(lin, split=True)
         atoms_use_v = form is None or any(
             not isinstance(k, str) and k != 1 and v in _vars(k) for k in form)
         coef = 0 if form is None else form.get(v, 0)
@@ -332,6 +332,13 @@ class _KernelEmitter:
                 return "contiguous", self.b.bitcast(p, ir.VectorType(self.ft, self.width).as_pointer())
             self.stride = coef  # a small stride: one wide load, then every coef-th element
             return "strided", self.b.bitcast(p, ir.VectorType(self.ft, self.width * coef).as_pointer())
+        rep = _repeat(form, v) if form is not None and coef == 0 else None
+        if rep is not None:  # lanes that repeat: (v + k) / s, as in a pooling gradient's t / 2
+            atom, s, k = rep
+            lane0 = affine.simplify(affine.from_affine({t: x for t, x in form.items() if t != atom}))
+            self.repeat = (s, k)
+            p = self.b.gep(base, [self.int(lane0)], inbounds=True)
+            return "repeat", self.b.bitcast(p, ir.VectorType(self.ft, self.width).as_pointer())
         return "lanes", self.splat(self.int(lin))
 
     def load(self, buf: str, index) -> ir.Value:
@@ -339,6 +346,24 @@ class _KernelEmitter:
         b, W = self.b, self.width
         if kind == "scalar":
             return b.load(p)
+        if kind == "repeat":
+            s, k = self.repeat
+            n = (W - 1 + k) // s + 1  # elements read: lane i takes element (i + k) // s
+            groups = [[i for i in range(W) if (i + k) // s == j] for j in range(W)]
+            if self.mask is None:
+                keep = ir.Constant(ir.VectorType(I1, W), [1 if j < n else 0 for j in range(W)])
+            else:
+                keep = ir.Constant(ir.VectorType(I1, W), [0] * W)
+                for slot in range(s):  # element j is read if any lane of its group is enabled
+                    pick = [g[slot] if slot < len(g) else W for g in groups]
+                    lanes_ = b.shuffle_vector(self.mask, ir.Constant(self.mask.type, [0] * W),
+                                              ir.Constant(ir.VectorType(I32, W), pick))
+                    keep = b.or_(keep, lanes_)
+            vt = ir.VectorType(self.ft, W)
+            fn = self._intrinsic(f"llvm.masked.load.{_vname(vt)}.p0", vt, [p.type, I32, keep.type, vt])
+            got = b.call(fn, [p, ir.Constant(I32, 4), keep, ir.Constant(vt, [0.0] * W)])
+            return b.shuffle_vector(got, ir.Constant(vt, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, W), [(i + k) // s for i in range(W)]))
         if kind == "strided":
             s = self.stride
             wide = ir.VectorType(self.ft, W * s)
@@ -382,7 +407,7 @@ class _KernelEmitter:
 
     def store(self, buf: str, index, value: ir.Value) -> None:
         kind, p = self._access(buf, index)
-        if kind == "strided":  # a strided store is a scatter
+        if kind in ("strided", "repeat"):  # a scatter
             kind, p = "lanes", self.splat(self.int(self._linear(buf, index)))
         b, W = self.b, self.width
         if kind == "scalar":
@@ -705,6 +730,20 @@ class _for:
         self.iv.add_incoming(nxt, b.block)
         b.branch(self.head)
         b.position_at_end(self.done)
+
+
+def _repeat(form: dict, v: str):
+    """(atom, s, k) when v enters the offset only as the atom (v + k) / s, 0 <= k < s."""
+    found = [t for t in form if not isinstance(t, str) and t != 1 and v in _vars(t)]
+    if len(found) != 1 or form[found[0]] != 1:
+        return None
+    atom = found[0]
+    if not (isinstance(atom, Binary) and atom.op == "/" and isinstance(atom.b, Const) and atom.b.value > 1):
+        return None
+    inner = affine.affine(atom.a)
+    if inner is None or set(inner) - {v, 1} or inner.get(v) != 1 or not 0 <= inner.get(1, 0) < atom.b.value:
+        return None
+    return atom, atom.b.value, inner.get(1, 0)
 
 
 def _vname(t: ir.VectorType) -> str:
