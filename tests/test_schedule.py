@@ -153,3 +153,16 @@ def test_info_prints_the_planned_training_memory():
     shared = float(out.split("shared by liveness) ")[1].split(" MiB")[0])
     alone = float(out.split("would take ")[1].split(" MiB")[0])
     assert shared < alone  # the planner shares storage
+
+
+def test_bench_times_every_kernel():
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "bench", "examples/lenet5.net", "--batch", "8",
+                        "--training", "--per-layer", "--repeat", "2", "--threads", "1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for kernel in ("c1.conv ", "c2.conv.grad ", "f3.weight.update ", "sum of kernels"):
+        assert kernel in out
+    assert "whole step:" in out and "images/s" in out and "compile:" in out
+    conv = next(line for line in out.splitlines() if line.startswith("c1.conv "))
+    assert float(conv.split()[3]) > 0  # GFLOP/s from the tensor expressions' FLOP count
