@@ -270,8 +270,8 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     inner_g = [g for g in guards if free_vars(g) & lanes]
     op = {"sum": "+", "max": "max", "min": "min"}[r.op]
 
-    def tile(body: list[Stmt], vector: bool = True) -> list[Stmt]:
-        nest: Stmt = Loop(wi, W, tuple(body), "vector" if vector else "unroll")
+    def tile(body: list[Stmt]) -> list[Stmt]:
+        nest: Stmt = Loop(wi, W, tuple(body), "vector")
         if u:
             nest = Loop(ui, U, (nest,), "unroll")
         return [nest]
