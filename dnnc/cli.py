@@ -139,6 +139,7 @@ def _schedule_args(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = make_parser().parse_args(argv)
         if not args.command:
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return COMMANDS[args.command](args) or 0
     except DnncError as e:
+        if e.loc is None and e.path is None and not isinstance(e, UsageError) and getattr(args, "net", None):
+            e.path = args.net  # an error about the network as a whole: name its file
         print(e.render() if not isinstance(e, UsageError) else f"dnnc: error: {e.message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
