@@ -13,6 +13,7 @@ printed with `dnnc ir NET --stage schedule`.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -167,6 +168,22 @@ def _stride_kind(load: Load, v: str) -> str:
     return "other"
 
 
+def _packable(load: Load, v: str) -> bool:
+    """v is one whole index of the read, not its last: a permuted copy makes it stride-1."""
+    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
+    return len(uses) == 1 and load.index[uses[0]] == Var(v) and uses[0] != len(load.index) - 1
+
+
+def _across_axis(r: Reduce, hot: list[Load], W: int):
+    """A reduction axis along which every read is stride-1 or constant, long enough for lanes."""
+    best = None
+    for w, ext_w in r.axes:
+        kinds = [_stride_kind(ld, w) for ld in hot]
+        if ext_w >= W and "other" not in kinds and "unit" in kinds:
+            best = (w, ext_w) if best is None or ext_w > best[1] else best
+    return best
+
+
 def _hot_loads(st: TStmt) -> list[Load]:
     r = single_reduce(st)
     src = r.body if r is not None else st.value
@@ -197,36 +214,36 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
             continue
         v, ext_v = st.axes[-1]
         hot = _hot_loads(st)
-        if pack and single_reduce(st) is not None:
-            for ld in hot:  # a weight read across lanes: pack it so the lanes are contiguous
-                uses = [k for k, ix in enumerate(ld.index) if v in free_vars(ix)]
-                if (len(uses) == 1 and ld.index[uses[0]] == Var(v) and uses[0] != len(ld.index) - 1
-                        and (st.tensor, ld.tensor) not in packed and len(ld.index) == 2):
-                    d = uses[0]
+        r = single_reduce(st)
+        if (pack and r is not None and ext_v <= W // 2 and math.prod(x for _, x in r.axes) >= 1024
+                and not _across_axis(r, hot, W)):
+            # a short last axis and no reduction axis to put lanes on: lanes on an output axis
+            # that fills whole vectors, its reads packed (a conv's weight gradient along filters)
+            for n, x in st.axes[:-1]:
+                if x >= W and x % W == 0 and all(_stride_kind(ld, n) in ("none", "unit") or _packable(ld, n)
+                                                 for ld in hot) and any(_packable(ld, n) for ld in hot):
+                    v, ext_v = n, x
+                    break
+        if r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2 and _across_axis(r, hot, W):
+            # a short output axis (a kernel's width): put the lanes on a reduction axis along
+            # which every read is contiguous, and the short axis in a register tile
+            w, ext_w = _across_axis(r, hot, W)
+            steps.append(Tile(st.tensor, w, W, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
+                              nth, count_flops(st) >= PARALLEL_FLOPS))
+            continue
+        if pack and r is not None:
+            for ld in hot:  # a read across lanes: pack it so the lanes are contiguous
+                if _packable(ld, v) and (st.tensor, ld.tensor) not in packed:
+                    d = next(k for k, ix in enumerate(ld.index) if ix == Var(v))
                     perm = tuple(k for k in range(len(ld.index)) if k != d) + (d,)
                     steps.append(Pack(ld.tensor, perm, st.tensor))
                     packed.add((st.tensor, ld.tensor))
         width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
         unroll, factor = None, 1
-        r = single_reduce(st)
-        if r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2:
-            # a short output axis (a kernel's width): put the lanes on a reduction axis along
-            # which every read is contiguous, and the short axis in a register tile
-            best = None
-            for w, ext_w in r.axes:
-                kinds = [_stride_kind(ld, w) for ld in hot]
-                if ext_w >= W and "other" not in kinds and "unit" in kinds:
-                    best = (w, ext_w) if best is None or ext_w > best[1] else best
-            if best is not None:
-                w, ext_w = best
-                lanes_w = W
-                steps.append(Tile(st.tensor, w, lanes_w, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
-                                  nth, count_flops(st) >= PARALLEL_FLOPS))
-                continue
         if single_reduce(st) is not None:
             best = None
-            for u, ext_u in st.axes[:-1]:
-                if ext_u < 2:
+            for u, ext_u in st.axes:
+                if ext_u < 2 or u == v:
                     continue
                 reuse = sum(1 for ld in hot if (_stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
                             and u not in set().union(*[free_vars(i) for i in ld.index]))
