@@ -16,7 +16,7 @@ import numpy as np
 from .errors import DnncError, Loc
 from .frontend import ELLIPSIS, Binding, CallValue, Module, NameRef, Network, OpDef, Stage, parse
 from .expr import Load
-from .te import Instance, ParamSpec, instantiate
+from .te import RNG_SEED, Instance, ParamSpec, instantiate
 
 DTYPE_BYTES = 4
 
@@ -278,27 +278,21 @@ class _Builder:
         inst = instantiate(op, shapes, attrs, names, pprefix if op.params or op.states else lname, st.loc,
                            self.training)
         params = []
-        for p in inst.params:
-            gname = f"{pprefix}.{p.name}"
-            if gname in self.tensors:
-                raise DnncError(f"parameter name '{gname}' is taken; use separate bindings", st.loc)
-            self.tensors[gname] = Tensor(gname, p.shape, "param")
-            self.params.append(gname)
-            self.param_specs[gname] = p
-            params.append(gname)
-            if p.name in fixed:
-                self.fixed[gname] = self.inline_weights(op, p, *fixed[p.name])
-        for p in inst.states:
-            gname = f"{pprefix}.{p.name}"
-            if gname in self.tensors:
-                raise DnncError(f"state name '{gname}' is taken; use separate bindings", st.loc)
-            self.tensors[gname] = Tensor(gname, p.shape, "state")
-            self.states.append(gname)
-            self.state_specs[gname] = p
+        for kind, specs, names_, table in (("param", inst.params, self.params, self.param_specs),
+                                           ("state", inst.states, self.states, self.state_specs)):
+            for p in specs:
+                gname = f"{pprefix}.{p.name}"
+                if gname in self.tensors:
+                    raise DnncError(f"{kind} name '{gname}' is taken; use separate bindings", st.loc)
+                self.tensors[gname] = Tensor(gname, p.shape, kind)
+                names_.append(gname)
+                table[gname] = p
+                if kind == "param":
+                    params.append(gname)
+                    if p.name in fixed:
+                        self.fixed[gname] = self.inline_weights(op, p, *fixed[p.name])
         for t, shape in inst.temps:
             self.tensors[t] = Tensor(t, shape, "temp")
-        from .te import RNG_SEED
-
         if RNG_SEED not in self.tensors and any(
                 isinstance(x, Load) and x.tensor == RNG_SEED for s in inst.stmts + inst.updates for x in s.value.walk()):
             self.tensors[RNG_SEED] = Tensor(RNG_SEED, (1,), "hyper")
