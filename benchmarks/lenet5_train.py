@@ -20,25 +20,9 @@ import numpy as np
 import dnnc
 from dnnc import data as datamod
 from dnnc.optim import HYPER, Optimizer
+from targets import LENET5_LAYERS, copy_params, torch_lenet5  # benchmarks/ is on sys.path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet5.net"
-
-
-def torch_lenet5(torch):
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-
-
-def copy_params(model, tnet, torch):
-    names = ["c1", "c2", "f3", "f4", "logits"]
-    layers = [m for m in tnet if hasattr(m, "weight")]
-    with torch.no_grad():
-        for n, m in zip(names, layers):
-            m.weight.copy_(torch.from_numpy(model.params[f"{n}.weight"]))
-            m.bias.copy_(torch.from_numpy(model.params[f"{n}.bias"]))
 
 
 def step_times(args, torch):
@@ -49,7 +33,7 @@ def step_times(args, torch):
     ex = model.executable("train", opt)
     compile_s = time.perf_counter() - t0
     tnet = torch_lenet5(torch)
-    copy_params(model, tnet, torch)
+    copy_params(model, tnet, LENET5_LAYERS, torch)
     topt = torch.optim.SGD(tnet.parameters(), lr=0.02, momentum=0.9)
     lossf = torch.nn.CrossEntropyLoss()
     ds = datamod.embedded()

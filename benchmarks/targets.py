@@ -37,6 +37,9 @@ def row(name, ours, theirs, peer, batch=None):
     print(f"{name:44s} dnnc {ours * 1e3:8.3f} ms  {peer} {theirs * 1e3:8.3f} ms  ratio {theirs / ours:5.2f}x{rate}")
 
 
+LENET5_LAYERS = ["c1", "c2", "f3", "f4", "logits"]
+
+
 def torch_lenet5(torch):
     nn = torch.nn
     return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
@@ -88,7 +91,7 @@ def inference(torch, args):
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
     model = net.compile(batch=args.batch, threads=args.threads)
     tnet = torch_lenet5(torch).eval()
-    copy_params(model, tnet, ["c1", "c2", "f3", "f4", "logits"], torch)
+    copy_params(model, tnet, LENET5_LAYERS, torch)
     x = np.random.default_rng(1).random((args.batch, 1, 28, 28), dtype=np.float32)
     model.buffers["image"][...] = x
     tx = torch.from_numpy(x)
@@ -164,7 +167,7 @@ def main():
     torch.set_num_threads(args.threads)
     os.environ.setdefault("DNNC_CACHE", "0")
     print(f"dnnc vs PyTorch {torch.__version__}, {args.threads} thread(s), medians of {args.repeat}")
-    training(torch, "lenet5.net", torch_lenet5, ["c1", "c2", "f3", "f4", "logits"], args, "LeNet-5")
+    training(torch, "lenet5.net", torch_lenet5, LENET5_LAYERS, args, "LeNet-5")
     training(torch, "lenet300.net", torch_mlp, ["h1", "h2", "logits"], args, "MLP 784-300-100-10")
     inference(torch, args)
     if not args.skip_vgg:

@@ -59,8 +59,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     locals_ = {b.name for b in p.buffers if b.kind == "local"}
     kernel_fns = []
     for k in p.kernels:
-        touched = _buffers_used(k)
-        used = [u for u in touched if u not in locals_]
+        used = kernel_args(p, k)
         # external, so `dnnc bench` can time each kernel on its own
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * len(used)), kernel_symbol(p.name, k.name))
         _attrs(fn)
@@ -68,7 +67,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
         em = _KernelEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft)
-        em.locals_ = [name for name in touched if name in locals_]
+        em.locals_ = [name for name in _buffers_used(k) if name in locals_]
         em.buffer_names = used
         for name in em.locals_:
             em.local(name)
