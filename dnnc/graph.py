@@ -232,8 +232,10 @@ class _Builder:
             if arg.key is None:
                 if slot < len(op.inputs):
                     if not isinstance(arg.value, NameRef):
+                        got = f"a call of {arg.value.name}(...); bind it to a name first" if isinstance(
+                            arg.value, CallValue) else repr(arg.value)
                         raise DnncError(f"{op.name}: input '{op.inputs[slot].name}' must be a tensor name, "
-                                        f"got {arg.value!r}", arg.loc)
+                                        f"got {got}", arg.loc)
                     tensor_inputs[slot] = self.tensor_ref(arg.value)
                     slot += 1
                 else:

@@ -47,15 +47,32 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
     from .schedule import from_settings
 
     named = from_settings(g.settings) + list(overrides)
-    if schedule is not False:  # activations computed in their producer's epilogue
+    if schedule is not False:
         from .passes.fuse import fuse_elementwise
+        from .passes.pool import fuse_pool, pool_first
 
         # a statement a schedule step names keeps its own loop nest, so the step applies to it
-        groups = fuse_elementwise(groups, set(finals) | {o.tensor for o in named})
-        used = {st.tensor for _, stmts in groups for st in stmts} | {
-            x.tensor for _, stmts in groups for st in stmts for x in st.value.walk() if isinstance(x, Load)}
-        buffers = [b for b in buffers if b.name in used]
+        keep = set(finals) | {o.tensor for o in named}
+        shapes = {b.name: b.shape for b in buffers}
+        groups = pool_first(groups, keep)  # the activation after the pooling
+        groups = fuse_elementwise(groups, keep)  # activations in their producer's epilogue
+        groups = fuse_pool(groups, keep, shapes)  # each pool window straight from the conv
+        buffers = _buffers_of(groups, buffers, dtype)
     return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
+
+
+def _buffers_of(groups, buffers: list[Buffer], dtype: str) -> list[Buffer]:
+    """The buffers the statements still use; a tensor a rewrite introduced becomes a temporary."""
+    used: dict[str, tuple[int, ...]] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            used.setdefault(st.tensor, tuple(x for _, x in st.axes))
+            for x in st.value.walk():
+                if isinstance(x, Load):
+                    used.setdefault(x.tensor, ())
+    known = {b.name for b in buffers}
+    return [b for b in buffers if b.name in used] + [
+        Buffer(n, s, "temp", dtype) for n, s in used.items() if n not in known]
 
 
 KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
@@ -94,13 +111,19 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
     seen: dict[str, int] = {}
     for kname, stmts in groups:
         body: list[Stmt] = []
-        for st in stmts:
+        paired: set[int] = set()
+        for k, st in enumerate(stmts):
             nth = seen.get(st.tensor, 0)
             seen[st.tensor] = nth + 1
+            if k in paired:
+                continue
             if (st.tensor, nth) in tiles and st.index is None:
                 step = tiles[st.tensor, nth]
                 across = step.vector not in dict(st.axes)
-                nest, local = (lower_across if across else lower_tiled)(st, shapes, step)
+                partner = _argmax_partner(st, stmts[k + 1:]) if not across else None
+                if partner is not None:  # the max and its argmax in one nest
+                    paired.add(k + 1)
+                nest, local = lower_across(st, shapes, step) if across else lower_tiled(st, shapes, step, partner)
                 body += nest
                 for b in local:
                     shapes[b.name] = b.shape
@@ -117,6 +140,17 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
     return Program(name, tuple(buffers), tuple(kernels), tuple(steps) if schedule is not False else ())
 
 
+def _argmax_partner(st: TStmt, rest: list[TStmt]) -> TStmt | None:
+    """The companion `T.arg = argmax(W) e` right after `T = max(W) e` (autodiff's normalize
+    adds it), to be computed in T's nest."""
+    v = st.value
+    if not rest or not isinstance(v, Reduce) or v.op != "max" or st.accumulate or st.index is not None:
+        return None
+    other = rest[0]
+    same = other.tensor == f"{st.tensor}.arg" and other.axes == st.axes and other.index is None
+    return other if same and other.value == Reduce("argmax", v.axes, v.body, v.loc) else None
+
+
 def _fresh_name(base: str, taken: set[str]) -> str:
     name = base
     while name in taken:
@@ -125,7 +159,7 @@ def _fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
+def lower_tiled(st: TStmt, shapes: dict, t, partner: TStmt | None = None) -> tuple[list[Stmt], list[Buffer]]:
     """The loop nest of a Tile step: outer axes, then the reduction, then a register tile.
 
     Invariant: computes what lower_stmt(st) computes (up to the order of a sum's terms).
@@ -133,7 +167,7 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     unrolled. A reduction accumulates in the local buffer T.acc[U, W] inside its own loops,
     and the result is stored once. Lanes and rows past the end are masked off.
     """
-    from .schedule import single_reduce
+    from .schedule import single_reduce, window_reduce
 
     axes = dict(st.axes)
     if t.vector not in axes or (t.unroll is not None and (t.unroll not in axes or t.unroll == t.vector)):
@@ -178,47 +212,98 @@ def lower_tiled(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         return [nest]
 
     locals_: list[Buffer] = []
-    r = single_reduce(TStmt(st.tensor, st.axes, value))
     sh = dict(shapes)
+
+    def local(name: str) -> str:
+        sh[name] = (U, W * K)
+        locals_.append(Buffer(name, (U, W * K), "local"))
+        return name
+
+    whole = TStmt(st.tensor, st.axes, value)
+    win = window_reduce(whole)
+    r = win[1] if win else single_reduce(whole)
     if r is None:
         ctx = _Ctx(sh, ranges)
         pre, val = ctx.value(value, {})
-        body = tile(_guard(edge, pre + [Store(st.tensor, target, val)]))
-    else:
-        acc = f"{st.tensor}.acc{t.nth or ''}"
-        sh[acc] = (U, W * K)
-        locals_.append(Buffer(acc, (U, W * K), "local"))
-        cell = (Var(ui) if u else Const(0), affine.simplify(lane))
-        for n, x in r.axes:
+        return _outer_loops(outer, t, tile(_guard(edge, pre + [Store(st.tensor, target, val)]))), locals_
+    cell = (Var(ui) if u else Const(0), affine.simplify(lane))
+    top = win[0] if win else r  # the reduction the statement's expression holds
+    for red in (top, r):
+        for n, x in red.axes:
             ranges[n] = (0, x - 1)
-        ctx = _Ctx(sh, ranges)
-        pre, body_val = ctx.value(r.body, {})
-        guards = ctx.guards(r.body, {})
-        lane_vars = {vi, vk} | ({ui} if u else set())
+    ctx = _Ctx(sh, ranges)
+    lane_vars = {vi, vk} | ({ui} if u else set())
+    # an argmax, or a max computed with its argmax companion, keeps the best value and where
+    ranked = top.op == "argmax" or partner is not None
+    acc = local(f"{st.tensor}.acc{t.nth or ''}")
+    if win:  # acc: the inner sum at one window position; best: the window's running result
+        best, arg = local(f"{acc}.win"), (local(f"{acc}.arg") if ranked else None)
+    elif top.op == "argmax":
+        best, arg = local(f"{acc}.best"), acc
+    else:
+        best, arg = acc, (local(f"{acc}.arg") if ranked else None)
+
+    def accumulate(red: Reduce, into: str, term: Expr, pre: list[Stmt], guards: list[Expr]) -> list[Stmt]:
+        """Loops over red's axes updating tile `into` by one term; guards outside the lanes
+        skip whole iterations, those that depend on a lane mask the update."""
         inner_g = [g for g in guards if free_vars(g) & lane_vars]
-        if r.op == "argmax":  # the position of the first maximum: a second tile holds the best value
-            best = f"{acc}.best"
-            sh[best] = (U, W * K)
-            locals_.append(Buffer(best, (U, W * K), "local"))
+        if ranked and red is top:  # the first maximum wins
             flat: Expr = Const(0)
-            for n, x in r.axes:
+            for n, x in red.axes:
                 flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
-            wins = Binary(">", body_val, Load(best, cell))
-            update = pre + [Store(acc, cell, Select(wins, affine.simplify(flat), Load(acc, cell))),
-                            Store(best, cell, Binary("max", Load(best, cell), body_val))]
+            wins = Binary(">", term, Load(into, cell))
+            update = pre + [Store(arg, cell, Select(wins, affine.simplify(flat), Load(arg, cell))),
+                            Store(into, cell, Binary("max", Load(into, cell), term))]
         else:
-            op = {"sum": "+", "max": "max", "min": "min"}[r.op]
-            update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), body_val))]
-        nest = loops(r.axes, tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
-        prologue = tile([Store(acc, cell, Const(INIT[r.op]))] + (
-            [Store(f"{acc}.best", cell, Const(float("-inf")))] if r.op == "argmax" else []))
-        epi_value = substitute(value, lambda x: Load(acc, cell) if x == r else None)
-        pre2, val2 = _Ctx(sh, ranges).value(epi_value, {})
-        epilogue = tile(_guard(edge, pre2 + [Store(st.tensor, target, val2)]))
-        body = prologue + nest + epilogue
+            op = {"sum": "+", "max": "max", "min": "min"}[red.op]
+            update = pre + [Store(into, cell, Binary(op, Load(into, cell), term))]
+        return loops(red.axes, tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
+
+    pre, term = ctx.value(r.body, {})
+    nest = accumulate(r, acc, term, pre, ctx.guards(r.body, {}))
+    if win:  # at each window position: the inner sum from zero, then the window's update
+        at_acc = substitute(top.body, lambda x: Load(acc, cell) if x == r else None)
+        pre_w, term_w = ctx.value(at_acc, {})
+        update = accumulate(top, best, term_w, pre_w, ctx.guards(top.body, {}))
+        nest = _wrap_window(top.axes, tile([Store(acc, cell, Const(0.0))]) + nest, update)
+    init = [Store(best, cell, Const(float("-inf") if ranked else INIT[top.op]))]
+    if ranked:
+        init.append(Store(arg, cell, Const(0.0)))
+    result = Load(arg, cell) if top.op == "argmax" else Load(best, cell)
+    pre2, val2 = _Ctx(sh, ranges).value(substitute(value, lambda x: result if x == top else None), {})
+    stores = pre2 + [Store(st.tensor, target, val2)]
+    if partner is not None:
+        stores.append(Store(partner.tensor, target, Load(arg, cell)))
+    body = tile(init) + nest + tile(_guard(edge, stores))
+    return _outer_loops(outer, t, body), locals_
+
+
+def _wrap_window(axes, before: list[Stmt], update: list[Stmt]) -> list[Stmt]:
+    """Loops over a pool window's axes around the inner reduction and the window's update.
+
+    `update` comes from `loops(axes, ...)`, so its outermost statements are the window loops
+    around the update alone; the inner reduction is spliced in at the innermost window loop.
+    """
+    def splice(stmts: list[Stmt], depth: int) -> list[Stmt]:
+        if depth == len(axes):
+            return before + stmts
+        out = []
+        for s in stmts:
+            if isinstance(s, Loop):
+                out.append(Loop(s.var, s.extent, tuple(splice(list(s.body), depth + 1)), s.kind))
+            elif isinstance(s, If):
+                out.append(If(s.cond, tuple(splice(list(s.then), depth)), s.orelse))
+            else:
+                out.append(s)
+        return out
+
+    return splice(update, 0)
+
+
+def _outer_loops(outer, t, body: list[Stmt]) -> list[Stmt]:
     for k, (n, x) in reversed(list(enumerate(outer))):
         body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
-    return body, locals_
+    return body
 
 
 def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:

@@ -154,6 +154,24 @@ def single_reduce(st: TStmt) -> Reduce | None:
     return reds[0]
 
 
+def window_reduce(st: TStmt) -> tuple[Reduce, Reduce] | None:
+    """(window, inner) for a pool window over a fused conv: max(p, q) f(sum(k, r, s) ...),
+    a max, min or argmax whose body holds exactly one sum with nothing nested in it."""
+    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
+    if len(reds) != 2 or reds[0].op not in ("max", "min", "argmax") or reds[1].op != "sum":
+        return None
+    outer, inner = reds
+    if not any(x is inner for x in outer.body.walk()):
+        return None
+    return outer, inner
+
+
+def inner_reduce(st: TStmt) -> Reduce | None:
+    """The reduction whose loops are innermost: the single one, or a window's inner sum."""
+    w = window_reduce(st)
+    return w[1] if w else single_reduce(st)
+
+
 def _stride_kind(load: Load, v: str) -> str:
     """How a read moves with axis v: 'none', 'unit' (last dimension, +1) or 'other'."""
     uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
@@ -166,6 +184,14 @@ def _stride_kind(load: Load, v: str) -> str:
                 not isinstance(k, str) and k != 1 and v in free_vars(k) for k in form):
             return "unit"
     return "other"
+
+
+def _strided(load: Load, v: str) -> bool:
+    """v moves only the last index of the read, by a constant stride (a pool window's conv)."""
+    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
+    form = affine.affine(load.index[-1]) if uses == [len(load.index) - 1] else None
+    return form is not None and isinstance(form.get(v), int) and all(
+        isinstance(k, str) or k == 1 for k in form)
 
 
 def _packable(load: Load, v: str) -> bool:
@@ -185,7 +211,7 @@ def _across_axis(r: Reduce, hot: list[Load], W: int):
 
 
 def _hot_loads(st: TStmt) -> list[Load]:
-    r = single_reduce(st)
+    r = inner_reduce(st)
     src = r.body if r is not None else st.value
     return [x for x in src.walk() if isinstance(x, Load)]
 
@@ -194,7 +220,7 @@ def schedulable(st: TStmt) -> bool:
     if st.index is not None or not st.axes:
         return False
     reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
-    if not reds:
+    if not reds or window_reduce(st) is not None:
         return True
     r = single_reduce(st)
     return r is not None and r.op in ("sum", "max", "min", "argmax")
@@ -214,17 +240,21 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
             continue
         v, ext_v = st.axes[-1]
         hot = _hot_loads(st)
-        r = single_reduce(st)
-        if (pack and r is not None and ext_v <= W // 2 and math.prod(x for _, x in r.axes) >= 1024
-                and not _across_axis(r, hot, W)):
+        window = window_reduce(st) is not None
+        r = inner_reduce(st)
+        if pack and r is not None and ext_v <= W // 2 and (window or (
+                math.prod(x for _, x in r.axes) >= 1024 and not _across_axis(r, hot, W))):
             # a short last axis and no reduction axis to put lanes on: lanes on an output axis
-            # that fills whole vectors, its reads packed (a conv's weight gradient along filters)
-            for n, x in st.axes[:-1]:
-                if x >= W and x % W == 0 and all(_stride_kind(ld, n) in ("none", "unit") or _packable(ld, n)
-                                                 for ld in hot) and any(_packable(ld, n) for ld in hot):
-                    v, ext_v = n, x
-                    break
-        if r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2 and _across_axis(r, hot, W):
+            # that fills whole vectors, its reads packed (a conv's weight gradient along
+            # filters; a fused conv+pool whose pooled rows are short)
+            cands = [(sum(math.prod(shapes[ld.tensor]) for ld in hot if _packable(ld, n)), k, n, x)
+                     for k, (n, x) in enumerate(st.axes[:-1])
+                     if x >= W and x % W == 0 and any(_packable(ld, n) for ld in hot)
+                     and all(_stride_kind(ld, n) in ("none", "unit") or _packable(ld, n) for ld in hot)]
+            if cands:  # the axis whose packed copies are smallest (weights rather than activations)
+                _, _, v, ext_v = min(cands)
+        if (not window and r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2
+                and _across_axis(r, hot, W)):
             # a short output axis (a kernel's width): put the lanes on a reduction axis along
             # which every read is contiguous, and the short axis in a register tile
             w, ext_w = _across_axis(r, hot, W)
@@ -240,12 +270,13 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                     packed.add((st.tensor, ld.tensor))
         width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
         unroll, factor = None, 1
-        if single_reduce(st) is not None:
+        if r is not None:
             best = None
             for u, ext_u in st.axes:
                 if ext_u < 2 or u == v:
                     continue
-                reuse = sum(1 for ld in hot if (_stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
+                reuse = sum(1 for ld in hot if (_stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed
+                                                or (window and _strided(ld, v)))
                             and u not in set().union(*[free_vars(i) for i in ld.index]))
                 key = (reuse, ext_u)
                 if reuse and (best is None or key > best[0]):  # unrolling without reuse only adds code
@@ -258,8 +289,10 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
             if best is not None:
                 unroll = best[1]
                 ext_u = best[2]
-                # a register tile of at most 16 accumulators (AVX-512 has 32 registers)
-                fits = [f for f in (8, 6, 4, 3, 2) if f * vectors <= 16 and f <= ext_u]
+                # a register tile of at most 16 accumulators (AVX-512 has 32 registers); a pool
+                # window also keeps its running maximum and argmax in registers
+                cap = 12 if window else 16
+                fits = [f for f in (8, 6, 4, 3, 2) if f * vectors <= cap and f <= ext_u]
                 factor = next((f for f in fits if ext_u % f == 0), fits[0] if fits else 1)
         else:
             vectors = 1

@@ -33,12 +33,23 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
     optimizer, the parameter update: d loss / d param lands in `param.grad`."""
     from .schedule import from_settings
 
-    buffers, groups = training_groups(g, optimizer, dtype)
-    return lower_groups(name or g.name, buffers, groups, schedule, dtype, from_settings(g.settings) + list(overrides))
+    named = from_settings(g.settings) + list(overrides)
+    buffers, groups = training_groups(g, optimizer, dtype, fuse=schedule is not False,
+                                      keep={o.tensor for o in named})
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
 
 
-def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32"):
-    """The buffers and the named groups of tensor-expression statements of a training program."""
+def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32", fuse: bool = True,
+                    keep: set[str] = frozenset()):
+    """The buffers and the named groups of tensor-expression statements of a training program.
+
+    With `fuse`, conv+ReLU+pool runs as one nest (passes/pool.py): the activation moves after
+    the pooling before differentiation, and each pool window is computed from the conv after
+    it, so the forward saves the pooled values and argmax positions, never the conv output.
+    Statements writing a tensor in `keep` (named by schedule steps) are not fused.
+    """
+    from .passes.pool import fuse_pool, pool_first
+
     if g.loss is None:
         raise DnncError(f"network '{g.name}' has no loss; add one, e.g. loss softmax_cross_entropy(logits, label)")
     layers = needed_layers(g, g.outputs, True)
@@ -47,14 +58,19 @@ def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "
     groups: list[tuple[str, list[TStmt]]] = []
     owner: dict[str, str] = {}
     all_stmts: list[TStmt] = []
-    for layer in layers:
-        stmts, temps = normalize(list(layer.inst.stmts))
+    finals = set(g.outputs) | {"loss"}
+    forward = [(layer.name, list(layer.inst.stmts)) for layer in layers]
+    if fuse:
+        forward = pool_first(forward, finals | set(keep))
+    for name, stmts in forward:
+        stmts, temps = normalize(stmts)
         for t, s in temps:
             shapes[t] = s
             kinds[t] = "temp"
         for st in stmts:
-            owner[st.tensor] = layer.name
-        groups.append((layer.name, stmts))
+            owner[st.tensor] = name
+            shapes.setdefault(st.tensor, tuple(x for _, x in st.axes))
+        groups.append((name, stmts))
         all_stmts += stmts
     for layer in layers:  # running statistics, after the forward pass that computes them
         if layer.inst.updates:
@@ -92,7 +108,8 @@ def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "
                 shapes[s] = shapes[p]
                 kinds[s] = "state"
             groups.append((p + ".update", optimizer.stmts(p, shapes[p])))
-    finals = set(g.outputs) | {"loss"}
+    if fuse:
+        groups = fuse_pool(groups, finals | set(keep), shapes)
     used = _used(groups)
     rank = {p: k for k, p in enumerate(g.params)}
     used.sort(key=lambda n: rank.get(n, -1))  # parameters in source order, the rest as first used

@@ -53,14 +53,66 @@ def test_scheduled_equals_naive_in_the_interpreter(training):
     else:  # in float64, so only the order of a sum's terms can differ
         naive, tiled = lower_graph(g, dtype="f64", schedule=False), lower_graph(g, dtype="f64")
     assert any(isinstance(s, Loop) and s.kind == "vector" for k in tiled.kernels for s in walk(k.body))
-    if not training:  # the ReLU is computed in the convolution's epilogue: no c.conv buffer
-        assert "c.conv+relu" in [k.name for k in tiled.kernels]
-        assert "c.conv" not in [b.name for b in tiled.buffers]
+    # the ReLU runs after the overlapping pool (which is not fused with the conv)
+    assert "p+relu" in [k.name for k in tiled.kernels] and "c.relu" not in [b.name for b in tiled.buffers]
     a = arrays(g)
     ref, got = interp.run(naive, a), interp.run(tiled, a)
     for b in naive.buffers:
         if b.kind in ("output", "param", "grad", "state"):
             np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+
+
+POOLED = """network t {
+    input x: [2, 7, 9]
+    label y: 3
+    c = conv(x, filters=5, kernel=3, pad=1) |> relu |> maxpool(2)
+    s = conv(x, filters=4, kernel=2) |> sigmoid |> maxpool(3)
+    q = conv(x, filters=3, kernel=3, pad=1) |> relu |> maxpool(2, pad=1)
+    a = dense(s, 3)
+    b = dense(q, 3)
+    logits = dense(c, 3) |> add(a) |> add(b)
+    loss softmax_cross_entropy(logits, y)
+}"""
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conv_relu_pool_fusion_equals_naive_in_the_interpreter(training):
+    """Ragged windows (7x9 into 2x2 and 3x3), a sigmoid, and a padded pool that stays unfused."""
+    g = dnnc.load(POOLED).at_batch(2, training=training)
+    if training:
+        naive = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64", schedule=False)
+        fused = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64")
+    else:
+        naive, fused = lower_graph(g, dtype="f64", schedule=False), lower_graph(g, dtype="f64")
+    kernels = [k.name for k in fused.kernels]
+    buffers = {b.name: b.shape for b in fused.buffers}
+    assert "c.conv+maxpool+relu" in kernels and "s.conv+maxpool+sigmoid" in kernels
+    assert "c.conv" not in buffers and "s.conv" not in buffers and "c.relu" not in buffers
+    assert "q.conv" in buffers  # the padded pool reads outside the conv: not fused
+    if training:  # the forward saves the pooled values and the argmax, a quarter of the conv
+        assert buffers["c.pre"] == buffers["c.pre.arg"] == (2, 5, 3, 4)
+        assert "c.conv.grad" in buffers and naive.buffers != fused.buffers
+    a = arrays(g)
+    ref, got = interp.run(naive, a), interp.run(fused, a)
+    for b in naive.buffers:
+        if b.kind in ("output", "param", "grad", "state"):
+            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+
+
+def test_pool_first_needs_a_monotone_activation():
+    from dnnc.expr import Binary, Const, Load, Unary, Var
+    from dnnc.passes.pool import monotone
+
+    x = Load("c", (Var("i"),))
+    assert monotone(Binary("max", x, Const(0.0)), x) and monotone(Unary("sigmoid", Binary("*", Const(2.0), x)), x)
+    assert not monotone(Unary("neg", x), x) and not monotone(Binary("*", x, x), x)
+    assert not monotone(Binary("*", Const(-1.0), x), x) and not monotone(Unary("abs", x), x)
+    src = POOLED.replace("|> sigmoid |> maxpool(3)", "|> abs_op |> maxpool(3)").replace(
+        "network t {", "op abs_op(x[...]) -> y[...] { y[...] = abs(x[...]) }\nnetwork t {")
+    prog = lower_graph(dnnc.load(src).at_batch(1))
+    # |x| stays before the pool (no s.pre), all three computed in one nest
+    assert "s.conv+abs_op+maxpool" in [k.name for k in prog.kernels]
+    assert "s.pre" not in [b.name for b in prog.buffers]
 
 
 def test_scheduled_equals_naive_in_the_jit():
@@ -138,7 +190,7 @@ def test_cli_prints_the_schedule():
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--stage", "schedule",
                         "--batch", "64"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0
-    assert "tile(c1.relu, vector=j:16, unroll=f:6, parallel)" in r.stdout  # conv and ReLU fused
+    assert "tile(c1, vector=j:16, unroll=c:6, parallel)" in r.stdout  # conv, ReLU and pool fused
     assert "pack(f3.weight, perm=[1, 0], for=f3)" in r.stdout
 
 
@@ -161,8 +213,8 @@ def test_bench_times_every_kernel():
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for kernel in ("c1.conv ", "c2.conv.grad ", "f3.weight.update ", "sum of kernels"):
+    for kernel in ("c1.conv+maxpool+relu ", "c2.conv.grad ", "f3.weight.update ", "sum of kernels"):
         assert kernel in out
     assert "whole step:" in out and "images/s" in out and "compile:" in out
-    conv = next(line for line in out.splitlines() if line.startswith("c1.conv "))
+    conv = next(line for line in out.splitlines() if line.startswith("c1.conv+maxpool+relu "))
     assert float(conv.split()[3]) > 0  # GFLOP/s from the tensor expressions' FLOP count

@@ -26,16 +26,22 @@ def fuse_elementwise(groups: list[tuple[str, list[TStmt]]], keep: set[str]) -> l
                 readers[t] = readers.get(t, 0) + 1
     out: list[tuple[str, list[TStmt]]] = []
     for name, stmts in groups:
-        prev = out[-1][1] if out and out[-1][1] else None
-        if (len(stmts) == 1 and prev is not None and _fusable(prev[-1], stmts[0], readers, keep)):
-            producer, consumer = prev[-1], stmts[0]
-            rename = {n: Var(m) for (n, _), (m, _) in zip(consumer.axes, producer.axes, strict=True)}
-            value = substitute(subst_vars(consumer.value, rename),
-                               lambda x: producer.value if isinstance(x, Load) and x.tensor == producer.tensor else None)
-            prev[-1] = TStmt(consumer.tensor, producer.axes, value, producer.loc)
-            out[-1] = (f"{out[-1][0]}+{name.split('.')[-1]}", prev)
-            continue
-        out.append((name, list(stmts)))
+        mine: list[TStmt] = []
+        for st in stmts:
+            prev = mine if mine else (out[-1][1] if out and out[-1][1] else None)
+            if prev is not None and _fusable(prev[-1], st, readers, keep):
+                producer = prev[-1]
+                rename = {n: Var(m) for (n, _), (m, _) in zip(st.axes, producer.axes, strict=True)}
+                value = substitute(subst_vars(st.value, rename),
+                                   lambda x: producer.value if isinstance(x, Load) and x.tensor == producer.tensor
+                                   else None)
+                prev[-1] = TStmt(st.tensor, producer.axes, value, producer.loc)
+                if prev is not mine:
+                    out[-1] = (f"{out[-1][0]}+{name.split('.')[-1]}", prev)
+                continue
+            mine.append(st)
+        if mine:
+            out.append((name, mine))
     return out
 
 
