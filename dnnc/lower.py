@@ -48,12 +48,17 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
 
     named = from_settings(g.settings) + list(overrides)
     if schedule is not False:
+        from .passes.conv import Algorithm, apply_algorithms, default_algorithms
         from .passes.fuse import fuse_elementwise
         from .passes.pool import fuse_pool, pool_first
 
-        # a statement a schedule step names keeps its own loop nest, so the step applies to it
-        keep = set(finals) | {o.tensor for o in named}
+        # a statement a tile step names keeps its own loop nest, so the step applies to it
+        keep = set(finals) | {o.tensor for o in named if not isinstance(o, Algorithm)}
         shapes = {b.name: b.shape for b in buffers}
+        if schedule is True:  # the user's algorithm steps take precedence over the defaults
+            mine = {o.tensor for o in named if isinstance(o, Algorithm)}
+            named = [a for a in default_algorithms(groups, shapes) if a.tensor not in mine] + named
+        groups, _ = apply_algorithms(groups, named, shapes)  # im2col or Winograd
         groups = pool_first(groups, keep)  # the activation after the pooling
         groups = fuse_elementwise(groups, keep)  # activations in their producer's epilogue
         groups = fuse_pool(groups, keep, shapes)  # each pool window straight from the conv
@@ -86,6 +91,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
     With `schedule` (True: the default schedule; or the list of steps to apply) statements
     are packed and tiled as the steps say; with False each is the naive nest of lower_stmt.
     """
+    from .passes.conv import Algorithm
     from .schedule import Tile, apply_packs, default_schedule, merge
 
     shapes = {b.name: b.shape for b in buffers}
@@ -133,7 +139,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
         kernels.append(Kernel(kname, tuple(body), kname))
     written = {st.tensor for _, stmts in groups for st in stmts}
     for o in overrides:
-        if o.tensor not in written:
+        if o.tensor not in written and not isinstance(o, Algorithm):
             raise DnncError(f"schedule step {o}: no statement writes {o.tensor} (statements write: "
                             f"{', '.join(sorted(written))})")
     buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])

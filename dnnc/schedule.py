@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from . import affine
 from .errors import DnncError, Loc
+from .passes.conv import ALGORITHMS, Algorithm
 from .expr import Load, Reduce, Var, free_vars, substitute
 from .te import TStmt, count_flops
 
@@ -71,10 +72,13 @@ def parse_step(text: str, loc: Loc | None = None):
     n = re.match(r"naive\((?P<t>[\w.]+)\)$", text)
     if n:
         return Naive(n["t"])
+    a = re.match(r"algorithm\((?P<t>[\w.]+),\s*(?P<a>\w+)\)$", text)
+    if a:
+        return algorithm(a["t"], a["a"], loc)
     m = _STEP.match(text)
     if not m:
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
-                        f"[, unroll=AXIS:FACTOR]) or naive(TENSOR)", loc)
+                        f"[, unroll=AXIS:FACTOR]), naive(TENSOR) or algorithm(TENSOR, direct|im2col|winograd)", loc)
     return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"]),
                       int(m["k"] or 1)), loc)
 
@@ -92,9 +96,12 @@ def from_settings(settings: dict) -> list:
         if isinstance(value, NameRef) and value.name == "naive":
             out.append(Naive(tensor))
             continue
+        if isinstance(value, NameRef) and value.name in ALGORITHMS:
+            out.append(Algorithm(tensor, value.name))
+            continue
         if not (isinstance(value, CallValue) and value.name == "tile"):
-            raise DnncError("a schedule entry is T = tile(vector=AXIS, width=N, unroll=AXIS, factor=N) "
-                            "or T = naive", loc)
+            raise DnncError("a schedule entry is T = tile(vector=AXIS, width=N, unroll=AXIS, factor=N), "
+                            "T = naive, or T = direct|im2col|winograd", loc)
         kw: dict = {}
         for a in value.args:
             if a.key in ("vector", "unroll") and isinstance(a.value, NameRef):
@@ -134,10 +141,19 @@ def check(t: Tile, loc: Loc | None = None) -> Tile:
 
 
 def merge(defaults: list, overrides: list) -> list:
-    """The default steps with each tensor's steps replaced by the user's."""
-    named = {o.tensor for o in overrides}
-    return [d for d in defaults if not (isinstance(d, (Tile, Naive)) and d.tensor in named)] + [
-        o for o in overrides if isinstance(o, Tile)]
+    """The default steps with each tensor's steps replaced by the user's (an algorithm step
+    replaces only the tensor's algorithm)."""
+    named = {o.tensor for o in overrides if isinstance(o, (Tile, Naive))}
+    algos = {o.tensor for o in overrides if isinstance(o, Algorithm)}
+    return [d for d in defaults if not (isinstance(d, (Tile, Naive)) and d.tensor in named)
+            and not (isinstance(d, Algorithm) and d.tensor in algos)] + [
+        o for o in overrides if isinstance(o, (Tile, Algorithm))]
+
+
+def algorithm(tensor: str, name: str, loc: Loc | None = None) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise DnncError(f"unknown convolution algorithm '{name}'; expected one of {', '.join(ALGORITHMS)}", loc)
+    return Algorithm(tensor, name)
 
 
 def lanes(dtype: str = "f32") -> int:

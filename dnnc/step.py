@@ -34,20 +34,24 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
     from .schedule import from_settings
 
     named = from_settings(g.settings) + list(overrides)
-    buffers, groups = training_groups(g, optimizer, dtype, fuse=schedule is not False,
-                                      keep={o.tensor for o in named})
+    from .passes.conv import Algorithm
+
+    buffers, groups = training_groups(g, optimizer, dtype, fuse=schedule is not False, steps=named,
+                                      keep={o.tensor for o in named if not isinstance(o, Algorithm)})
     return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
 
 
 def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32", fuse: bool = True,
-                    keep: set[str] = frozenset()):
+                    keep: set[str] = frozenset(), steps: list = ()):
     """The buffers and the named groups of tensor-expression statements of a training program.
 
     With `fuse`, conv+ReLU+pool runs as one nest (passes/pool.py): the activation moves after
     the pooling before differentiation, and each pool window is computed from the conv after
     it, so the forward saves the pooled values and argmax positions, never the conv output.
-    Statements writing a tensor in `keep` (named by schedule steps) are not fused.
+    Statements writing a tensor in `keep` (named by schedule steps) are not fused; algorithm
+    steps among `steps` choose how convolutions are computed.
     """
+    from .passes.conv import apply_algorithms
     from .passes.pool import fuse_pool, pool_first
 
     if g.loss is None:
@@ -60,6 +64,9 @@ def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "
     all_stmts: list[TStmt] = []
     finals = set(g.outputs) | {"loss"}
     forward = [(layer.name, list(layer.inst.stmts)) for layer in layers]
+    forward, temps = apply_algorithms(forward, list(steps), shapes)
+    for t, s in temps:
+        kinds[t] = "temp"
     if fuse:
         forward = pool_first(forward, finals | set(keep))
     for name, stmts in forward:

@@ -24,6 +24,8 @@ CASES = {
     "lenet5_c1_loops.txt": ["ir", "examples/lenet5.net", "--stage", "loops", "--layer", "c1"],
     "lenet5_te.txt": ["ir", "examples/lenet5.net", "--stage", "te"],
     "sobel_loops.txt": ["ir", "examples/sobel.net"],
+    # Winograd F(2x2, 3x3), chosen by default for VGG-16's 512-channel layers
+    "vgg16_conv5_2_winograd_loops.txt": ["ir", "examples/vgg16.net", "--stage", "loops", "--layer", "conv5_2"],
 }
 
 

@@ -16,6 +16,7 @@ from dnnc.errors import DnncError
 from dnnc.ir import Loop, interp, walk
 from dnnc.lower import lower_graph
 from dnnc.optim import Optimizer
+from dnnc.passes.conv import Algorithm
 from dnnc.schedule import Tile, parse_step
 from dnnc.step import training_program
 
@@ -218,3 +219,46 @@ def test_bench_times_every_kernel():
     assert "whole step:" in out and "images/s" in out and "compile:" in out
     conv = next(line for line in out.splitlines() if line.startswith("c1.conv+maxpool+relu "))
     assert float(conv.split()[3]) > 0  # GFLOP/s from the tensor expressions' FLOP count
+
+
+ALGOS = """network t {
+    input x: [3, 6, 7]
+    label y: 3
+    c = conv(x, filters=4, kernel=3, pad=1) |> relu
+    d = conv(c, filters=5, kernel=3, stride=2, pad=1)
+    logits = dense(d, 3)
+    loss softmax_cross_entropy(logits, y)
+    schedule { c.conv = winograd; d = im2col }
+}"""
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conv_algorithms_equal_direct_in_the_interpreter(training):
+    """Winograd F(2x2, 3x3) on a ragged 6x7 map, im2col with stride and padding; the backward
+    is derived through the transforms."""
+    g = dnnc.load(ALGOS).at_batch(2, training=training)
+    plain = dnnc.load(ALGOS.replace("c.conv = winograd; d = im2col", "c.conv = direct")).at_batch(2, training=training)
+    if training:
+        ref_p = training_program(plain, Optimizer("sgd", 0.1, 0.9), "f64", schedule=False)
+        got_p = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64")
+    else:
+        ref_p, got_p = lower_graph(plain, dtype="f64", schedule=False), lower_graph(g, dtype="f64")
+    assert Algorithm("c.conv", "winograd") in got_p.schedule and Algorithm("d", "im2col") in got_p.schedule
+    kernels = [k.name for k in got_p.kernels]
+    assert {"c.conv.wino_u", "c.conv.wino_v", "c.conv.wino_m", "d.col"} <= set(kernels)
+    a = arrays(g)
+    ref, got = interp.run(ref_p, a), interp.run(got_p, a)
+    for b in ref_p.buffers:
+        if b.kind in ("output", "param", "grad", "state"):
+            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+
+
+def test_conv_algorithm_steps_are_checked():
+    assert str(parse_step("algorithm(c1.conv, winograd)")) == "algorithm(c1.conv, winograd)"
+    with pytest.raises(DnncError, match="unknown convolution algorithm 'fft'"):
+        parse_step("algorithm(c1.conv, fft)")
+    bad = ALGOS.replace("d = im2col", "d = winograd")  # a stride-2 layer
+    with pytest.raises(DnncError, match="needs a 3x3 kernel at stride 1"):
+        lower_graph(dnnc.load(bad).at_batch(1))
+    with pytest.raises(DnncError, match="is not a convolution"):
+        lower_graph(dnnc.load(ALGOS.replace("d = im2col", "logits = im2col")).at_batch(1))
