@@ -123,7 +123,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
             seen[st.tensor] = nth + 1
             if k in paired:
                 continue
-            if (st.tensor, nth) in tiles and st.index is None:
+            if (st.tensor, nth) in tiles and (st.index is None or reshape(st, shapes)):
                 step = tiles[st.tensor, nth]
                 across = step.vector not in dict(st.axes)
                 partner = _argmax_partner(st, stmts[k + 1:]) if not across else None
@@ -144,6 +144,17 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
                             f"{', '.join(sorted(written))})")
     buffers = sorted(buffers, key=lambda b: KIND_ORDER[b.kind])
     return Program(name, tuple(buffers), tuple(kernels), tuple(steps) if schedule is not False else ())
+
+
+def reshape(st: TStmt, shapes: dict) -> bool:
+    """st writes every element once, its index a row-major reshape of its one axis (so it can
+    be tiled like a statement over the tensor's own axes)."""
+    if st.index is None or st.accumulate or len(st.axes) != 1:
+        return False
+    flat: Expr = Const(0)
+    for ix, x in zip(st.index, shapes[st.tensor], strict=True):
+        flat = Binary("+", Binary("*", flat, Const(x)), ix)
+    return affine.simplify(flat) == Var(st.axes[0][0]) and st.axes[0][1] == math.prod(shapes[st.tensor])
 
 
 def _argmax_partner(st: TStmt, rest: list[TStmt]) -> TStmt | None:
@@ -205,7 +216,7 @@ def lower_tiled(st: TStmt, shapes: dict, t, partner: TStmt | None = None) -> tup
     if ext_v % (W * K):
         edge.append(Binary("<", sub[v], Const(ext_v)))
     value = _canon_loads(subst_vars(st.value, sub))
-    target = tuple(sub.get(n, Var(n)) for n, _ in st.axes)
+    target = tuple(affine.simplify(subst_vars(ix, sub)) for ix in st.target)
     if st.accumulate:
         value = Binary("+", Load(st.tensor, target), value)
 

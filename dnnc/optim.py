@@ -47,8 +47,10 @@ class Optimizer:
         return h
 
     def stmts(self, param: str, shape: tuple[int, ...]) -> list[TStmt]:
-        axes = tuple((f"a{k}", x) for k, x in enumerate(shape))
-        idx = tuple(Var(n) for n, _ in axes)
+        # one flat axis over every element (row-major), so a 3x3 kernel's last axis does not
+        # leave most vector lanes masked; the indices fold back to a unit stride
+        axes = (("a", math.prod(shape)),)
+        idx = flat_index(Var("a"), shape)
         w = Load(param, idx)
         g: Expr = Load(f"{param}.grad", idx)
         if self.weight_decay:
@@ -58,19 +60,35 @@ class Optimizer:
         if self.kind == "adam":
             m, v = Load(f"{param}.m", idx), Load(f"{param}.v", idx)
             out.append(TStmt(m.tensor, axes, Binary("+", Binary("*", Const(self.beta1), m),
-                                                      Binary("*", Const(1 - self.beta1), g))))
+                                                      Binary("*", Const(1 - self.beta1), g)), index=idx))
             out.append(TStmt(v.tensor, axes, Binary("+", Binary("*", Const(self.beta2), v),
-                                                      Binary("*", Const(1 - self.beta2), Binary("*", g, g)))))
+                                                      Binary("*", Const(1 - self.beta2), Binary("*", g, g))),
+                             index=idx))
             denom = Binary("+", Binary("*", Unary("sqrt", v), Load(HYPER, (Const(1),))), Const(self.eps))
             step: Expr = Binary("/", m, denom)
         elif self.momentum:
             v = Load(f"{param}.v", idx)
-            out.append(TStmt(v.tensor, axes, Binary("+", Binary("*", Const(self.momentum), v), g)))
+            out.append(TStmt(v.tensor, axes, Binary("+", Binary("*", Const(self.momentum), v), g), index=idx))
             step = Binary("+", g, Binary("*", Const(self.momentum), v)) if self.nesterov else v
         else:
             step = g
-        out.append(TStmt(param, axes, Binary("-", w, Binary("*", lr, step))))
+        out.append(TStmt(param, axes, Binary("-", w, Binary("*", lr, step)), index=idx))
         return out
+
+
+def flat_index(a: Expr, shape: tuple[int, ...]) -> tuple[Expr, ...]:
+    """The row-major index of element number a of a tensor of this shape."""
+    from . import affine
+
+    out = []
+    inner = math.prod(shape)
+    for k, x in enumerate(shape):
+        inner //= x
+        e: Expr = Binary("/", a, Const(inner)) if inner > 1 else a
+        if k > 0:
+            e = Binary("%", e, Const(x))
+        out.append(affine.simplify(e))
+    return tuple(out)
 
 
 def lr_at(schedule: str, base: float, epoch: int, epochs: int, step_in_epoch: int, steps_per_epoch: int,

@@ -232,8 +232,10 @@ def _hot_loads(st: TStmt) -> list[Load]:
     return [x for x in src.walk() if isinstance(x, Load)]
 
 
-def schedulable(st: TStmt) -> bool:
-    if st.index is not None or not st.axes:
+def schedulable(st: TStmt, shapes: dict | None = None) -> bool:
+    from .lower import reshape
+
+    if not st.axes or (st.index is not None and not (shapes and reshape(st, shapes))):
         return False
     reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
     if not reds or window_reduce(st) is not None:
@@ -252,7 +254,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
     for st in stmts:
         nth = seen.get(st.tensor, 0)
         seen[st.tensor] = nth + 1
-        if not schedulable(st):
+        if not schedulable(st, shapes):
             continue
         v, ext_v = st.axes[-1]
         hot = _hot_loads(st)
