@@ -32,7 +32,10 @@ def header_text(net: Network, prog, batch: int, workspace: int) -> str:
         params.append(f"    {const}float *{symbol(b.name)}")
     params.append("    float *workspace")
     lines += ["", "/* Buffers are dense row-major float arrays of the sizes above; they must not overlap. */",
-              f"void {name}_forward(\n" + ",\n".join(params) + ");", "", "#endif", ""]
+              f"void {name}_forward(\n" + ",\n".join(params) + ");", "",
+              "/* Threads for parallel loops (1 by default); workers start on first use and wait for",
+              "   the next call. Stop them before unloading the code; they restart on demand. */",
+              f"void {name}_set_threads(long long n);", f"void {name}_stop_threads(void);", "", "#endif", ""]
     return "\n".join(lines)
 
 

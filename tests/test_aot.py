@@ -41,7 +41,10 @@ int main(int argc, char **argv)
     fclose(in);
     float *workspace = calloc({up}_WORKSPACE_FLOATS + 1, sizeof(float));
 {allocs}
+    {name}_set_threads(2);  /* the pool in the object file: two calls, then stop it */
     {name}_forward({call});
+    {name}_forward({call});
+    {name}_stop_threads();
     FILE *out = fopen(argv[2], "wb");
     if (!out) return 5;
 {writes}
@@ -83,7 +86,7 @@ def dnnc_compile(out: Path, *extra: str) -> None:
     assert f"wrote {out} and {out.with_suffix('.h')}" in r.stdout
 
 
-@pytest.mark.parametrize("batch", [None, 3])
+@pytest.mark.parametrize("batch", [None, 32])  # 32: parallel loops, so the pool runs
 def test_c_program_matches_jit(tmp_path, batch):
     if CC is None:
         pytest.skip("no C compiler (cc or gcc)")
@@ -110,7 +113,7 @@ def test_c_program_matches_jit(tmp_path, batch):
     (tmp_path / "in.bin").write_bytes(blob)
 
     (tmp_path / "prog.c").write_text(c_program(header_path.name, "lenet5", args))
-    cc = subprocess.run([CC, "prog.c", "lenet5.o", "-lm", "-o", "prog"], cwd=tmp_path, capture_output=True,
+    cc = subprocess.run([CC, "prog.c", "lenet5.o", "-lm", "-lpthread", "-o", "prog"], cwd=tmp_path, capture_output=True,
                         text=True, timeout=120)
     assert cc.returncode == 0, cc.stderr
     run = subprocess.run(["./prog", "in.bin", "out.bin"], cwd=tmp_path, capture_output=True, text=True, timeout=60)

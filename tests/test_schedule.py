@@ -141,6 +141,35 @@ def test_threads_give_the_same_bits():
             np.testing.assert_array_equal(results[0][k], other[k], err_msg=k)
 
 
+def _os_threads() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads through /proc")
+def test_the_thread_pool_persists_and_ends_with_its_model():
+    """Workers start on first use, serve every later call (no thread per call), and end when
+    the model is freed, so models can come and go without leaking threads."""
+    import gc
+
+    net = dnnc.load(ROOT / "examples" / "lenet5.net")
+    x = np.random.default_rng(0).normal(size=(64, 1, 28, 28))
+    gc.collect()  # models of earlier tests, and their workers
+    before = _os_threads()
+    for _ in range(3):
+        m = net.compile(batch=64, threads=3)
+        first = m.forward(image=x)["logits"]
+        running = _os_threads()
+        assert running == before + 2  # two workers beside the caller
+        for _ in range(5):
+            np.testing.assert_array_equal(m.forward(image=x)["logits"], first)
+        assert _os_threads() == running
+        del m
+        gc.collect()
+        assert _os_threads() == before
+
+
 def test_steps_print_and_replay():
     for text in ("tile(c1.conv, vector=j:16, unroll=f:6, parallel)", "tile(f3.grad#2, vector=k:8)",
                  "tile(x, vector=a:4, unroll=b:2)"):

@@ -22,7 +22,7 @@ from llvmlite import ir
 from .. import affine
 from ..expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
 from ..ir import If, Kernel, Let, Loop, Program, Set, Stmt, Store
-from .threads import parallel_for, set_threads_function
+from .threads import parallel_for, set_threads_function, stop_threads_function
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -90,6 +90,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
         bld.call(fn, [ptrs[u] for u in used])
     bld.ret_void()
     set_threads_function(m, symbol(p.name))
+    stop_threads_function(m, symbol(p.name))
     # llvmlite's builder knows no string attributes: without this LLVM uses 256-bit vectors
     return re.sub(r"^(define .*)$", r'\1 "prefer-vector-width"="512"', str(m), flags=re.M)
 

@@ -82,11 +82,20 @@ class Executable:
     def set_threads(self, n: int) -> None:
         """How many threads the program's parallel loops use (results do not depend on it)."""
         import ctypes
+        import weakref
 
-        name = self.entry[: -len("_forward")] + "_set_threads"
-        addr = self.compiled.engine.get_function_address(name)
-        ctypes.CFUNCTYPE(None, ctypes.c_int64)(addr)(max(int(n), 1))
+        stem = self.entry[: -len("_forward")]
+        engine = self.compiled.engine
+        ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address(stem + "_set_threads"))(max(int(n), 1))
         self.threads = max(int(n), 1)
+        if not hasattr(self, "_stop"):  # the pool's workers end before their code is freed
+            stop = ctypes.CFUNCTYPE(None)(engine.get_function_address(stem + "_stop_threads"))
+            self._stop = weakref.finalize(self.compiled, stop_pool, stop, engine)
 
     def run(self) -> None:
         self.compiled.fn(*self._addrs)
+
+
+def stop_pool(stop, engine) -> None:
+    """End a program's worker threads; `engine` (the code) is held until they are gone."""
+    stop()
