@@ -92,7 +92,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
     are packed and tiled as the steps say; with False each is the naive nest of lower_stmt.
     """
     from .passes.conv import Algorithm
-    from .schedule import Tile, apply_packs, default_schedule, merge
+    from .schedule import Tile, apply_packs, default_schedule, merge, schedulable
 
     shapes = {b.name: b.shape for b in buffers}
     buffers = list(buffers)
@@ -123,8 +123,12 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
             seen[st.tensor] = nth + 1
             if k in paired:
                 continue
-            if (st.tensor, nth) in tiles and (st.index is None or reshape(st, shapes)):
+            if (st.tensor, nth) in tiles:
                 step = tiles[st.tensor, nth]
+                if not schedulable(st, shapes):
+                    raise DnncError(f"schedule step {step}: {st.tensor} cannot be tiled: " + (
+                        "it is written at computed positions (a scatter)" if st.index is not None else
+                        "its reductions nest in a way a register tile cannot hold") + "; use naive(...)")
                 across = step.vector not in dict(st.axes)
                 partner = _argmax_partner(st, stmts[k + 1:]) if not across else None
                 if partner is not None:  # the max and its argmax in one nest

@@ -291,3 +291,10 @@ def test_conv_algorithm_steps_are_checked():
         lower_graph(dnnc.load(bad).at_batch(1))
     with pytest.raises(DnncError, match="is not a convolution"):
         lower_graph(dnnc.load(ALGOS.replace("d = im2col", "logits = im2col")).at_batch(1))
+
+
+def test_a_tile_on_a_scatter_is_refused():
+    """flatten's gradient is a scatter (written at computed positions): lanes could collide."""
+    g = dnnc.load(ROOT / "examples" / "lenet5.net").at_batch(2, training=True)
+    with pytest.raises(DnncError, match=r"tile\(c2.grad#1, vector=k:16\): c2.grad cannot be tiled: .* scatter"):
+        training_program(g, Optimizer("sgd", 0.1), overrides=[parse_step("tile(c2.grad#1, vector=k:16)")])
