@@ -46,7 +46,8 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
     groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
     from .schedule import from_settings
 
-    named = from_settings(g.settings) + list(overrides)
+    # steps for gradients belong to the training program (one --schedule list serves both)
+    named = [o for o in from_settings(g.settings) + list(overrides) if ".grad" not in o.tensor]
     if schedule is not False:
         from .passes.conv import Algorithm, apply_algorithms, default_algorithms
         from .passes.fuse import fuse_elementwise

@@ -168,6 +168,13 @@ class _KernelEmitter:
     def width(self) -> int:
         return self.vec[1] if self.vec else 1
 
+    def _zero_when_masked(self, e) -> bool:
+        """e is 0 in the masked-off lanes: a product with a factor read per lane (masked reads
+        fill those lanes with zeros)."""
+        if isinstance(e, Binary) and e.op == "*":
+            return self._zero_when_masked(e.a) or self._zero_when_masked(e.b)
+        return isinstance(e, Load) and e.tensor not in self.locals_ and self._access(e.tensor, e.index)[0] != "scalar"
+
     def splat(self, v: ir.Value) -> ir.Value:
         if not self.vec or _is_vec(v):
             return v
@@ -230,7 +237,15 @@ class _KernelEmitter:
                 with b.if_then(c):
                     self.block(s.then)
         elif isinstance(s, Store):
-            self.store(s.buffer, s.index, self.float(s.value))
+            v = s.value
+            if (self.mask is not None and s.buffer in self.locals_ and isinstance(v, Binary) and v.op == "+"
+                    and v.a == Load(s.buffer, s.index) and self._zero_when_masked(v.b)):
+                # a masked accumulation whose term has a factor loaded as zero in the lanes masked
+                # off: those lanes add 0 * (finite factors), so the register tile needs no blend and
+                # the add fuses with the multiply
+                self.store(s.buffer, s.index, self.float(v), masked=False)
+            else:
+                self.store(s.buffer, s.index, self.float(s.value))
         elif isinstance(s, Let):
             if s.name not in self.regs:
                 ty = ir.VectorType(self.ft, self.width) if self.vec else self.ft
@@ -406,7 +421,7 @@ class _KernelEmitter:
         W = self.width
         return self.mask if self.mask is not None else ir.Constant(ir.VectorType(I1, W), [1] * W)
 
-    def store(self, buf: str, index, value: ir.Value) -> None:
+    def store(self, buf: str, index, value: ir.Value, masked: bool = True) -> None:
         kind, p = self._access(buf, index)
         if kind in ("strided", "repeat"):  # a scatter
             kind, p = "lanes", self.splat(self.int(self._linear(buf, index)))
@@ -418,12 +433,12 @@ class _KernelEmitter:
             return
         value = self.splat(value)
         if kind == "contiguous":
-            if self.mask is not None and buf in self.locals_:
+            if self.mask is not None and buf in self.locals_ and masked:
                 # a register tile: blend instead of a masked store, which would keep it in memory
                 old = b.load(p)
                 old.align = 4
                 value = b.select(self.mask, value, old)
-            if self.mask is None or buf in self.locals_:
+            if self.mask is None or buf in self.locals_ or not masked:
                 st = b.store(value, p)
                 st.align = 4
                 return
