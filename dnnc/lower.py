@@ -364,8 +364,6 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         ranges[ui] = (0, U - 1)
     edge = [Binary("<", sub[u], Const(axes[u]))] if u and axes[u] % U else []
     body_e = _canon_loads(subst_vars(r.body, sub))
-    if raxes[w] % W:  # lanes past the reduction's end contribute nothing
-        body_e = Select(Binary("<", sub[w], Const(raxes[w])), body_e, Const(INIT[r.op]))
     acc = f"{st.tensor}.acc{t.nth or ''}"
     sh = dict(shapes)
     sh[acc] = (U, W)
@@ -373,6 +371,8 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     ctx = _Ctx(sh, ranges)
     pre, val = ctx.value(body_e, {})
     guards = ctx.guards(body_e, {})
+    if raxes[w] % W:  # lanes past the reduction's end contribute nothing: a mask, like padding
+        guards.append(Binary("<", sub[w], Const(raxes[w])))
     lanes = {wi} | ({ui} if u else set())
     inner_g = [g for g in guards if free_vars(g) & lanes]
     op = {"sum": "+", "max": "max", "min": "min"}[r.op]
