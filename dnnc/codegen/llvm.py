@@ -95,6 +95,21 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     return re.sub(r"^(define .*)$", r'\1 "prefer-vector-width"="512"', str(m), flags=re.M)
 
 
+def _fold(op: str, x: ir.Value, y: ir.Value) -> ir.Value | None:
+    """x op y for scalar integers when constants decide it (less IR for LLVM to clean up)."""
+    cx = x.constant if isinstance(x, ir.Constant) and isinstance(x.constant, int) else None
+    cy = y.constant if isinstance(y, ir.Constant) and isinstance(y.constant, int) else None
+    if cx is not None and cy is not None and op in ("+", "-", "*"):
+        return ir.Constant(I64, cx + cy if op == "+" else cx - cy if op == "-" else cx * cy)
+    if op == "+" and cx == 0 or op == "*" and cx == 1:
+        return y
+    if op in ("+", "-") and cy == 0 or op in ("*", "/") and cy == 1:
+        return x
+    if op == "*" and (cx == 0 or cy == 0):
+        return ir.Constant(I64, 0)
+    return None
+
+
 def _attrs(fn: ir.Function) -> None:
     fn.attributes.add("nounwind")
     for a in fn.args:
@@ -470,6 +485,9 @@ class _KernelEmitter:
         if isinstance(e, Binary):
             x, y = self.both(self.int(e.a), self.int(e.b))
             op = e.op
+            folded = _fold(op, x, y)
+            if folded is not None:
+                return folded
             if op == "+":
                 return b.add(x, y, flags=("nsw",))
             if op == "-":
