@@ -6,12 +6,19 @@ Usage: python benchmarks/targets.py [--threads 1] [--repeat 20] [--skip-compile]
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# numpy's OpenBLAS takes its thread count when it loads: give it the same threads as the rest
+_t = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _t)
+import numpy as np  # noqa: E402
 
 import dnnc
 from dnnc.optim import HYPER, Optimizer
@@ -152,6 +159,97 @@ def vgg(torch, args):
         row(f"VGG-16 {name} forward+backward, batch 1", ours, theirs, "torch eager")
 
 
+def dense_gemm(args):
+    """A 4096x4096 dense layer at batch 256 against numpy's sgemm (OpenBLAS) plus the bias."""
+    net = dnnc.load("network d { input x: [4096]\n y = dense(x, 4096)\n output y }")
+    model = net.compile(batch=256, threads=args.threads)
+    x = np.random.default_rng(4).random((256, 4096), dtype=np.float32)
+    model.buffers["x"][...] = x
+    w, b = model.params["y.weight"], model.params["y.bias"]
+    out = np.empty((256, 4096), np.float32)
+
+    def blas():
+        np.matmul(x, w.T, out=out)
+        out += b
+
+    ours, theirs = median_pair(model.run_batch, blas, max(5, args.repeat // 2))
+    blas()
+    model.run_batch()
+    np.testing.assert_allclose(model.buffers["y"], out, rtol=1e-3, atol=1e-3)
+    flops = 2 * 256 * 4096 * 4096
+    row(f"dense 4096x4096, batch 256 ({flops / ours / 1e9:.0f} GFLOP/s)", ours, theirs, "numpy sgemm")
+
+
+def torch_vgg16(torch, model):
+    """PyTorch's VGG-16 (as torchvision builds it) holding the dnnc model's weights."""
+    nn = torch.nn
+    layers, c = [], 3
+    for block, n in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(n):
+            layers += [nn.Conv2d(c, block, 3, padding=1), nn.ReLU()]
+            c = block
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.Flatten(), nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+               nn.Linear(4096, 1000)]
+    net = nn.Sequential(*layers)
+    names = [f"conv{b}_{k}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for k in range(1, n + 1)]
+    copy_params(model, net, names + ["fc6", "fc7", "fc8"], torch)
+    return net.eval()
+
+
+def vgg16_child(which: str, threads: int, repeat: int) -> None:
+    """One side of the whole-network comparison in a process of its own: time and peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model = dnnc.load(ROOT / "examples" / "vgg16.net").compile(batch=1, threads=threads)
+    x = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
+    if which == "torch":
+        net, tx = torch_vgg16(torch, model), torch.from_numpy(x)
+        del model  # only PyTorch's copy of the weights stays
+        import gc
+
+        gc.collect()
+        with torch.no_grad():
+            fn = lambda: net(tx)  # noqa: E731
+            fn()
+            times = [_time(fn) for _ in range(repeat)]
+    else:
+        model.buffers["image"][...] = x
+        model.run_batch()
+        times = [_time(model.run_batch) for _ in range(repeat)]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"seconds": statistics.median(times), "peak_rss": rss}))
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def vgg16_whole(torch, args):
+    """Whole VGG-16 forward at batch 1: time alternating in this process, peak resident memory
+    from one process per side (each holds one copy of the 138M weights)."""
+    model = dnnc.load(ROOT / "examples" / "vgg16.net").compile(batch=1, threads=args.threads)
+    x = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
+    model.buffers["image"][...] = x
+    net = torch_vgg16(torch, model)
+    tx = torch.from_numpy(x)
+    with torch.no_grad():
+        ours, theirs = median_pair(model.run_batch, lambda: net(tx), max(3, args.repeat // 4))
+        np.testing.assert_allclose(model.buffers["fc8"], net(tx).numpy(), rtol=2e-3, atol=2e-3)
+    row("VGG-16 whole forward, batch 1", ours, theirs, "torch eager")
+    del model, net
+    peaks = {}
+    for which in ("dnnc", "torch"):
+        r = subprocess.run([sys.executable, __file__, "--vgg16-child", which, "--threads", str(args.threads)],
+                           capture_output=True, text=True, check=True)
+        peaks[which] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss"]
+    print(f"{'VGG-16 whole forward, peak resident memory':44s} dnnc {peaks['dnnc'] / 2**20:8.0f} MiB  "
+          f"torch eager {peaks['torch'] / 2**20:8.0f} MiB  ratio {peaks['torch'] / peaks['dnnc']:5.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -159,7 +257,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-vgg", action="store_true")
+    ap.add_argument("--vgg16-child", choices=("dnnc", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vgg16_child:
+        os.environ.setdefault("DNNC_CACHE", "0")
+        return vgg16_child(args.vgg16_child, args.threads, max(3, args.repeat // 4))
     try:
         import torch
     except ImportError:
@@ -170,8 +272,10 @@ def main():
     training(torch, "lenet5.net", torch_lenet5, LENET5_LAYERS, args, "LeNet-5")
     training(torch, "lenet300.net", torch_mlp, ["h1", "h2", "logits"], args, "MLP 784-300-100-10")
     inference(torch, args)
+    dense_gemm(args)
     if not args.skip_vgg:
         vgg(torch, args)
+        vgg16_whole(torch, args)
 
 
 if __name__ == "__main__":

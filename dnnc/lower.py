@@ -358,6 +358,18 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
         sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
         outer.append((uo, -(-axes[u] // U)))
     red = [(wo, -(-raxes[w] // W)) if n == w else (n, x) for n, x in r.axes]
+    block = t.block if t.block and t.block[0] in raxes and t.block[0] != w else None
+    if t.block and block is None:
+        raise DnncError(f"schedule step {t}: block names {t.block[0]}, which is not a reduction axis of "
+                        f"{st.tensor} other than the lanes' ({', '.join(n for n in raxes if n != w)})")
+    if block and (st.value is not r or st.accumulate):
+        raise DnncError(f"schedule step {t}: only a statement that is one sum can take its reduction in blocks")
+    if block:  # axis b = bo*B + bi: bo runs just inside the outermost output loop
+        b_, B = block
+        bo, bi = _fresh_name(b_ + "o", taken), _fresh_name(b_ + "i", taken)
+        sub[b_] = affine.simplify(Binary("+", Binary("*", Var(bo), Const(B)), Var(bi)))
+        red = [(bi, B) if n == b_ else (n, x) for n, x in red]
+        outer.insert(1 if outer else 0, (bo, -(-raxes[b_] // B)))
     ranges = {n: (0, x - 1) for n, x in outer + red}
     ranges[wi] = (0, W - 1)
     if u:
@@ -373,6 +385,8 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     guards = ctx.guards(body_e, {})
     if raxes[w] % W:  # lanes past the reduction's end contribute nothing: a mask, like padding
         guards.append(Binary("<", sub[w], Const(raxes[w])))
+    if block and raxes[block[0]] % block[1]:  # the last block is short
+        guards.append(Binary("<", sub[block[0]], Const(raxes[block[0]])))
     lanes = {wi} | ({ui} if u else set())
     inner_g = [g for g in guards if free_vars(g) & lanes]
     op = {"sum": "+", "max": "max", "min": "min"}[r.op]
@@ -392,7 +406,7 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     combine = [Let(total, Const(INIT[r.op])),
                Loop(wi, W, (Set(total, Binary(op, Scalar(total), row)),), "unroll")]
     value = _canon_loads(subst_vars(st.value, {k: e for k, e in sub.items() if k != w}))
-    if st.accumulate:
+    if st.accumulate or block:  # with blocks, each adds its part to the zeroed output
         value = Binary("+", Load(st.tensor, tuple(sub.get(n, Var(n)) for n, _ in st.axes)), value)
     value = substitute(value, lambda x: Scalar(total) if isinstance(x, Reduce) else None)
     pre2, val2 = _Ctx(sh, ranges).value(value, {})
@@ -403,6 +417,8 @@ def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
     body = prologue + nest + epilogue
     for k, (n, x) in reversed(list(enumerate(outer))):
         body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
+    if block:
+        body = lower_stmt(TStmt(st.tensor, st.axes, Const(0.0), st.loc), shapes) + body
     return body, [Buffer(acc, (U, W), "local")]
 
 

@@ -37,6 +37,9 @@ class Tile:
     nth: int = 0  # which statement writing `tensor` (gradients may have several)
     parallel: bool = False  # the outermost loop's iterations run on the thread pool
     vectors: int = 1  # vectors per row of the register tile along the vector axis
+    # a reduction axis split into blocks of this many, the block loop just inside the outermost
+    # output loop, so each block's data stays in cache while every output is updated from it
+    block: tuple[str, int] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -46,7 +49,8 @@ class Tile:
         u = f", unroll={self.unroll}:{self.factor}" if self.unroll else ""
         t = self.tensor + (f"#{self.nth}" if self.nth else "")
         k = f"x{self.vectors}" if self.vectors > 1 else ""
-        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{', parallel' if self.parallel else ''})"
+        b = f", block={self.block[0]}:{self.block[1]}" if self.block else ""
+        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{b}{', parallel' if self.parallel else ''})"
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class Pack:
         return f"pack({self.tensor}, perm={list(self.perm)}, for={self.reader})"
 
 
-_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(?P<p>,\s*parallel)?\)$")
+_STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?"
+                   r"(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(,\s*block=(?P<b>\w+):(?P<bs>\d+))?(?P<p>,\s*parallel)?\)$")
 
 
 def parse_step(text: str, loc: Loc | None = None):
@@ -80,7 +85,7 @@ def parse_step(text: str, loc: Loc | None = None):
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
                         f"[, unroll=AXIS:FACTOR]), naive(TENSOR) or algorithm(TENSOR, direct|im2col|winograd)", loc)
     return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"]),
-                      int(m["k"] or 1)), loc)
+                      int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None), loc)
 
 
 def from_settings(settings: dict) -> list:
@@ -226,6 +231,18 @@ def _across_axis(r: Reduce, hot: list[Load], W: int):
     return best
 
 
+BLOCK_TERMS = 1 << 14  # a reduction longer than this streams more than L1 holds per output
+
+
+def _block(st: TStmt, r: Reduce, lanes: str) -> tuple[str, int] | None:
+    """For a long reduction that is the whole statement (a weight gradient): blocks of 8 along
+    its longest other axis, so the rows of one block are reused from cache by every output."""
+    if st.value is not r or st.accumulate or math.prod(x for _, x in r.axes) < BLOCK_TERMS:
+        return None
+    axis, ext = max(((n, x) for n, x in r.axes if n != lanes), key=lambda a: a[1], default=(None, 0))
+    return (axis, 8) if ext >= 32 else None
+
+
 def _hot_loads(st: TStmt) -> list[Load]:
     r = inner_reduce(st)
     src = r.body if r is not None else st.value
@@ -277,7 +294,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
             # which every read is contiguous, and the short axis in a register tile
             w, ext_w = _across_axis(r, hot, W)
             steps.append(Tile(st.tensor, w, W, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
-                              nth, count_flops(st) >= PARALLEL_FLOPS))
+                              nth, count_flops(st) >= PARALLEL_FLOPS, 1, _block(st, r, w)))
             continue
         if pack and r is not None:
             for ld in hot:  # a read across lanes: pack it so the lanes are contiguous

@@ -298,3 +298,44 @@ def test_a_tile_on_a_scatter_is_refused():
     g = dnnc.load(ROOT / "examples" / "lenet5.net").at_batch(2, training=True)
     with pytest.raises(DnncError, match=r"tile\(c2.grad#1, vector=k:16\): c2.grad cannot be tiled: .* scatter"):
         training_program(g, Optimizer("sgd", 0.1), overrides=[parse_step("tile(c2.grad#1, vector=k:16)")])
+
+
+WIDE = """network t {
+    input x: [2, 5, 70]
+    label y: 3
+    c = conv(x, filters=3, kernel=3, pad=1) |> relu
+    logits = dense(c, 3)
+    loss softmax_cross_entropy(logits, y)
+}"""
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypatch):
+    """70-wide rows in vectors of 16: the first and last vectors keep their masks, the middle
+    ones lose them; every stage computes what the lowered loops compute."""
+    from dnnc import passes
+    from dnnc.ir import If
+    from dnnc.passes import split
+
+    monkeypatch.setattr(split, "MIN_ENTRIES", 1)  # split even the loops of these small shapes
+
+    g = dnnc.load(WIDE).at_batch(3, training=training)
+    prog = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64") if training else lower_graph(g, dtype="f64")
+    stages = dict(passes.run(prog))
+
+    def guarded_vectors(p):
+        return sum(1 for k in p.kernels for s in walk(k.body) if isinstance(s, Loop) and s.kind == "vector"
+                   and any(isinstance(b, If) for b in s.body))
+
+    def loops(p):
+        return sum(1 for k in p.kernels for s in walk(k.body) if isinstance(s, Loop))
+
+    assert loops(stages["split_edges"]) > loops(stages["loops"])  # some loops were split
+    assert guarded_vectors(stages["fold_guards"]) < guarded_vectors(stages["split_edges"])
+    a = arrays(g)
+    ref = interp.run(stages["loops"], a)
+    for name in ("split_edges", "fold_guards"):
+        got = interp.run(stages[name], a)
+        for b in prog.buffers:
+            if b.kind in ("output", "param", "grad", "state"):
+                np.testing.assert_array_equal(got[b.name], ref[b.name], err_msg=f"{name}: {b.name}")

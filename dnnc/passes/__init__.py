@@ -8,9 +8,11 @@ from __future__ import annotations
 from ..ir import Program
 from ..ir.verify import verify
 from .simplify import fold_guards
+from .split import split_edges
 
 PIPELINE = [
-    ("fold_guards", fold_guards),
+    ("split_edges", split_edges),  # masked edges peeled off, so that
+    ("fold_guards", fold_guards),  # the guards the middle iterations satisfy disappear
 ]
 
 
