@@ -170,7 +170,7 @@ def dense_gemm(args):
 
     def blas():
         np.matmul(x, w.T, out=out)
-        out += b
+        np.add(out, b, out=out)
 
     ours, theirs = median_pair(model.run_batch, blas, max(5, args.repeat // 2))
     blas()
@@ -192,8 +192,9 @@ def torch_vgg16(torch, model):
     layers += [nn.Flatten(), nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
                nn.Linear(4096, 1000)]
     net = nn.Sequential(*layers)
-    names = [f"conv{b}_{k}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for k in range(1, n + 1)]
-    copy_params(model, net, names + ["fc6", "fc7", "fc8"], torch)
+    if model is not None:
+        names = [f"conv{b}_{k}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for k in range(1, n + 1)]
+        copy_params(model, net, names + ["fc6", "fc7", "fc8"], torch)
     return net.eval()
 
 
@@ -202,19 +203,15 @@ def vgg16_child(which: str, threads: int, repeat: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    model = dnnc.load(ROOT / "examples" / "vgg16.net").compile(batch=1, threads=threads)
     x = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
-    if which == "torch":
-        net, tx = torch_vgg16(torch, model), torch.from_numpy(x)
-        del model  # only PyTorch's copy of the weights stays
-        import gc
-
-        gc.collect()
+    if which == "torch":  # PyTorch's own initialization: no dnnc model in this process
+        net, tx = torch_vgg16(torch, None), torch.from_numpy(x)
         with torch.no_grad():
             fn = lambda: net(tx)  # noqa: E731
             fn()
             times = [_time(fn) for _ in range(repeat)]
     else:
+        model = dnnc.load(ROOT / "examples" / "vgg16.net").compile(batch=1, threads=threads)
         model.buffers["image"][...] = x
         model.run_batch()
         times = [_time(model.run_batch) for _ in range(repeat)]

@@ -209,7 +209,10 @@ def lower_tiled(st: TStmt, shapes: dict, t, partner: TStmt | None = None) -> tup
         uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
         sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
         outer.append((uo, -(-axes[u] // U)))
-    outer.append((vo, -(-ext_v // (W * K))))
+    if getattr(t, "panel", False) and u:  # vectors outside the rows: a panel of columns stays cached
+        outer.insert(outer.index((uo, -(-axes[u] // U))), (vo, -(-ext_v // (W * K))))
+    else:
+        outer.append((vo, -(-ext_v // (W * K))))
     ranges = {n: (0, x - 1) for n, x in outer}
     ranges[vi] = (0, W - 1)
     ranges[vk] = (0, K - 1)

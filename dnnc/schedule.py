@@ -40,6 +40,9 @@ class Tile:
     # a reduction axis split into blocks of this many, the block loop just inside the outermost
     # output loop, so each block's data stays in cache while every output is updated from it
     block: tuple[str, int] | None = None
+    # the loop over vectors runs outside the unrolled axis's loop, so the panel of a large
+    # operand that one vector column reads stays in cache across all of the unrolled rows
+    panel: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -50,7 +53,8 @@ class Tile:
         t = self.tensor + (f"#{self.nth}" if self.nth else "")
         k = f"x{self.vectors}" if self.vectors > 1 else ""
         b = f", block={self.block[0]}:{self.block[1]}" if self.block else ""
-        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{b}{', parallel' if self.parallel else ''})"
+        p = ", panel" if self.panel else ""
+        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{b}{p}{', parallel' if self.parallel else ''})"
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class Pack:
 
 
 _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?"
-                   r"(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(,\s*block=(?P<b>\w+):(?P<bs>\d+))?(?P<p>,\s*parallel)?\)$")
+                   r"(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(,\s*block=(?P<b>\w+):(?P<bs>\d+))?(?P<panel>,\s*panel)?"
+                   r"(?P<p>,\s*parallel)?\)$")
 
 
 def parse_step(text: str, loc: Loc | None = None):
@@ -85,7 +90,7 @@ def parse_step(text: str, loc: Loc | None = None):
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
                         f"[, unroll=AXIS:FACTOR]), naive(TENSOR) or algorithm(TENSOR, direct|im2col|winograd)", loc)
     return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"]),
-                      int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None), loc)
+                      int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None, bool(m["panel"])), loc)
 
 
 def from_settings(settings: dict) -> list:
@@ -231,6 +236,24 @@ def _across_axis(r: Reduce, hot: list[Load], W: int):
     return best
 
 
+L2_BYTES = 1 << 20  # this machine's L2 per core; an operand larger than it is read in panels
+
+
+def axes_extent(st: TStmt, axis: str) -> int:
+    return dict(st.axes)[axis]
+
+
+MIN_PACK_REUSE = 8  # a packed copy read fewer times than this costs more than it saves
+
+
+def _pack_reuse(st: TStmt, hot: list[Load], v: str) -> int:
+    """How many times each element of a copy packed for lanes along v would be read: the
+    extent of the output axes it does not depend on (a weight at batch 1: once)."""
+    reuse = [math.prod(x for n, x in st.axes if n not in set().union(*[free_vars(i) for i in ld.index]))
+             for ld in hot if _packable(ld, v)]
+    return min(reuse) if reuse else MIN_PACK_REUSE
+
+
 BLOCK_TERMS = 1 << 14  # a reduction longer than this streams more than L1 holds per output
 
 
@@ -288,8 +311,8 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                      and all(_stride_kind(ld, n) in ("none", "unit") or _packable(ld, n) for ld in hot)]
             if cands:  # the axis whose packed copies are smallest (weights rather than activations)
                 _, _, v, ext_v = min(cands)
-        if (not window and r is not None and r.op in ("sum", "max", "min") and ext_v <= W // 2
-                and _across_axis(r, hot, W)):
+        if (not window and r is not None and r.op in ("sum", "max", "min") and _across_axis(r, hot, W)
+                and (ext_v <= W // 2 or _pack_reuse(st, hot, v) < MIN_PACK_REUSE)):
             # a short output axis (a kernel's width): put the lanes on a reduction axis along
             # which every read is contiguous, and the short axis in a register tile
             w, ext_w = _across_axis(r, hot, W)
@@ -331,7 +354,11 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 factor = next((f for f in fits if ext_u % f == 0), fits[0] if fits else 1)
         else:
             vectors = 1
-        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS, vectors))
+        panel = unroll is not None and axes_extent(st, unroll) > factor and any(
+            unroll not in set().union(*[free_vars(i) for i in ld.index]) and math.prod(shapes[ld.tensor]) * 4 > L2_BYTES
+            for ld in hot if _stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
+        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS, vectors,
+                          None, panel))
     return steps
 
 
