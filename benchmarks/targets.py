@@ -200,11 +200,11 @@ def torch_vgg16(torch, model):
 
 def vgg16_child(which: str, threads: int, repeat: int) -> None:
     """One side of the whole-network comparison in a process of its own: time and peak memory."""
-    import torch
-
-    torch.set_num_threads(threads)
     x = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
     if which == "torch":  # PyTorch's own initialization: no dnnc model in this process
+        import torch
+
+        torch.set_num_threads(threads)
         net, tx = torch_vgg16(torch, None), torch.from_numpy(x)
         with torch.no_grad():
             fn = lambda: net(tx)  # noqa: E731
@@ -215,8 +215,19 @@ def vgg16_child(which: str, threads: int, repeat: int) -> None:
         model.buffers["image"][...] = x
         model.run_batch()
         times = [_time(model.run_batch) for _ in range(repeat)]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"seconds": statistics.median(times), "peak_rss": rss}))
+    print(json.dumps({"seconds": statistics.median(times), "peak_rss": _peak_rss()}))
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes. VmHWM, not getrusage's ru_maxrss, which
+    Linux carries over from the parent across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _time(fn) -> float:

@@ -86,8 +86,14 @@ class Network:
 
 def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Initial values of every parameter, in source order, from one seeded generator."""
+    return dict(init_values(g, seed))
+
+
+def init_values(g: graphmod.Graph, seed: int = 0, into: dict[str, np.ndarray] | None = None):
+    """(name, initial value) of each parameter in turn, so a caller copying them into place
+    holds one parameter's temporary at a time, not a second copy of the model; random values
+    are drawn straight into the arrays of `into` when given."""
     rng = np.random.default_rng(seed)
-    out = {}
     for name in g.params:
         spec = g.param_specs[name]
         shape = spec.shape
@@ -98,27 +104,31 @@ def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
             val = g.fixed[name]
         elif kind == "const":
             val = np.full(shape, arg[0])
-        elif arg[0] == "uniform":
-            val = rng.uniform(-arg[1], arg[1], shape)
-        elif arg[0] == "normal":
-            val = rng.normal(0.0, arg[1], shape)
-        elif arg[0] == "he_normal":
-            val = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-        elif arg[0] == "he_uniform":
-            lim = math.sqrt(6.0 / fan_in)
-            val = rng.uniform(-lim, lim, shape)
-        elif arg[0] == "glorot_normal":
-            val = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-        elif arg[0] == "glorot_uniform":
-            lim = math.sqrt(6.0 / (fan_in + fan_out))
-            val = rng.uniform(-lim, lim, shape)
+        elif arg[0] in ("uniform", "he_uniform", "glorot_uniform"):
+            lim = {"uniform": arg[1] if len(arg) > 1 else 0.0, "he_uniform": math.sqrt(6.0 / fan_in),
+                   "glorot_uniform": math.sqrt(6.0 / (fan_in + fan_out))}[arg[0]]
+            val = _draw(lambda n, lim=lim: rng.uniform(-lim, lim, n), shape, (into or {}).get(name))
+        elif arg[0] in ("normal", "he_normal", "glorot_normal"):
+            std = {"normal": arg[1] if len(arg) > 1 else 0.0, "he_normal": math.sqrt(2.0 / fan_in),
+                   "glorot_normal": math.sqrt(2.0 / (fan_in + fan_out))}[arg[0]]
+            val = _draw(lambda n, std=std: rng.normal(0.0, std, n), shape, (into or {}).get(name))
         elif arg[0] == "zeros":
             val = np.zeros(shape)
         elif arg[0] == "ones":
             val = np.ones(shape)
         else:
             raise AssertionError(arg)
-        out[name] = np.ascontiguousarray(val, dtype=np.float32)
+        yield name, np.ascontiguousarray(val, dtype=np.float32)
+
+
+def _draw(sample, shape, out: np.ndarray | None = None, chunk: int = 1 << 20) -> np.ndarray:
+    """Values of `sample` (float64 draws, in order) stored in chunks into `out` (a new float32
+    array if None), so a 100M-parameter layer never has a float64 copy in memory; the same
+    values as casting one big draw."""
+    out = np.empty(shape, np.float32) if out is None else out
+    flat = out.reshape(-1)
+    for k in range(0, flat.size, chunk):
+        flat[k:k + chunk] = sample(min(chunk, flat.size - k))
     return out
 
 
@@ -174,8 +184,9 @@ class Model:
         for n in self.graph.params:
             self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
         self.params = Params({n: self.buffers[n] for n in self.graph.params})
-        for n, v in init_params(self.graph, seed).items():
-            self.buffers[n][...] = v
+        for n, v in init_values(self.graph, seed, into=self.buffers):
+            if v is not self.buffers[n]:
+                self.buffers[n][...] = v
         for n in self.graph.states:  # running statistics: constants from their declarations
             spec = self.graph.state_specs[n]
             self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
