@@ -171,7 +171,9 @@ class Model:
     """
 
     def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
-                 overrides: tuple = (), threads: int | None = None):
+                 overrides: tuple = (), threads: int | None = None, share: dict[str, np.ndarray] | None = None):
+        """`share`: arrays to use as this model's own buffers (by name), such as another
+        model's parameters and optimizer state, so that replicas train one set of weights."""
         import os
 
         self.network = net
@@ -180,17 +182,21 @@ class Model:
         self.batch = batch
         self.dtype = dtype
         self.graph = net.at_batch(batch)
-        self.buffers: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = dict(share or {})
         for n in self.graph.params:
-            self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
+            if n not in self.buffers:
+                self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
         self.params = Params({n: self.buffers[n] for n in self.graph.params})
-        for n, v in init_values(self.graph, seed, into=self.buffers):
-            if v is not self.buffers[n]:
-                self.buffers[n][...] = v
+        own = {n: self.buffers[n] for n in self.graph.params if n not in (share or {})}
+        if own:  # drawn in source order for every parameter; shared ones keep their values
+            for n, v in init_values(self.graph, seed, into=own):
+                if n in own and v is not own[n]:
+                    own[n][...] = v
         for n in self.graph.states:  # running statistics: constants from their declarations
             spec = self.graph.state_specs[n]
-            self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
-                                      NP_DTYPE[dtype])
+            if n not in self.buffers:
+                self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
+                                          NP_DTYPE[dtype])
         self.states = Params({n: self.buffers[n] for n in self.graph.states})
         self.seed = seed
         self.steps = 0  # training steps taken, for the random numbers of dropout
@@ -214,12 +220,13 @@ class Model:
 
     def executable(self, kind: str, optimizer=None):
         """The compiled program `forward`, `loss` (forward and loss), `grad` (loss and
-        gradients) or `train` (one step with `optimizer`)."""
+        gradients), `train` (one step with `optimizer`) or `update` (the optimizer's step
+        alone, from the gradients in the `.grad` buffers)."""
         key = (kind, optimizer)
         if key not in self._exec:
             from .runtime import cache
             from .runtime.executable import Executable
-            from .step import training_program
+            from .step import training_program, update_program
 
             def build():
                 if kind in ("forward", "loss"):
@@ -227,13 +234,15 @@ class Model:
                                        schedule=self.schedule, overrides=self.overrides)
                 if self._train_graph is None:
                     self._train_graph = self.network.at_batch(self.batch, training=True)
+                if kind == "update":
+                    return update_program(self._train_graph, optimizer, self.dtype)
                 return training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype,
                                         schedule=self.schedule, overrides=self.overrides)
 
             ckey = None
             if self.network.source is not None:
                 ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
-                                 optimizer=repr(optimizer if kind == "train" else None), batch=self.batch,
+                                 optimizer=repr(optimizer if kind in ("train", "update") else None), batch=self.batch,
                                  dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides])
             self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads)
         return self._exec[key]

@@ -96,6 +96,15 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--out", metavar="CKPT.npz", help="checkpoint to write (default: NETWORK.npz)")
     t.add_argument("--resume", metavar="CKPT.npz", help="continue the run saved in this checkpoint")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--data-parallel", dest="mode", action="store_const", const="data",
+                     help="split each batch across --threads replicas and average their gradients "
+                          "(synchronous; the same bits for a given thread count)")
+    how.add_argument("--async", dest="mode", action="store_const", const="async",
+                     help="Hogwild: --threads threads each train their own batches, updating the "
+                          "shared weights without locks")
+    how.add_argument("--distributed", dest="mode", action="store_const", const="distributed",
+                     help="data parallel across MPI ranks: mpiexec -n N dnnc train NET --distributed")
 
     e = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix")
     e.add_argument("net")
@@ -428,9 +437,12 @@ def cmd_train(args) -> int:
             raise DnncError("no such file or directory", path=f)
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                  seed=args.seed, out=args.out, resume=args.resume, **_schedule_args(args))
+                  seed=args.seed, out=args.out, resume=args.resume, mode=args.mode or "single",
+                  **_schedule_args(args))
     except KeyboardInterrupt:
         return 130
+    if args.mode == "distributed" and r.rank != 0:
+        return 0
     print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
           f"test loss {r.evaluation.loss:.4f}, {r.seconds:.1f} s in all; "
           f"checkpoint {args.out or net.name + '.npz'}")

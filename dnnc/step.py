@@ -41,6 +41,21 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
     return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
 
 
+def update_program(g: Graph, optimizer: Optimizer, dtype: str = "f32") -> Program:
+    """The optimizer's step alone: every trainable parameter updated from `param.grad`, for
+    gradients computed elsewhere (summed over replicas or ranks)."""
+    shapes = {n: t.shape for n, t in g.tensors.items()}
+    trainable = [p for p in g.params if p not in g.fixed]
+    buffers = [Buffer(HYPER, (HYPER_SIZE,), "hyper", dtype)]
+    groups = []
+    for p in trainable:
+        buffers.append(Buffer(p, shapes[p], "param", dtype))
+        buffers.append(Buffer(grad_name(p), shapes[p], "grad", dtype))
+        buffers += [Buffer(s, shapes[p], "state", dtype) for s in optimizer.state(p)]
+        groups.append((p + ".update", optimizer.stmts(p, shapes[p])))
+    return lower_groups((g.name + "_update"), buffers, groups, True, dtype)
+
+
 def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32", fuse: bool = True,
                     keep: set[str] = frozenset(), steps: list = ()):
     """The buffers and the named groups of tensor-expression statements of a training program.

@@ -8,6 +8,7 @@ Ctrl-C. Shuffling is a function of (seed, epoch), so a resumed run sees the same
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +21,7 @@ from .errors import DnncError
 from .fileio import check_weights, load_npz, save_npz
 from .frontend import CallValue, NameRef
 from .optim import Optimizer, lr_at
+from .parallel import Hogwild, Replicas, Single
 
 META = "__meta__"
 STATE = "state:"
@@ -230,6 +232,7 @@ class Result:
     evaluation: Evaluation
     seconds: float
     history: list
+    rank: int = 0  # of this process among MPI ranks (rank 0 speaks for a distributed run)
 
 
 def _bar(done: int, total: int, t0: float, stream) -> None:
@@ -243,9 +246,25 @@ def _bar(done: int, total: int, t0: float, stream) -> None:
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
           lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
           resume: str | None = None, log=print, progress: bool | None = None, schedule: bool = True,
-          overrides: tuple = (), threads: int | None = None) -> Result:
-    """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch."""
+          overrides: tuple = (), threads: int | None = None, mode: str = "single") -> Result:
+    """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch.
+
+    `mode` spreads the steps out (dnnc/parallel.py): "single" (parallel loops inside each
+    step), "data" (the batch split across `threads` replicas, gradients averaged), "async"
+    (Hogwild on `threads` threads) or "distributed" (MPI ranks, gradients all-reduced).
+    """
     t_start = time.perf_counter()
+    if mode not in MODES:
+        raise DnncError(f"unknown training mode '{mode}' (modes: {', '.join(MODES)})")
+    comm = None
+    if mode == "distributed":
+        from . import distributed
+
+        comm = distributed.world()
+        distributed.check_same_run(comm, net.source or "", repr((data, epochs, batch, lr, optimizer, seed, resume,
+                                                                  schedule, [str(o) for o in overrides])))
+        if comm.Get_rank() != 0:  # rank 0 speaks and writes for the run
+            log, progress = (lambda *a, **k: None), False
     g = net.graph
     if g.loss is None:
         raise DnncError(f"network '{g.name}' has no loss to train (add: loss softmax_cross_entropy(logits, label))")
@@ -255,7 +274,15 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     prog = Progress()
     norm = datamod.normalization(ds.x_train)
-    model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
+    dist = None
+    if comm is not None:
+        from .distributed import Distributed
+
+        dist = Distributed(net, s.batch, s.optimizer, comm, seed, schedule=schedule, overrides=overrides,
+                           threads=threads or 1)
+        model = dist.master
+    else:
+        model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
     if resume:
         params, state, meta = read_checkpoint(resume, net)
         if meta is None:
@@ -268,10 +295,10 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         s = replace(s, batch=saved["batch"], schedule=saved["schedule"], step_size=saved["step_size"],
                     gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
                     epochs=epochs if epochs is not None else saved["epochs"])
-        if model.batch != s.batch:
+        if model.batch != s.batch and dist is None:
             model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
             restore(model, params)
-        model.executable("train", s.optimizer)
+        model.executable("update" if mode in ("data", "distributed") else "train", s.optimizer)
         for k, v in state.items():
             if k in model.buffers and model.buffers[k].shape == v.shape:
                 model.buffers[k][...] = v
@@ -281,38 +308,45 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     yt = ds.y_train.astype(np.float32)
     inp, lab = g.inputs[0], g.labels[0]
     classes = g.classes[lab]
-    ex = model.executable("train", s.optimizer)
+    model.seed = seed
+    n = threads or os.cpu_count() or 1
+    engine = (dist if dist is not None else Replicas(model, s.optimizer, n) if mode == "data"
+              else Hogwild(model, s.optimizer, n) if mode == "async" else Single(model, s.optimizer))
     evaluator = Evaluator(model)
     steps = len(xt) // s.batch
     if steps == 0:
         raise DnncError(f"the batch ({s.batch}) is larger than the training set ({len(xt)} examples)")
     show_bar = sys.stderr.isatty() if progress is None else progress
     out = out or f"{g.name}.npz"
-    from .optim import HYPER
 
     log(f"training {g.name} on {ds.source}: {len(xt)} train / {len(xs)} test, batch {s.batch}, "
         f"{s.epochs} epochs, {s.optimizer.kind} lr {s.optimizer.lr}"
         + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
-        + f", {s.schedule} schedule, seed {seed}; compiled in {time.perf_counter() - t_start:.2f} s")
+        + f", {s.schedule} schedule, seed {seed}{_mode_text(mode, n, comm)}; "
+        f"compiled in {time.perf_counter() - t_start:.2f} s")
     ev = None
     try:
         for epoch in range(prog.epoch, s.epochs):
             order = np.random.default_rng([seed, epoch]).permutation(len(xt))
             t0 = time.perf_counter()
+
+            def hyper_at(k, epoch=epoch, first=prog.global_step - prog.step_in_epoch):
+                rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
+                return s.optimizer.hyper(first + k + 1, rate)
+
+            if mode == "async":  # the epoch's steps on all threads at once
+                losses = engine.epoch(xt, yt, order, prog.step_in_epoch, steps, prog.global_step + 1, hyper_at)
+                for j, v in enumerate(losses):
+                    _check_finite(v, epoch, prog.step_in_epoch + j + 1)
+                prog.global_step += len(losses)
+                prog.loss_sum += sum(losses)
+                prog.step_in_epoch = steps
             for k in range(prog.step_in_epoch, steps):
                 idx = order[k * s.batch:(k + 1) * s.batch]
-                model.buffers[inp][...] = xt[idx]
-                model.buffers[lab][...] = yt[idx]
-                rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
-                prog.global_step += 1
-                model.buffers[HYPER][...] = s.optimizer.hyper(prog.global_step, rate)
-                model.seed, model.steps = seed, prog.global_step  # dropout's masks: new every step
-                model.set_rng()
-                ex.run()
-                loss = float(model.buffers["loss"])
-                if not np.isfinite(loss):
-                    raise DnncError(f"the loss became {loss} at epoch {epoch + 1}, step {k + 1}; "
-                                    f"try a lower learning rate (--lr)")
+                hyper = hyper_at(k)
+                prog.global_step += 1  # dropout's masks: new every step
+                loss = engine.step(xt[idx], yt[idx], hyper, prog.global_step)
+                _check_finite(loss, epoch, k + 1)
                 prog.loss_sum += loss
                 prog.step_in_epoch = k + 1
                 if show_bar and (k % 5 == 0 or k == steps - 1):
@@ -325,17 +359,44 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
             prog.history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": ev.loss,
                                  "accuracy": ev.accuracy, "seconds": dt})
             prog.epoch, prog.step_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
-            save_checkpoint(out, model, s, seed, norm, prog)
+            if dist is None or dist.rank == 0:
+                save_checkpoint(out, model, s, seed, norm, prog)
             log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
                 f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s")
     except KeyboardInterrupt:
-        save_checkpoint(out, model, s, seed, norm, prog)
+        if dist is None or dist.rank == 0:
+            save_checkpoint(out, model, s, seed, norm, prog)
         log(f"interrupted: checkpoint written to {out} (epoch {prog.epoch + 1}, step {prog.step_in_epoch}); "
             f"continue with --resume {out}")
         raise
+    finally:
+        engine.close()
     if ev is None:
         ev = evaluator.run(xs, ds.y_test, classes)
-    return Result(model, s, ev, time.perf_counter() - t_start, prog.history)
+    if dist is not None:
+        same = dist.identical()
+        log(f"parameters {'identical' if same else 'DIFFERENT'} on all {dist.size} ranks")
+        if not same:
+            raise DnncError("the ranks' parameters diverged (this is a bug in dnnc)")
+    return Result(model, s, ev, time.perf_counter() - t_start, prog.history, dist.rank if dist else 0)
+
+
+MODES = ("single", "data", "async", "distributed")
+
+
+def _mode_text(mode: str, n: int, comm) -> str:
+    if mode == "data":
+        return f"; data parallel on {n} threads"
+    if mode == "async":
+        return f"; Hogwild on {n} threads"
+    if mode == "distributed":
+        return f"; data parallel on {comm.Get_size()} MPI ranks"
+    return ""
+
+
+def _check_finite(loss: float, epoch: int, step: int) -> None:
+    if not np.isfinite(loss):
+        raise DnncError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; try a lower learning rate (--lr)")
 
 
 def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 256, schedule: bool = True,
