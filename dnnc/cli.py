@@ -103,8 +103,12 @@ def make_parser() -> argparse.ArgumentParser:
     how.add_argument("--async", dest="mode", action="store_const", const="async",
                      help="Hogwild: --threads threads each train their own batches, updating the "
                           "shared weights without locks")
-    how.add_argument("--distributed", dest="mode", action="store_const", const="distributed",
-                     help="data parallel across MPI ranks: mpiexec -n N dnnc train NET --distributed")
+    how.add_argument("--distributed", nargs="?", const="sync", choices=("sync", "ps"), metavar="sync|ps",
+                     help="across MPI ranks (mpiexec -n N dnnc train NET --distributed): synchronous data "
+                          "parallelism, or =ps for asynchronous parameter servers")
+    t.add_argument("--servers", type=_positive, default=1, help="parameter-server ranks (with --distributed=ps)")
+    t.add_argument("--staleness", type=_nonneg_int, default=4,
+                   help="updates a worker may run ahead of the slowest (with --distributed=ps; default 4)")
 
     e = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix")
     e.add_argument("net")
@@ -437,16 +441,24 @@ def cmd_train(args) -> int:
             raise DnncError("no such file or directory", path=f)
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                  seed=args.seed, out=args.out, resume=args.resume, mode=args.mode or "single",
-                  **_schedule_args(args))
+                  seed=args.seed, out=args.out, resume=args.resume, mode=_train_mode(args),
+                  servers=args.servers, staleness=args.staleness, **_schedule_args(args))
     except KeyboardInterrupt:
         return 130
-    if args.mode == "distributed" and r.rank != 0:
+    if r.rank != 0:
         return 0
     print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
           f"test loss {r.evaluation.loss:.4f}, {r.seconds:.1f} s in all; "
           f"checkpoint {args.out or net.name + '.npz'}")
     return 0
+
+
+def _train_mode(args) -> str:
+    if args.distributed:
+        return "distributed" if args.distributed == "sync" else "ps"
+    if (args.servers != 1 or args.staleness != 4) and not args.distributed:
+        raise UsageError("--servers and --staleness go with --distributed=ps")
+    return args.mode or "single"
 
 
 def cmd_eval(args) -> int:

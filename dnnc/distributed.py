@@ -18,16 +18,35 @@ from .errors import DnncError
 from .optim import HYPER, Optimizer
 
 
+SKIP_FINALIZE = False  # set when a peer died: MPI_Finalize would wait for it forever
+
+
 def world():
-    """MPI's COMM_WORLD, or a clear error when mpi4py (or an MPI library) is missing."""
+    """MPI's COMM_WORLD, or a clear error when mpi4py (or an MPI library) is missing.
+
+    MPI is finalized at exit by dnnc itself, and not at all once a peer is known to have
+    died (a parameter-server run carries on without it, and must then still exit)."""
     try:
+        import mpi4py
+
+        mpi4py.rc.finalize = False
         from mpi4py import MPI
     except ImportError:
         raise DnncError("--distributed needs mpi4py and an MPI library: pip install 'dnnc[mpi]' "
                         "(mpi4py and the mpich wheel, which puts mpiexec on the PATH)") from None
     except RuntimeError as e:  # mpi4py present, no MPI library it can load
         raise DnncError(f"--distributed: mpi4py cannot load an MPI library ({e})") from None
+    import atexit
+
+    atexit.register(_finalize)
     return MPI.COMM_WORLD
+
+
+def _finalize() -> None:
+    from mpi4py import MPI
+
+    if not SKIP_FINALIZE and MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
 
 
 def check_same_run(comm, *parts: str) -> None:

@@ -246,23 +246,27 @@ def _bar(done: int, total: int, t0: float, stream) -> None:
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
           lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
           resume: str | None = None, log=print, progress: bool | None = None, schedule: bool = True,
-          overrides: tuple = (), threads: int | None = None, mode: str = "single") -> Result:
+          overrides: tuple = (), threads: int | None = None, mode: str = "single", servers: int = 1,
+          staleness: int = 4) -> Result:
     """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch.
 
     `mode` spreads the steps out (dnnc/parallel.py): "single" (parallel loops inside each
     step), "data" (the batch split across `threads` replicas, gradients averaged), "async"
-    (Hogwild on `threads` threads) or "distributed" (MPI ranks, gradients all-reduced).
+    (Hogwild on `threads` threads), "distributed" (MPI ranks, gradients all-reduced) or "ps"
+    (MPI parameter servers: `servers` ranks hold the weights, the rest train asynchronously,
+    at most `staleness` updates ahead of the slowest).
     """
     t_start = time.perf_counter()
     if mode not in MODES:
         raise DnncError(f"unknown training mode '{mode}' (modes: {', '.join(MODES)})")
     comm = None
-    if mode == "distributed":
+    if mode in ("distributed", "ps"):
         from . import distributed
 
         comm = distributed.world()
         distributed.check_same_run(comm, net.source or "", repr((data, epochs, batch, lr, optimizer, seed, resume,
-                                                                  schedule, [str(o) for o in overrides])))
+                                                                  schedule, [str(o) for o in overrides],
+                                                                  mode, servers, staleness)))
         if comm.Get_rank() != 0:  # rank 0 speaks and writes for the run
             log, progress = (lambda *a, **k: None), False
     g = net.graph
@@ -274,6 +278,8 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     prog = Progress()
     norm = datamod.normalization(ds.x_train)
+    if mode == "ps":
+        return _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start)
     dist = None
     if comm is not None:
         from .distributed import Distributed
@@ -381,7 +387,43 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     return Result(model, s, ev, time.perf_counter() - t_start, prog.history, dist.rank if dist else 0)
 
 
-MODES = ("single", "data", "async", "distributed")
+MODES = ("single", "data", "async", "distributed", "ps")
+
+
+def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start) -> Result:
+    from . import paramserver
+
+    if resume:
+        raise DnncError("--resume is not available with --distributed=ps (the servers hold the optimizer state)")
+    g = net.graph
+    mean, std = norm
+    xt, xs = (ds.x_train - mean) / std, (ds.x_test - mean) / std
+    yt = ds.y_train.astype(np.float32)
+    classes = g.classes[g.labels[0]]
+    out = out or f"{g.name}.npz"
+    size = comm.Get_size()
+    log(f"training {g.name} on {ds.source}: {len(xt)} train / {len(xs)} test, batch {s.batch}, {s.epochs} epochs, "
+        f"{s.optimizer.kind} lr {s.optimizer.lr}; parameter servers: {servers} server(s), {size - servers} "
+        f"worker(s), staleness {staleness}")
+    prog = Progress()
+
+    def evaluate(model):
+        return Evaluator(model).run(xs, ds.y_test, classes)
+
+    def save(model, entry):
+        prog.epoch = entry["epoch"]
+        prog.history.append(entry)
+        save_checkpoint(out, model, s, seed, norm, prog)
+
+    res = paramserver.run(net, s, xt, yt, xs, ds.y_test, classes, comm, servers, staleness, seed, out, log, save,
+                          evaluate, threads or 1)
+    if res is None:
+        return Result(None, s, None, time.perf_counter() - t_start, [], comm.Get_rank())
+    model, history = res
+    ev = evaluate(model)
+    prog.epoch, prog.history = s.epochs, history
+    save_checkpoint(out, model, s, seed, norm, prog)
+    return Result(model, s, ev, time.perf_counter() - t_start, history, 0)
 
 
 def _mode_text(mode: str, n: int, comm) -> str:
