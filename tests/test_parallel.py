@@ -69,11 +69,13 @@ def test_hogwild_trains(small_data, tmp_path):
 # ----------------------------------------------------------------------------- MPI
 
 def _mpiexec() -> str | None:
+    """mpiexec beside this Python (the mpich wheel installs it there), else on the PATH."""
     try:
         import mpi4py  # noqa: F401
     except ImportError:
         return None
-    return shutil.which("mpiexec")
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 needs_mpi = pytest.mark.skipif(_mpiexec() is None, reason="needs mpi4py and mpiexec: pip install 'dnnc[mpi]'")
