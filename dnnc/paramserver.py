@@ -63,9 +63,9 @@ class ShardUpdate:
         self.ex.run()
 
 
-def run(net, s, x, y, xs, ys, classes, comm, servers: int, staleness: int, seed: int, out: str, log, save,
-        evaluate, threads: int):
-    """Train; on server 0 return (model, history, evaluation), elsewhere None."""
+def run(net, s, x, y, comm, servers: int, staleness: int, seed: int, log, save, evaluate, threads: int):
+    """Train on (x, y). On server 0 return (model, history), elsewhere None. `evaluate(model)`
+    and `save(model, epoch entry)` are the caller's, for the per-epoch line and checkpoint."""
     rank, size = comm.Get_rank(), comm.Get_size()
     if servers < 1 or size - servers < 1:
         raise DnncError(f"--distributed=ps needs at least one server and one worker: {size} ranks, "
@@ -76,8 +76,7 @@ def run(net, s, x, y, xs, ys, classes, comm, servers: int, staleness: int, seed:
     ranges = shards(total, servers)
     steps = len(x) // s.batch
     if rank < servers:
-        return _server(net, s, g, names, sizes, ranges, steps, xs, ys, classes, comm, staleness, seed, out, log,
-                       save, evaluate)
+        return _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, save, evaluate)
     _worker(net, s, names, sizes, ranges, steps, x, y, comm, servers, seed, threads)
     return None
 
@@ -135,8 +134,7 @@ def _worker(net, s, names, sizes, ranges, steps, x, y, comm, servers, seed, thre
         distributed.SKIP_FINALIZE = True
 
 
-def _server(net, s, g, names, sizes, ranges, steps, xs, ys, classes, comm, staleness, seed, out, log, save,
-            evaluate):
+def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, save, evaluate):
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()

@@ -312,8 +312,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     xt = (ds.x_train - mean) / std
     xs = (ds.x_test - mean) / std
     yt = ds.y_train.astype(np.float32)
-    inp, lab = g.inputs[0], g.labels[0]
-    classes = g.classes[lab]
+    classes = g.classes[g.labels[0]]
     model.seed = seed
     n = threads or os.cpu_count() or 1
     engine = (dist if dist is not None else Replicas(model, s.optimizer, n) if mode == "data"
@@ -415,8 +414,7 @@ def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log
         prog.history.append(entry)
         save_checkpoint(out, model, s, seed, norm, prog)
 
-    res = paramserver.run(net, s, xt, yt, xs, ds.y_test, classes, comm, servers, staleness, seed, out, log, save,
-                          evaluate, threads or 1)
+    res = paramserver.run(net, s, xt, yt, comm, servers, staleness, seed, log, save, evaluate, threads or 1)
     if res is None:
         return Result(None, s, None, time.perf_counter() - t_start, [], comm.Get_rank())
     model, history = res

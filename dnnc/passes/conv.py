@@ -135,7 +135,8 @@ def apply_algorithms(groups, steps: list, shapes: dict):
         out.append((name, new))
     missing = set(chosen) - done
     if missing:
-        raise DnncError(f"schedule step {chosen[sorted(missing)[0]]}: no statement writes {sorted(missing)[0]}")
+        first = min(missing)
+        raise DnncError(f"schedule step {chosen[first]}: no statement writes {first}")
     return out, temps
 
 
