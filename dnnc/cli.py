@@ -62,12 +62,25 @@ def make_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="parse and check a network; print a summary")
     c.add_argument("net")
 
-    i = sub.add_parser("info", help="per-layer table: shapes, parameters, memory, FLOPs")
-    i.add_argument("net")
+    i = sub.add_parser("info", help="per-layer table: shapes, parameters, memory, FLOPs "
+                                    "(of a compressed MODEL.dnnz: the Deep Compression table)")
+    i.add_argument("net", metavar="NET|MODEL.dnnz")
     i.add_argument("--batch", type=_positive, default=1)
     i.add_argument("--training", action="store_true",
                    help="also the planned memory of a training step: weights, gradients, optimizer state, activations")
     i.add_argument("--plan", action="store_true", help="also the planned memory of inference")
+
+    z = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code -> MODEL.dnnz")
+    z.add_argument("net")
+    z.add_argument("--weights", required=True, metavar="CKPT.npz", help="the trained network to compress")
+    z.add_argument("--prune", metavar="FRACTION|LAYER=FRACTION,...",
+                   help="fraction of weights to remove, for all layers or per weight tensor "
+                        "(default: the paper's per layer kind)")
+    z.add_argument("--clusters", metavar="conv=256,dense=32", help="shared weights per layer kind")
+    z.add_argument("--retrain", type=_nonneg_int, default=4, metavar="EPOCHS",
+                   help="epochs of retraining after each pruning stage and of centroid fine-tuning (default 4)")
+    z.add_argument("--data", help="retraining data (default: the embedded digits, as dnnc train)")
+    z.add_argument("-o", "--out", required=True, metavar="MODEL.dnnz")
 
     r = sub.add_parser("ir", help="print a stage of the pipeline")
     r.add_argument("net")
@@ -198,8 +211,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from . import compress
     from .footprint import table
 
+    if compress.is_dnnz(args.net):
+        header, _ = compress.read(args.net)
+        print(compression_table(header))
+        return 0
     net = _load(args.net)
     print(f"network {net.name} (memory per example unless marked x{args.batch}; float32)")
     print(table(net.graph, args.batch))
@@ -211,6 +229,81 @@ def cmd_info(args) -> int:
         print()
         print(planned(net, args.batch, args.training))
     return 0
+
+
+def compression_table(header: dict) -> str:
+    """Deep Compression's per-layer table (Han et al., Tables 2-3) for a .dnnz header."""
+    from .compress import table
+
+    rows = table(header)
+    head = ["layer", "#weights", "weights% (P)", "weight bits (P+Q)", "weight bits (P+Q+H)", "index bits (P+Q)",
+            "index bits (P+Q+H)", "compress rate (P+Q)", "compress rate (P+Q+H)"]
+    lines = [[r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", f"{r['weight_bits_pq']:.1f}",
+              f"{r['weight_bits_pqh']:.1f}", f"{r['index_bits_pq']:.1f}", f"{r['index_bits_pqh']:.1f}",
+              f"{100 / r['rate_pq']:.2f}%", f"{100 / r['rate_pqh']:.2f}%"] for r in rows]
+    n = sum(r["weights"] for r in rows)
+    kept = sum(r["kept"] * r["weights"] for r in rows)
+    pq, pqh = sum(r["bits_pq"] for r in rows), sum(r["bits_pqh"] for r in rows)
+    lines.append(["total", f"{n:,}", f"{100 * kept / n:.1f}%", "", "", "", "",
+                  f"{100 * pq / (32 * n):.2f}% ({32 * n / pq:.0f}x)", f"{100 * pqh / (32 * n):.2f}% ({32 * n / pqh:.0f}x)"])
+    w = [max(len(h), *(len(x[k]) for x in lines)) for k, h in enumerate(head)]
+    out = [f"compressed {header['network']} (Deep Compression, format version {header['version']}); "
+           f"compress rate: compressed size as % of 32-bit weights"]
+    out.append("  ".join(h.rjust(w[k]) if k else h.ljust(w[k]) for k, h in enumerate(head)))
+    for x in lines:
+        out.append("  ".join(c.rjust(w[k]) if k else c.ljust(w[k]) for k, c in enumerate(x)))
+    return "\n".join(out)
+
+
+def cmd_compress(args) -> int:
+    from . import retrain
+    from .train import read_checkpoint
+
+    net = _load(args.net)
+    params, _, _ = read_checkpoint(args.weights, net)
+    plan = retrain.defaults(net)
+    if not plan:
+        raise DnncError("has no weight tensors (conv or dense) to compress", path=args.net)
+    _apply_prune(plan, args.prune)
+    _apply_clusters(plan, args.clusters)
+    w, m, labels, books, acc0, acc, norm = retrain.run(net, params, plan, args.data, epochs=args.retrain)
+    retrain.write(args.out, net, w, m, labels, books, plan, norm=norm)
+    from .compress import read
+
+    header, _ = read(args.out)
+    print(compression_table(header))
+    print(f"accuracy {100 * acc:.2f}% (uncompressed {100 * acc0:.2f}%); wrote {args.out}")
+    return 0
+
+
+def _apply_prune(plan: dict, spec: str | None) -> None:
+    if not spec:
+        return
+    for part in spec.split(","):
+        name, _, frac = part.rpartition("=")
+        try:
+            f = float(frac)
+        except ValueError:
+            raise UsageError(f"--prune: expected a fraction or LAYER=FRACTION, got '{part}'") from None
+        if not 0 <= f < 1:
+            raise UsageError(f"--prune: the fraction removed must be in [0, 1), got {frac}")
+        targets = [p for p in plan if not name or p == name or p.split(".")[0] == name]
+        if not targets:
+            raise UsageError(f"--prune: no weight tensor '{name}' (weights: {', '.join(plan)})")
+        for p in targets:
+            plan[p]["keep"] = 1 - f
+
+
+def _apply_clusters(plan: dict, spec: str | None) -> None:
+    if not spec:
+        return
+    for part in spec.split(","):
+        kind, _, k = part.partition("=")
+        if kind not in ("conv", "dense") or not k.isdigit() or not 2 <= int(k) <= 65536:
+            raise UsageError(f"--clusters: expected conv=K or dense=K with 2 <= K <= 65536, got '{part}'")
+        for cfg in plan.values():
+            if cfg["kind"] == kind:
+                cfg["clusters"] = int(k)
 
 
 def cmd_ir(args) -> int:
@@ -477,7 +570,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile}
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile, "compress": cmd_compress}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,11 +30,15 @@ class Optimizer:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    # parameters whose gradient is multiplied by a 0/1 mask `param.mask` (pruned connections
+    # stay exactly zero through training)
+    masked: tuple[str, ...] = ()
 
     def state(self, param: str) -> list[str]:
+        mask = [f"{param}.mask"] if param in self.masked else []
         if self.kind == "adam":
-            return [f"{param}.m", f"{param}.v"]
-        return [f"{param}.v"] if self.momentum else []
+            return [f"{param}.m", f"{param}.v"] + mask
+        return ([f"{param}.v"] if self.momentum else []) + mask
 
     def hyper(self, step: int, lr: float) -> np.ndarray:
         """The per-step values for step number `step` (1-based) at learning rate lr."""
@@ -53,6 +57,8 @@ class Optimizer:
         idx = flat_index(Var("a"), shape)
         w = Load(param, idx)
         g: Expr = Load(f"{param}.grad", idx)
+        if param in self.masked:
+            g = Binary("*", g, Load(f"{param}.mask", idx))
         if self.weight_decay:
             g = Binary("+", g, Binary("*", Const(self.weight_decay), w))
         lr = Load(HYPER, (Const(0),))

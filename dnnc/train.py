@@ -149,8 +149,18 @@ def save_checkpoint(path, model: Model, s: Settings, seed: int, norm, progress: 
 
 
 def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
-    """(parameters and running statistics, optimizer state, meta or None) from an .npz,
-    checked against the network."""
+    """(parameters and running statistics, optimizer state, meta or None) from an .npz or a
+    compressed .dnnz, checked against the network."""
+    from . import compress
+
+    if compress.is_dnnz(path):
+        header, arrays = compress.read(path)
+        if header.get("network") != net.name:
+            raise DnncError(f"holds a compressed '{header.get('network')}', not '{net.name}'", path=str(path))
+        expected = dict(net.params)
+        expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
+        norm = header.get("normalization")
+        return check_weights(arrays, expected, path), {}, ({"normalization": norm} if norm else None)
     arrays = load_npz(path)
     meta = None
     if META in arrays:
