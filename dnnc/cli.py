@@ -77,8 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="fraction of weights to remove, for all layers or per weight tensor "
                         "(default: the paper's per layer kind)")
     z.add_argument("--clusters", metavar="conv=256,dense=32", help="shared weights per layer kind")
-    z.add_argument("--retrain", type=_nonneg_int, default=4, metavar="EPOCHS",
-                   help="epochs of retraining after each pruning stage and of centroid fine-tuning (default 4)")
+    z.add_argument("--retrain", type=_nonneg_int, default=6, metavar="EPOCHS",
+                   help="epochs of retraining after each pruning stage and of centroid fine-tuning (default 6)")
     z.add_argument("--data", help="retraining data (default: the embedded digits, as dnnc train)")
     z.add_argument("-o", "--out", required=True, metavar="MODEL.dnnz")
 

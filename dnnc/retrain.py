@@ -35,7 +35,7 @@ def defaults(net: Network) -> dict[str, dict]:
 
 
 def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data=None, epochs: int = 4,
-        stages: int = 3, seed: int = 0, log=print):
+        stages: int = 3, seed: int = 0, log=print, lr_scale: float = 1.0):
     """Prune, retrain, quantize and fine-tune; returns (weights, masks, labels, codebooks,
     accuracy before, accuracy after, the data's normalization)."""
     from .train import Evaluator, settings_from
@@ -53,7 +53,7 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
     classes = g.classes[g.labels[0]]
     inp, lab = g.inputs[0], g.labels[0]
     steps = len(xt) // s.batch
-    lr = s.optimizer.lr * 0.1  # retraining starts from a trained network: a tenth of its rate
+    lr = s.optimizer.lr * lr_scale  # the network's own rate, constant
     acc0 = evaluate.run(xs, ds.y_test, classes).accuracy
     log(f"uncompressed: accuracy {100 * acc0:.2f}%")
 
@@ -76,7 +76,9 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
     books, labels = {}, {}
     for p, cfg in plan.items():
         w, m = model.params[p], masks[p].astype(bool)
-        c, lab_ = compress.kmeans(w[m], cfg["clusters"] - 1)
+        # a codebook larger than a quarter of the kept weights costs more than it saves
+        k = min(cfg["clusters"], max(4, 1 << int(np.log2(max(m.sum() // 4, 1)))))
+        c, lab_ = compress.kmeans(w[m], k - 1)
         books[p] = np.concatenate([[0.0], c]).astype(np.float64)
         labels[p] = np.zeros(w.shape, np.int64)
         labels[p][m] = lab_ + 1
