@@ -34,6 +34,9 @@ class Optimizer:
     # stay exactly zero through training)
     masked: tuple[str, ...] = ()
 
+    def __post_init__(self):  # from a checkpoint's JSON the names come as a list
+        object.__setattr__(self, "masked", tuple(self.masked))
+
     def state(self, param: str) -> list[str]:
         mask = [f"{param}.mask"] if param in self.masked else []
         if self.kind == "adam":

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnnc
-from dnnc import compress, retrain
+from dnnc import compress
 from dnnc.errors import DnncError
 from dnnc.optim import Optimizer
 
