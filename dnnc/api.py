@@ -77,11 +77,12 @@ class Network:
         return lower_graph(self.at_batch(batch), with_loss=with_loss)
 
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
-                schedule: bool = True, overrides: list = ()) -> "Model":
+                schedule: bool = True, overrides: list = (), sparse: dict[str, int] | None = None) -> "Model":
         """JIT-compile the forward pass for `batch` examples. schedule=False keeps the naive
         loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults;
-        `threads` (default: every core) run the parallel loops."""
-        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads)
+        `threads` (default: every core) run the parallel loops; `sparse` maps dense-layer
+        weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse)."""
+        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads, sparse=sparse)
 
 
 def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -171,7 +172,8 @@ class Model:
     """
 
     def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
-                 overrides: tuple = (), threads: int | None = None, share: dict[str, np.ndarray] | None = None):
+                 overrides: tuple = (), threads: int | None = None, share: dict[str, np.ndarray] | None = None,
+                 sparse: dict[str, int] | None = None):
         """`share`: arrays to use as this model's own buffers (by name), such as another
         model's parameters and optimizer state, so that replicas train one set of weights."""
         import os
@@ -179,6 +181,7 @@ class Model:
         self.network = net
         self.threads = max(int(threads), 1) if threads else (os.cpu_count() or 1)
         self.schedule, self.overrides = schedule, overrides
+        self.sparse = dict(sparse or {})
         self.batch = batch
         self.dtype = dtype
         self.graph = net.at_batch(batch)
@@ -231,7 +234,8 @@ class Model:
             def build():
                 if kind in ("forward", "loss"):
                     return lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype,
-                                       schedule=self.schedule, overrides=self.overrides)
+                                       schedule=self.schedule, overrides=self.overrides,
+                                       sparse=self.sparse if kind == "forward" else None)
                 if self._train_graph is None:
                     self._train_graph = self.network.at_batch(self.batch, training=True)
                 if kind == "update":
@@ -243,7 +247,8 @@ class Model:
             if self.network.source is not None:
                 ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
                                  optimizer=repr(optimizer if kind in ("train", "update") else None), batch=self.batch,
-                                 dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides])
+                                 dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides],
+                                 sparse=sorted(self.sparse.items()) if kind == "forward" else None)
             self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads)
         return self._exec[key]
 
@@ -254,6 +259,20 @@ class Model:
     @property
     def outputs(self) -> tuple[str, ...]:
         return self.graph.outputs
+
+    def fill_sparse(self) -> None:
+        """Lay out the weights named in `sparse` in ELL form for the forward pass (call it
+        after setting them; a row with more nonzeros than compiled for is refused)."""
+        from .passes.sparse import ell, rows_needed
+
+        for w, R in self.sparse.items():
+            a = self.params[w]
+            if rows_needed(a) > R:
+                raise DnncError(f"'{w}' has a row of {rows_needed(a)} nonzeros; compiled for at most {R}")
+            vals, cols = ell(a)
+            pad = R - vals.shape[0]
+            self.buffers[w + ".ell"][...] = np.pad(vals, ((0, pad), (0, 0)))
+            self.buffers[w + ".cols"][...] = np.pad(cols, ((0, pad), (0, 0)))
 
     def run_batch(self) -> None:
         """Run the compiled forward pass on the current buffers (one native call)."""

@@ -469,15 +469,17 @@ def cmd_run(args) -> int:
         if a.size == 0:
             raise DnncError(f"input '{n}' holds no examples (shape {list(a.shape)})", path=paths[n])
     count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
-    model = net.compile(batch=min(args.batch, count), **_schedule_args(args))
+    meta = None
     if args.weights:
-        from .train import restore, read_checkpoint
+        from .train import compile_for, read_checkpoint
 
         params, _, meta = read_checkpoint(args.weights, net)
-        restore(model, params)
+        model = compile_for(net, params, args.weights, batch=min(args.batch, count), **_schedule_args(args))
         if meta:  # the training set's normalization, as training applied it
             mean, std = meta["normalization"]
             arrays = {n: (a - mean) / std for n, a in arrays.items()}
+    else:
+        model = net.compile(batch=min(args.batch, count), **_schedule_args(args))
     t0 = time.perf_counter()
     result = model.forward(**arrays)
     dt = time.perf_counter() - t0

@@ -125,6 +125,8 @@ def is_int(e: Expr) -> bool:
         return is_int(e.a) and is_int(e.b)
     if isinstance(e, Unary) and e.op in ("neg", "abs"):
         return is_int(e.a)
+    if isinstance(e, Unary) and e.op == "index":  # a position stored in a float tensor
+        return True
     if isinstance(e, Select):
         return is_int(e.a) and is_int(e.b)
     return False

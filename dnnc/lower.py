@@ -21,8 +21,11 @@ INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "arg
 
 def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
                 name: str | None = None, dtype: str = "f32", schedule: bool | list = True,
-                overrides: list = ()) -> Program:
-    """The forward program of g: every layer needed for `outputs` (default g.outputs)."""
+                overrides: list = (), sparse: dict[str, int] | None = None) -> Program:
+    """The forward program of g: every layer needed for `outputs` (default g.outputs).
+
+    `sparse` names dense-layer weights to read in ELL form with R entries per row
+    (passes/sparse.py); their arrays W.ell and W.cols become parameters of the program."""
     from .step import needed_layers
 
     outputs = outputs or g.outputs
@@ -44,6 +47,14 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
             kind = "temp"
         buffers.append(Buffer(t.name, t.shape, kind, dtype))
     groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
+    if sparse:
+        from .passes.sparse import sparsify
+
+        groups, made = sparsify(groups, sparse)
+        buffers += [Buffer(n, shape, "param", dtype) for n, shape in made]
+        used = {st.tensor for _, stmts in groups for st in stmts} | {
+            x.tensor for _, stmts in groups for st in stmts for x in st.value.walk() if isinstance(x, Load)}
+        buffers = [b for b in buffers if b.name in used]
     from .schedule import from_settings
 
     # steps for gradients belong to the training program (one --schedule list serves both)
@@ -566,8 +577,15 @@ def loops(axes, body: list[Stmt], guards: list[Expr]) -> list[Stmt]:
 
 
 def _guard(conds: list[Expr], body: list[Stmt]) -> list[Stmt]:
+    """body under the conjunction of conds. A condition that reads memory (a position stored in
+    a tensor) goes in an inner guard, evaluated only where the plain ones hold, so its own read
+    stays in range."""
     if not conds:
         return body
+    reads = [c for c in conds if any(isinstance(x, Load) for x in c.walk())]
+    plain = [c for c in conds if c not in reads]
+    if reads and plain:
+        return _guard(plain, _guard(reads, body))
     cond = conds[0]
     for c in conds[1:]:
         cond = Binary("and", cond, c)

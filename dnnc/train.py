@@ -176,6 +176,19 @@ def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
     return params, state, meta
 
 
+def compile_for(net: Network, params: dict, path, **options) -> Model:
+    """A model holding checked weights; a compressed model's sparse enough dense layers are
+    read in ELL form (passes/sparse.py chooses by density)."""
+    from . import compress
+    from .passes.sparse import choose
+
+    sparse = choose(params, [p for p, s in net.params.items() if len(s) == 2]) if compress.is_dnnz(path) else {}
+    model = net.compile(sparse=sparse, **options)
+    restore(model, params)
+    model.fill_sparse()
+    return model
+
+
 def restore(model: Model, arrays: dict) -> None:
     """Parameters and running statistics from checked checkpoint arrays."""
     for n, a in arrays.items():
@@ -457,7 +470,6 @@ def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 2
     params, _, meta = read_checkpoint(weights, net)
     ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = meta["normalization"] if meta else (0.0, 1.0)
-    model = net.compile(batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule, overrides=overrides,
-                        threads=threads)
-    restore(model, params)
+    model = compile_for(net, params, weights, batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule,
+                        overrides=overrides, threads=threads)
     return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])

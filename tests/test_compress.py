@@ -124,3 +124,45 @@ def test_cli_compresses_evaluates_and_prints_the_table(tmp_path):
     bad = subprocess.run(cli + ["compress", str(MLP), "--weights", str(ck), "--prune", "1.5", "-o", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--prune" in bad.stderr
+
+
+def test_sparse_ell_layers_compute_what_the_dense_ones_do():
+    """In the interpreter (float64) and the JIT; a column index outside the input contributes
+    nothing instead of reading outside it."""
+    from dnnc.ir import interp
+    from dnnc.lower import lower_graph
+    from dnnc.passes.sparse import ell, rows_needed
+
+    net = dnnc.load(MLP)
+    dense = net.compile(batch=3, threads=1)
+    w = dense.params["h1.weight"] * compress.prune_mask(dense.params["h1.weight"], 0.03)
+    dense.params["h1.weight"] = w
+    sparse = net.compile(batch=3, threads=1, sparse={"h1.weight": rows_needed(w)})
+    sparse.params.update_from(dense.params)
+    sparse.fill_sparse()
+    x = np.random.default_rng(1).random((3, 1, 28, 28)).astype(np.float32)
+    want = dense.forward(image=x)["logits"].copy()
+    np.testing.assert_allclose(sparse.forward(image=x)["logits"], want, rtol=1e-5, atol=1e-5)
+    prog = lower_graph(net.at_batch(3), sparse={"h1.weight": rows_needed(w)}, dtype="f64", schedule=False)
+    arrays = {k: np.asarray(v, np.float64) for k, v in sparse.buffers.items()}
+    arrays["image"] = x.astype(np.float64)
+    np.testing.assert_allclose(interp.run(prog, arrays)["logits"], want, rtol=1e-4, atol=1e-5)
+    vals, cols = ell(w)
+    cols[0, 0] = 1e6  # a damaged index: its term drops out, nothing is read past x
+    sparse.buffers["h1.weight.cols"][...] = cols
+    vals0 = sparse.buffers["h1.weight.ell"][0, 0]
+    sparse.buffers["h1.weight.ell"][0, 0] = 0.0  # the same layer without that term
+    ref = sparse.forward(image=x)["logits"].copy()
+    sparse.buffers["h1.weight.ell"][0, 0] = vals0
+    np.testing.assert_array_equal(sparse.forward(image=x)["logits"], ref)
+
+
+def test_density_chooses_sparse_kernels():
+    from dnnc.passes.sparse import choose
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(1024, 1024)).astype(np.float32)  # 4 MiB: bound by memory when dense
+    small = rng.normal(size=(300, 784)).astype(np.float32)
+    params = {"a": big * compress.prune_mask(big, 0.08), "b": small * compress.prune_mask(small, 0.08),
+              "c": small * compress.prune_mask(small, 0.02)}
+    assert set(choose(params, ["a", "b", "c"])) == {"a", "c"}

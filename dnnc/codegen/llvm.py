@@ -476,6 +476,9 @@ class _KernelEmitter:
         if isinstance(e, Unary) and e.op == "neg":
             x = self.int(e.a)
             return b.sub(self.splat(ir.Constant(I64, 0)) if _is_vec(x) else ir.Constant(I64, 0), x)
+        if isinstance(e, Unary) and e.op == "index":  # a position stored as a float
+            x = self.float(e.a)
+            return b.fptosi(x, ir.VectorType(I64, x.type.count) if _is_vec(x) else I64)
         if isinstance(e, Unary) and e.op == "abs":
             x = self.int(e.a)
             zero = self.splat(ir.Constant(I64, 0)) if _is_vec(x) else ir.Constant(I64, 0)

@@ -50,7 +50,7 @@ def _block(stmts, env, regs, bufs):
 
 _UN = {"neg": lambda a: -a, "exp": math.exp, "log": lambda a: math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan),
        "sqrt": math.sqrt, "tanh": math.tanh, "abs": abs, "not": lambda a: not a,
-       "sigmoid": lambda a: 1.0 / (1.0 + math.exp(-a)) if a > -700 else 0.0}
+       "sigmoid": lambda a: 1.0 / (1.0 + math.exp(-a)) if a > -700 else 0.0, "index": lambda a: int(a)}
 
 
 def _eval(e: Expr, env, regs, bufs):
