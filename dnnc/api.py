@@ -47,6 +47,21 @@ class Network:
         self.graph = graphmod.build(module, 1, name)
         self.name = self.graph.name
 
+    def with_inputs(self, shapes: dict[str, tuple[int, ...]]) -> "Network":
+        """The same network with other input shapes (per example), checked anew: a filter
+        compiled for a picture's size."""
+        from dataclasses import replace
+
+        syn = next(n for n in self.module.networks if n.name == self.name)
+        unknown = set(shapes) - {n for n, _, _ in syn.inputs}
+        if unknown:
+            raise DnncError(f"network '{self.name}' has no input '{sorted(unknown)[0]}'")
+        inputs = tuple((n, tuple(shapes.get(n, s)), loc) for n, s, loc in syn.inputs)
+        mod = replace(self.module, networks=tuple(replace(x, inputs=inputs) if x is syn else x
+                                                  for x in self.module.networks))
+        src = None if self.source is None else self.source + f"\n# inputs {sorted(shapes.items())}"
+        return Network(mod, self.name, src)
+
     def at_batch(self, batch: int, training: bool = False) -> graphmod.Graph:
         if batch < 1:
             raise DnncError(f"batch must be at least 1, got {batch}")

@@ -452,6 +452,7 @@ def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[st
 
 
 def cmd_run(args) -> int:
+    from . import images
     from .fileio import load_npy, save_npy
 
     net = _load(args.net)
@@ -460,6 +461,8 @@ def cmd_run(args) -> int:
     if missing:
         raise UsageError(f"missing --input for '{missing[0]}'")
     outs = _parse_named(args.output, net.graph.outputs, "output") if args.output else {}
+    if any(images.is_png(p) for p in list(paths.values()) + list(outs.values())):
+        return _run_pictures(args, net, paths, outs)
     arrays = {n: load_npy(p) for n, p in paths.items()}
     for n, a in arrays.items():
         ex = net.inputs[n]
@@ -554,6 +557,69 @@ def _train_mode(args) -> str:
     if (args.servers != 1 or args.staleness != 4) and not args.distributed:
         raise UsageError("--servers and --staleness go with --distributed=ps")
     return args.mode or "single"
+
+
+def _run_pictures(args, net, paths: dict, outs: dict) -> int:
+    """`dnnc run` on PNG pictures: a filter compiled for the picture's size, or a classifier."""
+    from . import images
+
+    if len(paths) != 1 or not all(images.is_png(p) for p in paths.values()):
+        raise UsageError("pictures go with a network of one input: --input PICTURE.png")
+    (name, path), = paths.items()
+    pic = images.read_png(path)
+    want = net.inputs[name]
+    if net.graph.classes:  # a classifier: the picture as one example, as the training data were
+        x = images.for_classifier(pic, want)[None]
+        meta = None
+        if args.weights:
+            from .train import compile_for, read_checkpoint
+
+            params, _, meta = read_checkpoint(args.weights, net)
+            model = compile_for(net, params, args.weights, batch=1, **_schedule_args(args))
+        else:
+            model = net.compile(batch=1, **_schedule_args(args))
+        if meta:
+            mean, std = meta["normalization"]
+            x = (x - mean) / std
+        y = model.forward(**{name: x})[net.graph.outputs[0]][0]
+        p = np.exp(y - y.max())
+        p /= p.sum()
+        top = np.argsort(-p)[:3]
+        print(f"{path}: " + ", ".join(f"class {k} {100 * p[k]:.1f}%" for k in top))
+        return 0
+    if len(want) != 3:
+        raise DnncError(f"input '{name}' is not a picture (shape {list(want)}; pictures are [channels, height, "
+                        f"width])", path=args.net)
+    c = want[0]
+    if c == pic.shape[0]:
+        x = pic[None]
+    elif c == 1:  # each colour channel filtered as one example
+        x = pic[:, None]
+    elif pic.shape[0] == 1:
+        x = np.repeat(pic, c, axis=0)[None]
+    else:
+        raise DnncError(f"the network takes {c} channels; the picture has {pic.shape[0]}", path=path)
+    sized = net.with_inputs({name: (c,) + pic.shape[1:]})
+    model = sized.compile(batch=x.shape[0], **_schedule_args(args))
+    if args.weights:
+        from .train import read_checkpoint, restore
+
+        restore(model, read_checkpoint(args.weights, sized)[0])
+    result = model.forward(**{name: x})
+    for n, y in result.items():
+        pic_out = y[:, 0] if c == 1 and x.shape[0] > 1 else y[0]
+        if n in outs:
+            if images.is_png(outs[n]):
+                top = float(np.abs(pic_out).max())
+                images.write_png(outs[n], np.abs(pic_out) / top if top > 1 else pic_out)
+            else:
+                from .fileio import save_npy
+
+                save_npy(outs[n], pic_out)
+            print(f"{n}: {list(pic_out.shape)} -> {outs[n]}")
+        else:
+            print(f"{n}: {list(pic_out.shape)}")
+    return 0
 
 
 def cmd_eval(args) -> int:
