@@ -122,6 +122,13 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--servers", type=_positive, default=1, help="parameter-server ranks (with --distributed=ps)")
     t.add_argument("--staleness", type=_nonneg_int, default=4,
                    help="updates a worker may run ahead of the slowest (with --distributed=ps; default 4)")
+    t.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy per epoch (needs dnnc[plot])")
+
+    f = sub.add_parser("filters", help="draw a conv layer's learned filters as a grid (PNG)")
+    f.add_argument("weights", metavar="CKPT.npz|MODEL.dnnz")
+    f.add_argument("--layer", required=True, help="the layer (c1) or its weight (c1.weight)")
+    f.add_argument("-o", "--out", required=True, metavar="FILTERS.png")
+    f.add_argument("--scale", type=_positive, default=8, help="pixels per weight (default 8)")
 
     e = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix")
     e.add_argument("net")
@@ -545,6 +552,11 @@ def cmd_train(args) -> int:
         return 130
     if r.rank != 0:
         return 0
+    if args.plot:
+        from .plots import curves
+
+        curves(r.history, args.plot, f"{net.name}: {len(r.history)} epochs")
+        print(f"curves -> {args.plot}")
     print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
           f"test loss {r.evaluation.loss:.4f}, {r.seconds:.1f} s in all; "
           f"checkpoint {args.out or net.name + '.npz'}")
@@ -622,6 +634,22 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     return 0
 
 
+def cmd_filters(args) -> int:
+    from . import compress
+    from .fileio import load_npz
+    from .plots import filter_grid
+
+    arrays = compress.read(args.weights)[1] if compress.is_dnnz(args.weights) else load_npz(args.weights)
+    convs = [k for k, v in arrays.items() if getattr(v, "ndim", 0) == 4 and not k.startswith("state:")]
+    name = args.layer if args.layer in arrays else f"{args.layer}.weight"
+    if name not in convs:
+        what = "is not a conv layer" if name in arrays else "no such layer"
+        raise DnncError(f"'{args.layer}': {what} (conv weights: {', '.join(convs) or 'none'})", path=args.weights)
+    rows, cols = filter_grid(np.asarray(arrays[name], np.float64), args.out, args.scale)
+    print(f"{name}: {list(arrays[name].shape)} as a {rows}x{cols} grid -> {args.out}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .train import evaluate
 
@@ -638,7 +666,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile, "compress": cmd_compress}
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile, "compress": cmd_compress, "filters": cmd_filters}
 
 if __name__ == "__main__":
     sys.exit(main())

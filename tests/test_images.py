@@ -74,3 +74,19 @@ def test_bad_pictures_are_one_line(tmp_path, name, content, message):
     r = dnnc("run", str(ROOT / "examples" / "blur.net"), "--input", name, "--output", "o.png", cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_training_curves_and_a_filter_grid(tmp_path):
+    pytest.importorskip("matplotlib")
+    ck, curves = tmp_path / "w.npz", tmp_path / "curves.png"
+    r = dnnc("train", str(ROOT / "examples" / "lenet5.net"), "--epochs", "2", "--out", str(ck), "--plot", str(curves))
+    assert r.returncode == 0, r.stderr
+    assert PIL.open(curves).size == (640, 400)
+    r = dnnc("filters", str(ck), "--layer", "c2", "-o", str(tmp_path / "f.png"), "--scale", "4")
+    assert r.returncode == 0, r.stderr
+    assert "c2.weight: [16, 6, 5, 5] as a 10x10 grid" in r.stdout  # 96 (filter, channel) tiles
+    grid = np.asarray(PIL.open(tmp_path / "f.png"))
+    assert grid.shape == (10 * (20 + 2) + 2, 10 * (20 + 2) + 2)
+    bad = dnnc("filters", str(ck), "--layer", "f3", "-o", str(tmp_path / "g.png"))
+    assert bad.returncode == 1 and bad.stderr.strip().endswith("'f3': is not a conv layer (conv weights: c1.weight, "
+                                                               "c2.weight)")
