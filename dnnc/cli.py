@@ -124,6 +124,16 @@ def make_parser() -> argparse.ArgumentParser:
                    help="updates a worker may run ahead of the slowest (with --distributed=ps; default 4)")
     t.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy per epoch (needs dnnc[plot])")
 
+    x = sub.add_parser("export", help="write the network and its weights as an ONNX model (dnnc[onnx])")
+    x.add_argument("net")
+    x.add_argument("--weights", metavar="CKPT.npz|MODEL.dnnz", help="default: the seeded initial weights")
+    x.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
+
+    m = sub.add_parser("import", help="read an ONNX model into a .net file and its weights (dnnc[onnx])")
+    m.add_argument("model", metavar="MODEL.onnx")
+    m.add_argument("-o", "--out", required=True, metavar="NET.net")
+    m.add_argument("--weights-out", required=True, metavar="W.npz")
+
     f = sub.add_parser("filters", help="draw a conv layer's learned filters as a grid (PNG)")
     f.add_argument("weights", metavar="CKPT.npz|MODEL.dnnz")
     f.add_argument("--layer", required=True, help="the layer (c1) or its weight (c1.weight)")
@@ -634,6 +644,34 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .onnx_io import export
+
+    net = _load(args.net)
+    model = net.compile(batch=1, threads=1)
+    if args.weights:
+        from .train import read_checkpoint, restore
+
+        restore(model, read_checkpoint(args.weights, net)[0])
+    params = {**{k: model.params[k] for k in model.params}, **{k: model.states[k] for k in model.states}}
+    export(net, params, args.out)
+    print(f"wrote {args.out} (ONNX opset 13, {len(net.graph.layers)} nodes)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from . import load
+    from .fileio import atomic_write, save_npz
+    from .onnx_io import import_model, weights_for
+
+    text, layer_params = import_model(args.model)
+    net = load(text)
+    save_npz(args.weights_out, weights_for(net, layer_params))
+    atomic_write(args.out, text.encode())
+    print(f"wrote {args.out} ({len(net.graph.layers)} layers) and {args.weights_out}")
+    return 0
+
+
 def cmd_filters(args) -> int:
     from . import compress
     from .fileio import load_npz
@@ -666,7 +704,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile, "compress": cmd_compress, "filters": cmd_filters}
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "check": cmd_check, "info": cmd_info, "ir": cmd_ir, "run": cmd_run, "compile": cmd_compile, "compress": cmd_compress, "filters": cmd_filters, "export": cmd_export, "import": cmd_import}
 
 if __name__ == "__main__":
     sys.exit(main())

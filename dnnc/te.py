@@ -68,6 +68,7 @@ class Instance:
     flops: int
     states: tuple[ParamSpec, ...] = ()
     updates: tuple[TStmt, ...] = ()  # training only: state updates after the forward pass
+    attrs: tuple[tuple[str, object], ...] = ()  # the attribute values, defaults filled in
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -307,7 +308,8 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
         if training:
             updates.append(stmt)
     return Instance(op.name, out_shape, tuple(params), tuple(temps), tuple(stmts),
-                    sum(count_flops(s) for s in stmts), tuple(states), tuple(updates))
+                    sum(count_flops(s) for s in stmts), tuple(states), tuple(updates),
+                    tuple((a.name, env[a.name]) for a in op.attrs if a.name in env))
 
 
 class _Resolver:

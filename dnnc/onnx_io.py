@@ -1,0 +1,215 @@
+"""ONNX in and out (the optional extra `dnnc[onnx]`): dnnc's built-in layers as ONNX nodes.
+
+Export writes one node per layer (opset 13), the batch dimension symbolic ("N"), parameters
+and running statistics as initializers named like dnnc's, and the network's outputs.
+Import reads such a graph back into a `.net` file (a binding per node, `|>` pipelines where one
+node feeds only the next) and an `.npz` of weights. A layer or node with no counterpart is
+refused with its name.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DnncError
+
+OPSET = 13
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise DnncError("ONNX needs the onnx package: pip install 'dnnc[onnx]'") from None
+    return onnx, helper, numpy_helper
+
+
+# ----------------------------------------------------------------------------- export
+
+def export(net, params: dict[str, np.ndarray], path) -> None:
+    """The network's inference graph as an ONNX model, checked by onnx.checker."""
+    onnx, helper, numpy_helper = _onnx()
+    from .fileio import atomic_write
+
+    g = net.graph
+    nodes, inits = [], []
+    for name, a in params.items():
+        inits.append(numpy_helper.from_array(np.asarray(a, np.float32), name))
+    for layer in g.layers:
+        nodes += _nodes(helper, layer, dict(layer.inst.attrs), g)
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *g.tensors[n].shape[1:]])
+              for n in g.inputs]
+    outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *g.tensors[n].shape[1:]])
+               for n in g.outputs]
+    graph = helper.make_graph(nodes, net.name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dnnc")
+    onnx.checker.check_model(model)
+    atomic_write(path, model.SerializeToString())
+
+
+def _nodes(helper, layer, a: dict, g) -> list:
+    op, x, y, p = layer.op, list(layer.inputs), layer.output, list(layer.params)
+    name = layer.name
+    if op == "conv":
+        k, s, pad = a["kernel"], a["stride"], a["pad"]
+        return [helper.make_node("Conv", x + p, [y], name, kernel_shape=[k, k], strides=[s, s],
+                                 pads=[pad] * 4, group=a["groups"])]
+    if op == "dense":
+        return [helper.make_node("Gemm", x + p, [y], name, transB=1)]
+    if op in ("maxpool", "avgpool"):
+        kw = {"kernel_shape": [a["size"]] * 2, "strides": [a["stride"]] * 2, "pads": [a["pad"]] * 4}
+        if op == "avgpool":
+            kw["count_include_pad"] = 0
+        return [helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", x, [y], name, **kw)]
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "add": "Add"}
+    if op in simple:
+        return [helper.make_node(simple[op], x, [y], name)]
+    if op == "flatten":
+        return [helper.make_node("Flatten", x, [y], name, axis=1)]
+    if op == "softmax":
+        return [helper.make_node("Softmax", x, [y], name, axis=1)]
+    if op == "concat":
+        return [helper.make_node("Concat", x, [y], name, axis=1)]
+    if op == "dropout":  # inference: the identity
+        return [helper.make_node("Identity", x, [y], name)]
+    if op == "batchnorm":
+        mean, var = f"{layer.name}.running_mean", f"{layer.name}.running_var"
+        return [helper.make_node("BatchNormalization", x + p + [mean, var], [y], name, epsilon=float(a["eps"]),
+                                 momentum=1.0 - float(a["momentum"]))]
+    raise DnncError(f"layer '{layer.name}' ({op}) has no ONNX counterpart: export covers dnnc's built-in layers "
+                    f"(user-defined ops are not translated)", layer.loc)
+
+
+# ----------------------------------------------------------------------------- import
+
+def import_model(path) -> tuple[str, dict[str, np.ndarray]]:
+    """(the text of a .net file, its weights by dnnc name) for an ONNX model of dnnc's layers."""
+    onnx, helper, numpy_helper = _onnx()
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf's errors vary
+        raise DnncError(f"not a readable ONNX model ({e})", path=str(path)) from None
+    g = model.graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in g.initializer}
+    names: dict[str, str] = {}  # ONNX tensor -> dnnc binding
+    taken: set[str] = set()
+
+    def ident(raw: str) -> str:
+        base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in raw) or "t"
+        base = base if base[0].isalpha() else "t_" + base
+        out, k = base, 1
+        while out in taken:
+            k += 1
+            out = f"{base}_{k}"
+        taken.add(out)
+        return out
+
+    lines, layer_params = [], []  # layer_params: per generated layer, its weights in declaration order
+    inputs = [i for i in g.input if i.name not in inits]
+    for i in inputs:
+        dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
+        if not dims or any(d <= 0 for d in dims):
+            raise DnncError(f"input '{i.name}' needs a fixed shape after the batch dimension", path=str(path))
+        names[i.name] = ident(i.name)
+        lines.append(f"    input {names[i.name]}: [{', '.join(map(str, dims))}]")
+    for node in g.node:
+        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+        x = [names.get(t) for t in node.input if t and t not in inits]
+        if any(v is None for v in x):
+            raise DnncError(f"node '{node.name}' ({node.op_type}) reads a tensor no earlier node writes", path=str(path))
+        call, params = _call(node, a, x, inits, path)
+        if call is None:  # the identity: the output is the input
+            names[node.output[0]] = x[0]
+            continue
+        out = ident(node.output[0] if not node.name else node.name)
+        names[node.output[0]] = out
+        lines.append(f"    {out} = {call}")
+        layer_params.append(params)
+    outs = [names[o.name] for o in g.output]
+    text = (f"# imported from {getattr(path, 'name', str(path).rsplit('/', 1)[-1])} by dnnc import\n"
+            f"network {ident(g.name or 'imported')} {{\n" + "\n".join(lines) + f"\n    output {', '.join(outs)}\n}}\n")
+    return text, layer_params
+
+
+def _square(a: dict, key: str, node, path, default=1) -> int:
+    v = a.get(key, [default, default])
+    if len(set(v)) != 1:
+        raise DnncError(f"node '{node.name}' ({node.op_type}): {key} {list(v)} differ by dimension; dnnc's layers "
+                        f"take one value", path=str(path))
+    return int(v[0])
+
+
+def _pads(a: dict, node, path) -> int:
+    p = a.get("pads", [0, 0, 0, 0])
+    if len(set(p)) != 1:
+        raise DnncError(f"node '{node.name}' ({node.op_type}): asymmetric pads {list(p)}", path=str(path))
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise DnncError(f"node '{node.name}' ({node.op_type}): auto_pad is not supported", path=str(path))
+    return int(p[0])
+
+
+def _call(node, a, x, inits, path):
+    """(the .net call, the weights it declares) for one node; (None, ()) for an identity."""
+    op = node.op_type
+    w = [inits[t] for t in node.input if t in inits]
+    if op == "Conv":
+        W = w[0]
+        if W.shape[2] != W.shape[3] or _square(a, "dilations", node, path) != 1:
+            raise DnncError(f"node '{node.name}' (Conv): only square kernels without dilation", path=str(path))
+        b = w[1] if len(w) > 1 else np.zeros(W.shape[0], np.float32)
+        return (f"conv({x[0]}, filters={W.shape[0]}, kernel={W.shape[2]}, stride={_square(a, 'strides', node, path)}, "
+                f"pad={_pads(a, node, path)}, groups={a.get('group', 1)})", (W, b))
+    if op in ("Gemm", "MatMul"):
+        if op == "Gemm" and (a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0)):
+            raise DnncError(f"node '{node.name}' (Gemm): only alpha = beta = 1 without transA", path=str(path))
+        if not w:
+            raise DnncError(f"node '{node.name}' ({op}): the weight must be an initializer", path=str(path))
+        W = w[0] if op == "Gemm" and a.get("transB", 0) else w[0].T
+        b = w[1].reshape(-1) if len(w) > 1 else np.zeros(W.shape[0], np.float32)
+        return f"dense({x[0]}, {W.shape[0]})", (W, b)
+    if op in ("Relu", "Sigmoid", "Tanh"):
+        return f"{op.lower()}({x[0]})", ()
+    if op in ("MaxPool", "AveragePool"):
+        if op == "AveragePool" and a.get("count_include_pad", 0):
+            raise DnncError(f"node '{node.name}' (AveragePool): count_include_pad=1 (dnnc averages the real "
+                            f"elements only)", path=str(path))
+        size = _square(a, "kernel_shape", node, path)
+        return (f"{'maxpool' if op == 'MaxPool' else 'avgpool'}({x[0]}, {size}, "
+                f"stride={_square(a, 'strides', node, path, size)}, pad={_pads(a, node, path)})", ())
+    if op in ("Flatten", "Reshape"):
+        if op == "Flatten" and a.get("axis", 1) != 1:
+            raise DnncError(f"node '{node.name}' (Flatten): axis {a.get('axis')}; dnnc flattens after the batch",
+                            path=str(path))
+        if op == "Reshape" and not (len(w) == 1 and w[0].size == 2 and w[0][1] == -1):
+            raise DnncError(f"node '{node.name}' (Reshape): only a flatten ([N, -1]) has a dnnc layer", path=str(path))
+        return f"flatten({x[0]})", ()
+    if op == "Softmax":
+        if a.get("axis", -1) not in (1, -1):
+            raise DnncError(f"node '{node.name}' (Softmax): axis {a.get('axis')}", path=str(path))
+        return f"softmax({x[0]})", ()
+    if op == "Add" and len(x) == 2:
+        return f"add({x[0]}, {x[1]})", ()
+    if op == "Concat" and len(x) == 2 and a.get("axis") == 1:
+        return f"concat({x[0]}, {x[1]})", ()
+    if op == "BatchNormalization":
+        scale, bias, mean, var = w
+        return f"batchnorm({x[0]}, eps={float(a.get('epsilon', 1e-5))!r})", (scale, bias, mean, var)
+    if op in ("Dropout", "Identity"):
+        return None, ()
+    raise DnncError(f"node '{node.name}': ONNX op {op} has no dnnc layer (supported: Conv, MaxPool, AveragePool, Relu, "
+                    f"Sigmoid, Tanh, Gemm, MatMul, Softmax, Flatten, Reshape as a flatten, Add, Concat, "
+                    f"BatchNormalization, Dropout)", path=str(path))
+
+
+def weights_for(net, layer_params: list[tuple]) -> dict[str, np.ndarray]:
+    """The imported weights under the generated network's own names (layer by layer, in order;
+    the flatten dnnc inserts before a dense layer has none)."""
+    out = {}
+    layers = [layer for layer in net.graph.layers if not (layer.op == "flatten" and layer.name.endswith(".flatten"))]
+    for layer, vals in zip(layers, layer_params, strict=True):
+        names = list(layer.params) + ([f"{layer.name}.running_mean", f"{layer.name}.running_var"]
+                                      if layer.op == "batchnorm" else [])
+        for n, v in zip(names, vals, strict=True):
+            shape = net.params[n] if n in net.params else net.graph.state_specs[n].shape
+            out[n] = np.asarray(v, np.float32).reshape(shape)
+    return out

@@ -1,0 +1,102 @@
+"""ONNX out and in: ONNX Runtime computes what dnnc computes for every example built from
+dnnc's layers, an import of the export computes the same again, and what has no counterpart
+is refused by name."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import dnnc  # noqa: E402
+from dnnc.errors import DnncError  # noqa: E402
+from dnnc.onnx_io import export, import_model, weights_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERY_LAYER = """network t {
+    input x: [3, 12, 12]
+    a = conv(x, filters=4, kernel=3, pad=1) |> batchnorm |> relu |> avgpool(3, stride=2, pad=1)
+    b = conv(x, filters=2, kernel=3, stride=2, pad=1, groups=1) |> sigmoid
+    c = concat(a, b) |> dropout(0.3) |> maxpool(2, pad=1)
+    d = dense(c, 5) |> tanh
+    e = dense(c, 5)
+    y = add(d, e) |> softmax
+    output y
+}"""
+
+
+def model_of(net, seed=0):
+    m = net.compile(batch=2, threads=1)
+    rng = np.random.default_rng(seed)
+    for k in m.states:  # running statistics away from their initial 0 and 1
+        m.states[k] = rng.random(m.states[k].shape).astype(np.float32) + 0.5
+    return m
+
+
+def params_of(m):
+    return {**{k: m.params[k] for k in m.params}, **{k: m.states[k] for k in m.states}}
+
+
+@pytest.mark.parametrize("source", ["lenet5", "lenet300", "blur", "every_layer"])
+def test_onnx_runtime_and_reimport_compute_what_dnnc_does(source, tmp_path):
+    net = dnnc.load(EVERY_LAYER if source == "every_layer" else ROOT / "examples" / f"{source}.net")
+    m = model_of(net)
+    path = tmp_path / "m.onnx"
+    export(net, params_of(m), path)
+    onnx.checker.check_model(onnx.load(str(path)))
+    inp = net.graph.inputs[0]
+    x = np.random.default_rng(1).random((2, *net.inputs[inp]), dtype=np.float32)
+    want = m.forward(**{inp: x})
+    got = ort.InferenceSession(str(path)).run(None, {inp: x})
+    for o, g in zip(net.graph.outputs, got):
+        np.testing.assert_allclose(g, want[o], rtol=1e-5, atol=1e-5, err_msg=o)
+    text, layer_params = import_model(path)
+    back = dnnc.load(text)
+    m2 = back.compile(batch=2, threads=1)
+    for k, v in weights_for(back, layer_params).items():
+        (m2.params if k in m2.params else m2.states)[k] = v
+    again = m2.forward(**{back.graph.inputs[0]: x})
+    for o, o2 in zip(net.graph.outputs, back.graph.outputs):
+        np.testing.assert_allclose(again[o2], want[o], rtol=1e-5, atol=1e-6, err_msg=o)
+
+
+def test_user_defined_ops_are_not_exported(tmp_path):
+    net = dnnc.load(ROOT / "examples" / "sobel.net")
+    with pytest.raises(DnncError, match=r"layer 'edges' \(magnitude\) has no ONNX counterpart"):
+        export(net, params_of(net.compile(threads=1)), tmp_path / "s.onnx")
+
+
+def test_an_op_without_a_dnnc_layer_is_refused_by_name(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Elu", ["x"], ["y"], "the_elu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "e.onnx"))
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "import", str(tmp_path / "e.onnx"), "-o",
+                        str(tmp_path / "e.net"), "--weights-out", str(tmp_path / "e.npz")], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "node 'the_elu': ONNX op Elu has no dnnc layer" in r.stderr
+    assert not (tmp_path / "e.net").exists()
+
+
+def test_cli_export_then_import(tmp_path):
+    cli = [sys.executable, "-m", "dnnc.cli"]
+    r = subprocess.run(cli + ["export", str(ROOT / "examples" / "lenet300.net"), "-o", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cli + ["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.net"), "--weights-out",
+                              str(tmp_path / "w.npz")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "m.net").read_text()
+    assert text.count("= dense(") == 3 and "output logits" in text
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    r = subprocess.run(cli + ["run", str(tmp_path / "m.net"), "--weights", str(tmp_path / "w.npz"), "--input",
+                              str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
