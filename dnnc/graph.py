@@ -159,6 +159,8 @@ class _Builder:
         outputs = []
         for name, loc in net.outputs:
             self.tensor_ref(NameRef(name, loc))
+            if name in inputs:
+                raise DnncError(f"'{name}' is an input; an output must be computed by a layer", loc)
             outputs.append(name)
         if not outputs:
             if not net.bindings:

@@ -13,6 +13,11 @@ import numpy as np
 from .errors import DnncError
 
 OPSET = 13
+# words of the .net language and names of built-in layers, which a binding cannot take
+RESERVED = {"network", "op", "input", "label", "output", "loss", "train", "schedule", "param", "state", "require",
+            "update", "sum", "max", "min", "mean", "argmax", "count", "select", "uniform", "training", "conv", "dense",
+            "relu", "sigmoid", "tanh", "maxpool", "avgpool", "flatten", "softmax", "add", "concat", "dropout",
+            "batchnorm", "mse", "softmax_cross_entropy", "exp", "log", "sqrt", "abs"}
 
 
 def _onnx():
@@ -97,6 +102,8 @@ def import_model(path) -> tuple[str, dict[str, np.ndarray]]:
     def ident(raw: str) -> str:
         base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in raw) or "t"
         base = base if base[0].isalpha() else "t_" + base
+        if base in RESERVED:
+            base += "_"
         out, k = base, 1
         while out in taken:
             k += 1
@@ -165,7 +172,16 @@ def _call(node, a, x, inits, path):
         if not w:
             raise DnncError(f"node '{node.name}' ({op}): the weight must be an initializer", path=str(path))
         W = w[0] if op == "Gemm" and a.get("transB", 0) else w[0].T
-        b = w[1].reshape(-1) if len(w) > 1 else np.zeros(W.shape[0], np.float32)
+        if W.ndim != 2:
+            raise DnncError(f"node '{node.name}' ({op}): a {W.ndim}-D weight (dnnc's dense layer takes a matrix)",
+                            path=str(path))
+        b = np.zeros(W.shape[0], np.float32)
+        if len(w) > 1:
+            c = w[1]
+            if c.size not in (1, W.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+                raise DnncError(f"node '{node.name}' ({op}): a bias of shape {list(c.shape)} that differs by row",
+                                path=str(path))
+            b = np.broadcast_to(c.reshape(-1), (W.shape[0],)).astype(np.float32)
         return f"dense({x[0]}, {W.shape[0]})", (W, b)
     if op in ("Relu", "Sigmoid", "Tanh"):
         return f"{op.lower()}({x[0]})", ()
@@ -174,8 +190,10 @@ def _call(node, a, x, inits, path):
             raise DnncError(f"node '{node.name}' (AveragePool): count_include_pad=1 (dnnc averages the real "
                             f"elements only)", path=str(path))
         size = _square(a, "kernel_shape", node, path)
+        if a.get("ceil_mode", 0) or _square(a, "dilations", node, path) != 1:
+            raise DnncError(f"node '{node.name}' ({op}): ceil_mode and dilations are not supported", path=str(path))
         return (f"{'maxpool' if op == 'MaxPool' else 'avgpool'}({x[0]}, {size}, "
-                f"stride={_square(a, 'strides', node, path, size)}, pad={_pads(a, node, path)})", ())
+                f"stride={_square(a, 'strides', node, path)}, pad={_pads(a, node, path)})", ())
     if op in ("Flatten", "Reshape"):
         if op == "Flatten" and a.get("axis", 1) != 1:
             raise DnncError(f"node '{node.name}' (Flatten): axis {a.get('axis')}; dnnc flattens after the batch",
