@@ -69,6 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--training", action="store_true",
                    help="also the planned memory of a training step: weights, gradients, optimizer state, activations")
     i.add_argument("--plan", action="store_true", help="also the planned memory of inference")
+    i.add_argument("--graph", metavar="NET.svg", help="also draw the network: layers, shapes, fused kernels")
 
     z = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code -> MODEL.dnnz")
     z.add_argument("net")
@@ -236,6 +237,12 @@ def cmd_info(args) -> int:
         print(compression_table(header))
         return 0
     net = _load(args.net)
+    if args.graph:
+        from .drawing import svg
+        from .fileio import atomic_write
+
+        atomic_write(args.graph, svg(net).encode())
+        print(f"drew {net.name} -> {args.graph}")
     print(f"network {net.name} (memory per example unless marked x{args.batch}; float32)")
     print(table(net.graph, args.batch))
     if args.training or args.plan:

@@ -90,3 +90,16 @@ def test_training_curves_and_a_filter_grid(tmp_path):
     bad = dnnc("filters", str(ck), "--layer", "f3", "-o", str(tmp_path / "g.png"))
     assert bad.returncode == 1 and bad.stderr.strip().endswith("'f3': is not a conv layer (conv weights: c1.weight, "
                                                                "c2.weight)")
+
+
+def test_info_draws_the_network_with_its_fused_kernels(tmp_path):
+    import xml.dom.minidom
+
+    out = tmp_path / "net.svg"
+    r = dnnc("info", str(ROOT / "examples" / "lenet5.net"), "--graph", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = xml.dom.minidom.parse(str(out))  # well-formed SVG
+    texts = " ".join(t.toxml() for t in doc.getElementsByTagName("text"))
+    assert "kernel c1.conv+maxpool+relu" in texts and "kernel f3.dense+relu" in texts
+    assert all(name in texts for name in ("c1.conv", "c2.maxpool", "f4.dense", "logits"))
+    assert "[6, 14, 14]" in texts  # c1's output shape per example
