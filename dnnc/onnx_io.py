@@ -78,7 +78,8 @@ def _nodes(helper, layer, a: dict, g) -> list:
     if op == "dropout":  # inference: the identity
         return [helper.make_node("Identity", x, [y], name)]
     if op == "batchnorm":
-        mean, var = f"{layer.name}.running_mean", f"{layer.name}.running_var"
+        stem = p[0].rsplit(".", 1)[0]  # states are named like the layer's parameters
+        mean, var = f"{stem}.running_mean", f"{stem}.running_var"
         return [helper.make_node("BatchNormalization", x + p + [mean, var], [y], name, epsilon=float(a["eps"]),
                                  momentum=1.0 - float(a["momentum"]))]
     raise DnncError(f"layer '{layer.name}' ({op}) has no ONNX counterpart: export covers dnnc's built-in layers "
@@ -119,19 +120,48 @@ def import_model(path) -> tuple[str, dict[str, np.ndarray]]:
             raise DnncError(f"input '{i.name}' needs a fixed shape after the batch dimension", path=str(path))
         names[i.name] = ident(i.name)
         lines.append(f"    input {names[i.name]}: [{', '.join(map(str, dims))}]")
+    readers: dict[str, int] = {}
+    for node in g.node:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+    for o in g.output:
+        readers[o.name] = readers.get(o.name, 0) + 1
+    chain: list = []  # the open pipeline: [its calls, the ONNX tensor it ends with]
+
+    def close() -> None:
+        """Name the pipeline after the tensor it ends with, and write its line."""
+        if chain:
+            out = ident(chain[1])
+            names[chain[1]] = out
+            lines.append(f"    {out} = " + " |> ".join(chain[0]))
+            chain.clear()
+
     for node in g.node:
         a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-        x = [names.get(t) for t in node.input if t and t not in inits]
+        src = [t for t in node.input if t and t not in inits]
+        weighted = any(t in inits for t in node.input) and node.op_type != "Reshape"
+        piped = bool(chain) and len(src) == 1 and src[0] == chain[1] and readers.get(src[0]) == 1 and not weighted
+        if not piped:
+            close()
+        x = ["_" if piped else names.get(t) for t in src]
         if any(v is None for v in x):
             raise DnncError(f"node '{node.name}' ({node.op_type}) reads a tensor no earlier node writes", path=str(path))
         call, params = _call(node, a, x, inits, path)
         if call is None:  # the identity: the output is the input
-            names[node.output[0]] = x[0]
+            if piped:
+                chain[1] = node.output[0]
+            else:
+                names[node.output[0]] = x[0]
             continue
-        out = ident(node.output[0] if not node.name else node.name)
-        names[node.output[0]] = out
-        lines.append(f"    {out} = {call}")
         layer_params.append(params)
+        if piped:  # the next stage: the call without its first argument
+            head, _, rest = call.partition("(")
+            args = rest[:-1].split(", ", 1)[1:]
+            chain[0].append(f"{head}({args[0]})" if args else head)
+            chain[1] = node.output[0]
+        else:
+            chain[:] = [[call], node.output[0]]
+    close()
     outs = [names[o.name] for o in g.output]
     text = (f"# imported from {getattr(path, 'name', str(path).rsplit('/', 1)[-1])} by dnnc import\n"
             f"network {ident(g.name or 'imported')} {{\n" + "\n".join(lines) + f"\n    output {', '.join(outs)}\n}}\n")
@@ -220,12 +250,12 @@ def _call(node, a, x, inits, path):
 
 
 def weights_for(net, layer_params: list[tuple]) -> dict[str, np.ndarray]:
-    """The imported weights under the generated network's own names (layer by layer, in order;
-    the flatten dnnc inserts before a dense layer has none)."""
+    """The imported weights under the generated network's own names, layer by layer in order
+    (an ONNX graph flattens explicitly before Gemm, so no layer is implicit)."""
     out = {}
-    layers = [layer for layer in net.graph.layers if not (layer.op == "flatten" and layer.name.endswith(".flatten"))]
-    for layer, vals in zip(layers, layer_params, strict=True):
-        names = list(layer.params) + ([f"{layer.name}.running_mean", f"{layer.name}.running_var"]
+    for layer, vals in zip(net.graph.layers, layer_params, strict=True):
+        stem = layer.params[0].rsplit(".", 1)[0] if layer.params else ""
+        names = list(layer.params) + ([f"{stem}.running_mean", f"{stem}.running_var"]
                                       if layer.op == "batchnorm" else [])
         for n, v in zip(names, vals, strict=True):
             shape = net.params[n] if n in net.params else net.graph.state_specs[n].shape
