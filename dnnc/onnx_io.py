@@ -13,11 +13,20 @@ import numpy as np
 from .errors import DnncError
 
 OPSET = 13
+# ONNX's LogSoftmax has no built-in layer: the imported file defines it in index notation
+LOG_SOFTMAX = """op log_softmax(x[n, k]) -> y[n, k]
+{
+    m[n] = max(j) x[n, j]
+    s[n] = sum(j) exp(x[n, j] - m[n])
+    y[n, j] = x[n, j] - m[n] - log(s[n])
+}
+
+"""
 # words of the .net language and names of built-in layers, which a binding cannot take
 RESERVED = {"network", "op", "input", "label", "output", "loss", "train", "schedule", "param", "state", "require",
             "update", "sum", "max", "min", "mean", "argmax", "count", "select", "uniform", "training", "conv", "dense",
             "relu", "sigmoid", "tanh", "maxpool", "avgpool", "flatten", "softmax", "add", "concat", "dropout",
-            "batchnorm", "mse", "softmax_cross_entropy", "exp", "log", "sqrt", "abs"}
+            "batchnorm", "mse", "softmax_cross_entropy", "exp", "log", "sqrt", "abs", "log_softmax"}
 
 
 def _onnx():
@@ -163,8 +172,9 @@ def import_model(path) -> tuple[str, dict[str, np.ndarray]]:
             chain[:] = [[call], node.output[0]]
     close()
     outs = [names[o.name] for o in g.output]
+    uses = any("log_softmax(" in line or "|> log_softmax" in line for line in lines)
     text = (f"# imported from {getattr(path, 'name', str(path).rsplit('/', 1)[-1])} by dnnc import\n"
-            f"network {ident(g.name or 'imported')} {{\n" + "\n".join(lines) + f"\n    output {', '.join(outs)}\n}}\n")
+            + (LOG_SOFTMAX if uses else "") + f"network {ident(g.name or 'imported')} {{\n" + "\n".join(lines) + f"\n    output {', '.join(outs)}\n}}\n")
     return text, layer_params
 
 
@@ -237,8 +247,14 @@ def _call(node, a, x, inits, path):
         return f"softmax({x[0]})", ()
     if op == "Add" and len(x) == 2:
         return f"add({x[0]}, {x[1]})", ()
-    if op == "Concat" and len(x) == 2 and a.get("axis") == 1:
+    if op == "Concat" and len(x) >= 2 and a.get("axis") == 1:
+        if len(x) > 2:
+            raise DnncError(f"node '{node.name}' (Concat): {len(x)} inputs; dnnc's concat takes two", path=str(path))
         return f"concat({x[0]}, {x[1]})", ()
+    if op == "LogSoftmax":
+        if a.get("axis", -1) not in (1, -1):
+            raise DnncError(f"node '{node.name}' (LogSoftmax): axis {a.get('axis')}", path=str(path))
+        return f"log_softmax({x[0]})", ()
     if op == "BatchNormalization":
         scale, bias, mean, var = w
         return f"batchnorm({x[0]}, eps={float(a.get('epsilon', 1e-5))!r})", (scale, bias, mean, var)
