@@ -91,8 +91,114 @@ def _nodes(helper, layer, a: dict, g) -> list:
         mean, var = f"{stem}.running_mean", f"{stem}.running_var"
         return [helper.make_node("BatchNormalization", x + p + [mean, var], [y], name, epsilon=float(a["eps"]),
                                  momentum=1.0 - float(a["momentum"]))]
-    raise DnncError(f"layer '{layer.name}' ({op}) has no ONNX counterpart: export covers dnnc's built-in layers "
-                    f"(user-defined ops are not translated)", layer.loc)
+    if op in _builtin_names():
+        raise DnncError(f"layer '{layer.name}' ({op}) has no ONNX counterpart", layer.loc)
+    return _Translator(helper, layer, g).nodes()
+
+
+def _builtin_names() -> set[str]:
+    from .graph import prelude
+
+    return {o.name for o in prelude().ops}
+
+
+class _Translator:
+    """A user-defined op's statements as ONNX nodes: every value a tensor over the statement's
+    axes (size-1 where it does not vary), so ONNX's broadcasting lines them up. Reads index each
+    dimension by an axis or a constant (a slice); reductions become Reduce* nodes over the
+    reduction axes; selects become Where. Anything else is refused by name."""
+
+    UNARY = {"exp": "Exp", "log": "Log", "sqrt": "Sqrt", "tanh": "Tanh", "sigmoid": "Sigmoid", "abs": "Abs",
+             "neg": "Neg"}
+    BINARY = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "max": "Max", "min": "Min", ">": "Greater",
+              "<": "Less", ">=": "GreaterOrEqual", "<=": "LessOrEqual", "==": "Equal", "and": "And", "or": "Or"}
+    REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
+
+    def __init__(self, helper, layer, g):
+        self.h, self.layer, self.out, self.k = helper, layer, [], 0
+        self.shapes = {n: t.shape for n, t in g.tensors.items()}
+        self.extent: dict[str, int] = {}
+
+    def fresh(self, stem: str) -> str:
+        self.k += 1
+        return f"{self.layer.name}/{stem}{self.k}"
+
+    def refuse(self, what: str):
+        raise DnncError(f"layer '{self.layer.name}' ({self.layer.op}): {what} has no ONNX translation",
+                        self.layer.loc)
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        name = self.fresh(op.lower())
+        self.out.append(self.h.make_node(op, inputs, [name], name, **attrs))
+        return name
+
+    def const(self, values, dtype=np.int64) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh("const")
+        self.out.append(self.h.make_node("Constant", [], [name], name + ":node",
+                                         value=numpy_helper.from_array(np.asarray(values, dtype), name)))
+        return name
+
+    def nodes(self) -> list:
+        stmts = self.layer.inst.stmts
+        for k, st in enumerate(stmts):
+            if st.index is not None or st.accumulate:
+                self.refuse("a scatter")
+            axes = [n for n, _ in st.axes]
+            self.extent.update(st.axes)
+            value = self.expr(st.value, axes)
+            self.shapes[st.tensor] = tuple(x for _, x in st.axes)
+            target = self.layer.output if k == len(stmts) - 1 else st.tensor
+            self.out.append(self.h.make_node("Identity", [value], [target], self.fresh("result")))
+        return self.out
+
+    def expr(self, e, axes: list[str]) -> str:
+        from .expr import Binary, Const, Load, Reduce, Select, Unary
+
+        if isinstance(e, Const):
+            return self.const(np.float32(e.value), np.float32)
+        if isinstance(e, Load):
+            return self.load(e, axes)
+        if isinstance(e, Unary) and e.op in self.UNARY:
+            return self.node(self.UNARY[e.op], [self.expr(e.a, axes)])
+        if isinstance(e, Binary) and e.op in self.BINARY:
+            return self.node(self.BINARY[e.op], [self.expr(e.a, axes), self.expr(e.b, axes)])
+        if isinstance(e, Select):
+            return self.node("Where", [self.expr(e.cond, axes), self.expr(e.a, axes), self.expr(e.b, axes)])
+        if isinstance(e, Reduce) and e.op in self.REDUCE:
+            self.extent.update(e.axes)
+            inner = axes + [n for n, _ in e.axes]
+            body = self.expr(e.body, inner)
+            where = list(range(len(axes), len(inner)))
+            if e.op == "sum":
+                return self.node("ReduceSum", [body, self.const(where)], keepdims=0)
+            return self.node(self.REDUCE[e.op], [body], axes=where, keepdims=0)
+        self.refuse(f"the expression {type(e).__name__} {getattr(e, 'op', '')}".strip())
+
+    def load(self, e, axes: list[str]) -> str:
+        """tensor[index] as a tensor over `axes` (size 1 where it does not vary)."""
+        from .expr import Const, Var
+
+        t = e.tensor
+        consts = [(d, int(ix.value)) for d, ix in enumerate(e.index) if isinstance(ix, Const) and ix.is_int]
+        vars_ = [(d, ix.name) for d, ix in enumerate(e.index) if isinstance(ix, Var)]
+        if len(consts) + len(vars_) != len(e.index) or any(a not in axes for _, a in vars_):
+            self.refuse(f"the read {t}[...] (an index other than an axis or a constant)")
+        if any(self.extent.get(a) != self.shapes[t][d] for d, a in vars_):
+            self.refuse(f"the read {t}[...] (an axis that runs past the tensor: its reads outside count nothing)")
+        order = [axes.index(a) for _, a in vars_]
+        if order != sorted(order) or len(set(order)) != len(order):
+            self.refuse(f"the read {t}[...] (axes in another order)")
+        if consts:  # slice each constant dimension, then drop it
+            dims = [d for d, _ in consts]
+            t = self.node("Slice", [t, self.const([c for _, c in consts]), self.const([c + 1 for _, c in consts]),
+                                    self.const(dims)])
+            t = self.node("Squeeze", [t, self.const(dims)])
+        missing = [k for k in range(len(axes)) if k not in order]
+        if missing:
+            t = self.node("Unsqueeze", [t, self.const(missing)])
+        return t
 
 
 # ----------------------------------------------------------------------------- import

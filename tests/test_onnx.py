@@ -42,7 +42,7 @@ def params_of(m):
     return {**{k: m.params[k] for k in m.params}, **{k: m.states[k] for k in m.states}}
 
 
-@pytest.mark.parametrize("source", ["lenet5", "lenet300", "blur", "every_layer"])
+@pytest.mark.parametrize("source", ["lenet5", "lenet300", "blur", "every_layer", "sobel", "custom_op"])
 def test_onnx_runtime_and_reimport_compute_what_dnnc_does(source, tmp_path):
     net = dnnc.load(EVERY_LAYER if source == "every_layer" else ROOT / "examples" / f"{source}.net")
     m = model_of(net)
@@ -50,11 +50,13 @@ def test_onnx_runtime_and_reimport_compute_what_dnnc_does(source, tmp_path):
     export(net, params_of(m), path)
     onnx.checker.check_model(onnx.load(str(path)))
     inp = net.graph.inputs[0]
-    x = np.random.default_rng(1).random((2, *net.inputs[inp]), dtype=np.float32)
+    x = np.random.default_rng(1).random((2, *net.inputs[inp]), dtype=np.float32) - 0.5  # both signs
     want = m.forward(**{inp: x})
     got = ort.InferenceSession(str(path)).run(None, {inp: x})
     for o, g in zip(net.graph.outputs, got):
         np.testing.assert_allclose(g, want[o], rtol=1e-5, atol=1e-5, err_msg=o)
+    if source in ("sobel", "custom_op"):  # user-defined ops export as ONNX primitives, not layers
+        return
     text, layer_params = import_model(path)
     back = dnnc.load(text)
     m2 = back.compile(batch=2, threads=1)
@@ -65,10 +67,12 @@ def test_onnx_runtime_and_reimport_compute_what_dnnc_does(source, tmp_path):
         np.testing.assert_allclose(again[o2], want[o], rtol=1e-5, atol=1e-6, err_msg=o)
 
 
-def test_user_defined_ops_are_not_exported(tmp_path):
-    net = dnnc.load(ROOT / "examples" / "sobel.net")
-    with pytest.raises(DnncError, match=r"layer 'edges' \(magnitude\) has no ONNX counterpart"):
-        export(net, params_of(net.compile(threads=1)), tmp_path / "s.onnx")
+def test_user_ops_beyond_the_translation_are_refused(tmp_path):
+    src = """op shift(x[n, m]) -> y[n, m] { y[n, k] = x[n, (k + 1) % m] }
+network s { input x: [6]\n y = shift(x)\n output y }"""
+    net = dnnc.load(src)
+    with pytest.raises(DnncError, match=r"layer 'y' \(shift\): the read x\[\.\.\.\] \(an index other than"):
+        export(net, {}, tmp_path / "s.onnx")
 
 
 def test_an_op_without_a_dnnc_layer_is_refused_by_name(tmp_path):
