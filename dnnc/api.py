@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -100,6 +101,36 @@ class Network:
         return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads, sparse=sparse)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux: MemAvailable), or None when unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(g: graphmod.Graph, dtype: str) -> None:
+    """Refuse, before allocating, a network whose buffers cannot fit: its inputs, outputs and
+    parameters, plus its largest activation (a lower bound on what it needs)."""
+    from .footprint import human_bytes
+
+    item = np.dtype(NP_DTYPE[dtype]).itemsize
+    sizes = {n: int(np.prod(t.shape)) * item for n, t in g.tensors.items()}
+    fixed = sum(sizes[n] for n in set(g.inputs) | set(g.labels) | set(g.outputs) | set(g.params) if n in sizes)
+    need = fixed + max(sizes.values(), default=0)
+    have = available_memory()
+    if have is not None and need > have:
+        raise DnncError(f"network '{g.name}' at batch {g.batch} needs at least {human_bytes(need)} of memory "
+                        f"(inputs, outputs, parameters and its largest activation); {human_bytes(have)} is "
+                        f"available: use a smaller batch or input")
+
+
 def init_params(g: graphmod.Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Initial values of every parameter, in source order, from one seeded generator."""
     return dict(init_values(g, seed))
@@ -191,8 +222,6 @@ class Model:
                  sparse: dict[str, int] | None = None):
         """`share`: arrays to use as this model's own buffers (by name), such as another
         model's parameters and optimizer state, so that replicas train one set of weights."""
-        import os
-
         self.network = net
         self.threads = max(int(threads), 1) if threads else (os.cpu_count() or 1)
         self.schedule, self.overrides = schedule, overrides
@@ -200,6 +229,7 @@ class Model:
         self.batch = batch
         self.dtype = dtype
         self.graph = net.at_batch(batch)
+        check_memory(self.graph, dtype)
         self.buffers: dict[str, np.ndarray] = dict(share or {})
         for n in self.graph.params:
             if n not in self.buffers:

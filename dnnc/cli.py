@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             e.path = args.net  # an error about the network as a whole: name its file
         print(e.render() if not isinstance(e, UsageError) else f"dnnc: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except MemoryError:  # an allocation the checks before it could not foresee
+        print("dnnc: error: out of memory (try a smaller --batch)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dnnc: interrupted", file=sys.stderr)
         return 130

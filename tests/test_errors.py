@@ -387,3 +387,15 @@ def test_api_forward_errors():
 def test_api_no_network_named():
     with pytest.raises(DnncError, match="no network named 'other' \\(have: n\\)"):
         dnnc.load(net("y = relu(x)"), network="other")
+
+
+def test_a_network_too_big_for_memory_is_refused_before_allocating():
+    """1.12 TiB of activations: one line saying how much it needs, not a MemoryError."""
+    import dnnc
+    from dnnc.errors import DnncError
+
+    huge = dnnc.load("network huge {\n input x: [64, 40000, 40000]\n y = conv(x, filters=64, kernel=3, pad=1)\n"
+                     " output y\n}")
+    with pytest.raises(DnncError, match=r"network 'huge' at batch 1 needs at least 1\.12 TiB of memory .* "
+                                        r"available: use a smaller batch or input"):
+        huge.compile(batch=1)
