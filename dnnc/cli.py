@@ -124,6 +124,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--staleness", type=_nonneg_int, default=4,
                    help="updates a worker may run ahead of the slowest (with --distributed=ps; default 4)")
     t.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy per epoch (needs dnnc[plot])")
+    t.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
+                   help="a step whose loss or a gradient is not finite: stop, naming the layer (default), "
+                        "or undo and skip it")
 
     x = sub.add_parser("export", help="write the network and its weights as an ONNX model (dnnc[onnx])")
     x.add_argument("net")
@@ -567,7 +570,7 @@ def cmd_train(args) -> int:
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, out=args.out, resume=args.resume, mode=_train_mode(args),
-                  servers=args.servers, staleness=args.staleness, **_schedule_args(args))
+                  servers=args.servers, staleness=args.staleness, on_nan=args.on_nan, **_schedule_args(args))
     except KeyboardInterrupt:
         return 130
     if r.rank != 0:

@@ -270,7 +270,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
           lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
           resume: str | None = None, log=print, progress: bool | None = None, schedule: bool = True,
           overrides: tuple = (), threads: int | None = None, mode: str = "single", servers: int = 1,
-          staleness: int = 4) -> Result:
+          staleness: int = 4, on_nan: str = "stop") -> Result:
     """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch.
 
     `mode` spreads the steps out (dnnc/parallel.py): "single" (parallel loops inside each
@@ -278,7 +278,14 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     (Hogwild on `threads` threads), "distributed" (MPI ranks, gradients all-reduced) or "ps"
     (MPI parameter servers: `servers` ranks hold the weights, the rest train asynchronously,
     at most `staleness` updates ahead of the slowest).
+
+    `on_nan`: a step whose loss or gradient is not finite stops training, naming the step and
+    the first layer whose gradient went bad ("stop"), or is undone and skipped ("skip").
     """
+    if on_nan not in ("stop", "skip"):
+        raise DnncError(f"--on-nan takes stop or skip, not '{on_nan}'")
+    if on_nan == "skip" and mode != "single":
+        raise DnncError("--on-nan skip works with single-process training (the default mode)")
     t_start = time.perf_counter()
     if mode not in MODES:
         raise DnncError(f"unknown training mode '{mode}' (modes: {', '.join(MODES)})")
@@ -341,6 +348,8 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     engine = (dist if dist is not None else Replicas(model, s.optimizer, n) if mode == "data"
               else Hogwild(model, s.optimizer, n) if mode == "async" else Single(model, s.optimizer))
     evaluator = Evaluator(model)
+    guard = _Snapshot(model) if on_nan == "skip" else None
+    skipped = 0
     steps = len(xt) // s.batch
     if steps == 0:
         raise DnncError(f"the batch ({s.batch}) is larger than the training set ({len(xt)} examples)")
@@ -373,8 +382,20 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                 idx = order[k * s.batch:(k + 1) * s.batch]
                 hyper = hyper_at(k)
                 prog.global_step += 1  # dropout's masks: new every step
+                if guard is not None:
+                    guard.save()
                 loss = engine.step(xt[idx], yt[idx], hyper, prog.global_step)
-                _check_finite(loss, epoch, k + 1)
+                bad = _first_bad(model, loss)
+                if bad is not None:
+                    if guard is not None:  # undo the step's update and go on
+                        guard.restore()
+                        if not skipped:
+                            log(f"step {k + 1} of epoch {epoch + 1} skipped: {bad}")
+                        skipped += 1
+                        prog.step_in_epoch = k + 1
+                        continue
+                    raise DnncError(f"{bad} at epoch {epoch + 1}, step {k + 1}; try a lower learning rate (--lr), "
+                                    f"or --on-nan skip")
                 prog.loss_sum += loss
                 prog.step_in_epoch = k + 1
                 if show_bar and (k % 5 == 0 or k == steps - 1):
@@ -390,7 +411,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
             if dist is None or dist.rank == 0:
                 save_checkpoint(out, model, s, seed, norm, prog)
             log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
-                f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s")
+                f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s"
+                + (f"  ({skipped} steps skipped)" if skipped else ""))
+            skipped = 0
     except KeyboardInterrupt:
         if dist is None or dist.rank == 0:
             save_checkpoint(out, model, s, seed, norm, prog)
@@ -455,6 +478,39 @@ def _mode_text(mode: str, n: int, comm) -> str:
     if mode == "distributed":
         return f"; data parallel on {comm.Get_size()} MPI ranks"
     return ""
+
+
+class _Snapshot:
+    """Copies of the weights, running statistics and optimizer state, to undo one step."""
+
+    def __init__(self, model: Model):
+        keep = set(model.graph.params) | set(model.graph.states)
+        keep |= {n for n in model.buffers if n.endswith((".v", ".m"))}
+        self.live = {n: model.buffers[n] for n in keep if n in model.buffers}
+        self.copy = {n: a.copy() for n, a in self.live.items()}
+
+    def save(self) -> None:
+        for n, a in self.live.items():
+            np.copyto(self.copy[n], a)
+
+    def restore(self) -> None:
+        for n, a in self.live.items():
+            np.copyto(a, self.copy[n])
+
+
+def _first_bad(model: Model, loss: float) -> str | None:
+    """What went non-finite in the last step: the first parameter (in source order) whose
+    gradient, then whose updated value, did, else the loss; None when all is finite."""
+    grads = [p for p in model.graph.params if p + ".grad" in model.buffers]
+    arrays = [(p, "gradient", model.buffers[p + ".grad"]) for p in grads]
+    arrays += [(p, "value", model.buffers[p]) for p in model.graph.params]  # an update can overflow
+    if np.isfinite(loss) and all(np.isfinite(a).all() for _, _, a in arrays):
+        return None
+    for p, what, a in arrays:
+        if not np.isfinite(a).all():
+            layer = next((layer.name for layer in model.graph.layers if p in layer.params), p)
+            return f"the {what} of {p} (layer {layer}) became {'nan' if np.isnan(a).any() else 'inf'}"
+    return f"the loss became {loss}"
 
 
 def _check_finite(loss: float, epoch: int, step: int) -> None:

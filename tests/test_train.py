@@ -575,3 +575,25 @@ def test_train_on_an_idx_directory(tmp_path, digits):
     assert r.evaluation.count == 20 and r.evaluation.confusion.sum() == 20
     assert (tmp_path / "o.npz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist", "o.npz"]  # no temp files left
+
+
+def test_a_non_finite_gradient_stops_training_naming_the_layer_or_is_skipped(tmp_path):
+    """A learning rate of 1e12 blows up at the second step: stop names the parameter and layer
+    (and writes no checkpoint of broken weights); skip undoes such steps and goes on."""
+    import subprocess
+    import sys
+
+    net = str(ROOT / "examples" / "lenet5.net")
+    out = tmp_path / "w.npz"
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "train", net, "--epochs", "1", "--lr", "1e12", "--out",
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "error: the gradient of c1.weight (layer c1.conv) became nan at epoch 1, step 2" in r.stderr
+    assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "train", net, "--epochs", "1", "--lr", "1e12",
+                        "--on-nan", "skip", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "skipped: the gradient of c1.weight (layer c1.conv) became nan" in r.stdout and "steps skipped)" in r.stdout
+    import numpy as np
+
+    assert all(np.isfinite(v).all() for k, v in np.load(out).items() if not k.startswith("__"))
