@@ -385,7 +385,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                 if guard is not None:
                     guard.save()
                 loss = engine.step(xt[idx], yt[idx], hyper, prog.global_step)
-                bad = _first_bad(model, loss)
+                # the loss alone each step (a bad gradient makes it bad too, by the next step);
+                # with skip, every array, so a step is undone before its damage spreads
+                bad = _first_bad(model, loss) if guard is not None or not np.isfinite(loss) else None
                 if bad is not None:
                     if guard is not None:  # undo the step's update and go on
                         guard.restore()
