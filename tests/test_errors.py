@@ -272,6 +272,17 @@ BAD_COMMAND_LINES = [
     (["run", LENET], "the following arguments are required: --input"),
     (["compile", LENET], "the following arguments are required: -o/--output"),
     (["check", LENET, "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", LENET, "--servers", "2"], "--servers and --staleness go with --distributed=ps"),
+    (["train", LENET, "--distributed=bogus"], "argument --distributed: invalid choice: 'bogus'"),
+    (["train", LENET, "--on-nan", "maybe"], "argument --on-nan: invalid choice: 'maybe'"),
+    (["train", LENET, "--data-parallel", "--async"], "argument --async: not allowed with argument --data-parallel"),
+    (["train", LENET, "--staleness", "-1"], "argument --staleness"),
+    (["compress", LENET], "the following arguments are required: --weights, -o/--out"),
+    (["filters", "w.npz", "-o", "f.png"], "the following arguments are required: --layer"),
+    (["export", LENET], "the following arguments are required: -o/--out"),
+    (["import", "m.onnx"], "the following arguments are required: -o/--out, --weights-out"),
+    (["info", LENET, "--graph"], "argument --graph: expected one argument"),
+    (["compress", LENET, "--weights", "w.npz", "-o", "m.dnnz", "--retrain", "x"], "argument --retrain"),
 ]
 
 
@@ -282,6 +293,28 @@ def test_bad_command_line():
         assert len(lines) == 1, (args, lines)
         assert lines[0].startswith("dnnc: error: "), (args, lines)
         assert fragment in lines[0], (args, lines)
+
+
+BAD_FILES = {  # (what the file holds, the command, the message): each one line, exit 1
+    "a truncated .dnnz": (b"DNNZ\x01\x00" + bytes(40), ["eval", LENET, "--weights", "{f}"], "checksum"),
+    "a .dnnz that is not one": (b"DNNX" + bytes(60), ["eval", LENET, "--weights", "{f}"], "not an .npz archive"),
+    "garbage as ONNX": (b"\x08\x07garbage", ["import", "{f}", "-o", "{d}/x.net", "--weights-out", "{d}/x.npz"],
+                        "not a readable ONNX model"),
+    "a missing checkpoint for filters": (None, ["filters", "{d}/none.npz", "--layer", "c1", "-o", "{d}/f.png"],
+                                         "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_for_the_newer_commands(case, tmp_path):
+    content, args, fragment = BAD_FILES[case]
+    f = tmp_path / "input.bin"
+    if content is not None:
+        f.write_bytes(content)
+    r = dnnc_cli(*[a.format(f=f, d=tmp_path) for a in args])
+    lines = assert_clean_failure(r, 1)
+    assert len(lines) == 1 and fragment in lines[0], (case, lines)
+    assert not (tmp_path / "x.net").exists() and not (tmp_path / "f.png").exists()
 
 
 def test_compile_bad_output_name(tmp_path):
