@@ -9,27 +9,13 @@ Usage: python benchmarks/sparse_dense.py [--batch 1] [--repeat 50]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import dnnc
 from dnnc.compress import prune_mask
 from dnnc.passes.sparse import rows_needed
-
-
-def median_pair(a, b, repeat):
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+from targets import median_pair  # benchmarks/ is on sys.path
 
 
 def main():

@@ -60,6 +60,15 @@ def check_same_run(comm, *parts: str) -> None:
                         f"(every rank must run the same command)")
 
 
+def flat_views(flat: np.ndarray, g, names: list[str], sizes: list[int]) -> dict[str, np.ndarray]:
+    """Each named tensor as a view of its stretch of one flat array (in order)."""
+    out, k = {}, 0
+    for p, n in zip(names, sizes):
+        out[p] = flat[k:k + n].reshape(g.tensors[p].shape)
+        k += n
+    return out
+
+
 class Distributed:
     """A master model at the shard's batch whose gradients live in one flat array."""
 
@@ -73,10 +82,7 @@ class Distributed:
         sizes = [int(np.prod(g.tensors[p].shape)) for p in trainable]
         # the gradients, then the loss: one buffer for one Allreduce
         self.flat = np.zeros(sum(sizes) + 1, np.float32)
-        share, k = {}, 0
-        for p, n in zip(trainable, sizes):
-            share[p + ".grad"] = self.flat[k:k + n].reshape(g.tensors[p].shape)
-            k += n
+        share = {p + ".grad": v for p, v in flat_views(self.flat, g, trainable, sizes).items()}
         self.master = Model(net, self.shard, seed, share=share, **compile_options)
         self.master.seed = seed * self.size + self.rank  # dropout: different masks per shard
         self.grad = self.master.executable("grad")

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from .api import Model, init_values
+from .distributed import flat_views
 from .errors import DnncError
 from .optim import HYPER, HYPER_SIZE, lr_at
 
@@ -81,22 +82,14 @@ def run(net, s, x, y, comm, servers: int, staleness: int, seed: int, log, save, 
     return None
 
 
-def _flat_views(flat: np.ndarray, g, names, sizes) -> dict[str, np.ndarray]:
-    out, k = {}, 0
-    for p, n in zip(names, sizes):
-        out[p] = flat[k:k + n].reshape(g.tensors[p].shape)
-        k += n
-    return out
-
-
 def _worker(net, s, names, sizes, ranges, steps, x, y, comm, servers, seed, threads) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     me, workers = rank - servers, size - servers
     g = net.at_batch(s.batch, training=True)
     theta = np.zeros(sum(sizes), np.float32)
     grads = np.zeros(sum(sizes) + 1, np.float32)  # the gradient, then the loss
-    share = _flat_views(theta, g, names, sizes)
-    share.update({p + ".grad": v for p, v in _flat_views(grads, g, names, sizes).items()})
+    share = flat_views(theta, g, names, sizes)
+    share.update({p + ".grad": v for p, v in flat_views(grads, g, names, sizes).items()})
     model = Model(net, s.batch, seed, share=share, threads=threads)
     model.seed = seed * size + rank
     ex = model.executable("grad")

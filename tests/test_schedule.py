@@ -44,6 +44,15 @@ def arrays(g, seed=0):
     return out
 
 
+def assert_agree(ref_prog, got_prog, a):
+    """Both programs give the same outputs, parameters, gradients and states (float64: only
+    the order of a sum's terms may differ)."""
+    ref, got = interp.run(ref_prog, a), interp.run(got_prog, a)
+    for b in ref_prog.buffers:
+        if b.kind in ("output", "param", "grad", "state"):
+            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_scheduled_equals_naive_in_the_interpreter(training):
     net = dnnc.load(SMALL)
@@ -56,11 +65,7 @@ def test_scheduled_equals_naive_in_the_interpreter(training):
     assert any(isinstance(s, Loop) and s.kind == "vector" for k in tiled.kernels for s in walk(k.body))
     # the ReLU runs after the overlapping pool (which is not fused with the conv)
     assert "p+relu" in [k.name for k in tiled.kernels] and "c.relu" not in [b.name for b in tiled.buffers]
-    a = arrays(g)
-    ref, got = interp.run(naive, a), interp.run(tiled, a)
-    for b in naive.buffers:
-        if b.kind in ("output", "param", "grad", "state"):
-            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+    assert_agree(naive, tiled, arrays(g))
 
 
 POOLED = """network t {
@@ -93,11 +98,7 @@ def test_conv_relu_pool_fusion_equals_naive_in_the_interpreter(training):
     if training:  # the forward saves the pooled values and the argmax, a quarter of the conv
         assert buffers["c.pre"] == buffers["c.pre.arg"] == (2, 5, 3, 4)
         assert "c.conv.grad" in buffers and naive.buffers != fused.buffers
-    a = arrays(g)
-    ref, got = interp.run(naive, a), interp.run(fused, a)
-    for b in naive.buffers:
-        if b.kind in ("output", "param", "grad", "state"):
-            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+    assert_agree(naive, fused, arrays(g))
 
 
 def test_pool_first_needs_a_monotone_activation():
@@ -275,11 +276,7 @@ def test_conv_algorithms_equal_direct_in_the_interpreter(training):
     assert Algorithm("c.conv", "winograd") in got_p.schedule and Algorithm("d", "im2col") in got_p.schedule
     kernels = [k.name for k in got_p.kernels]
     assert {"c.conv.wino_u", "c.conv.wino_v", "c.conv.wino_m", "d.col"} <= set(kernels)
-    a = arrays(g)
-    ref, got = interp.run(ref_p, a), interp.run(got_p, a)
-    for b in ref_p.buffers:
-        if b.kind in ("output", "param", "grad", "state"):
-            np.testing.assert_allclose(got[b.name], ref[b.name], rtol=1e-9, atol=1e-12, err_msg=b.name)
+    assert_agree(ref_p, got_p, arrays(g))
 
 
 def test_conv_algorithm_steps_are_checked():

@@ -14,16 +14,22 @@ def _reads(st: TStmt) -> list[Load]:
     return [x for x in st.value.walk() if isinstance(x, Load)]
 
 
+def reader_counts(groups) -> dict[str, int]:
+    """How many statements read each tensor."""
+    out: dict[str, int] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            for t in {x.tensor for x in _reads(st)}:
+                out[t] = out.get(t, 0) + 1
+    return out
+
+
 def fuse_elementwise(groups: list[tuple[str, list[TStmt]]], keep: set[str]) -> list[tuple[str, list[TStmt]]]:
     """Invariant: computes the same values for every tensor in `keep` (the outputs).
 
     The fused statement takes the producer's kernel; the consumer's kernel disappears.
     """
-    readers: dict[str, int] = {}
-    for _, stmts in groups:
-        for st in stmts:
-            for t in {x.tensor for x in _reads(st)}:
-                readers[t] = readers.get(t, 0) + 1
+    readers = reader_counts(groups)
     out: list[tuple[str, list[TStmt]]] = []
     for name, stmts in groups:
         mine: list[TStmt] = []

@@ -15,22 +15,10 @@ from __future__ import annotations
 from .. import affine
 from ..expr import Binary, Const, Expr, Load, Reduce, Unary, Var, subst_vars, substitute
 from ..lower import _canon_loads
+from .fuse import _reads, reader_counts
 from ..te import TStmt
 
 Groups = list[tuple[str, list[TStmt]]]
-
-
-def _reads(st: TStmt) -> list[Load]:
-    return [x for x in st.value.walk() if isinstance(x, Load)]
-
-
-def _reader_counts(groups: Groups) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for _, stmts in groups:
-        for st in stmts:
-            for t in {x.tensor for x in _reads(st)}:
-                out[t] = out.get(t, 0) + 1
-    return out
 
 
 def _plain(st: TStmt) -> bool:
@@ -79,7 +67,7 @@ def pool_first(groups: Groups, keep: set[str]) -> Groups:
     flat, a gradient that differs only at ties). `R = f(C); Y = max(W) R[g]`, R read by
     nothing else, becomes `Y.pre = max(W) C[g]; Y = f(Y.pre)`, in a group named after both.
     """
-    readers = _reader_counts(groups)
+    readers = reader_counts(groups)
     out: Groups = []
     k = 0
     while k < len(groups):
@@ -163,7 +151,7 @@ def fuse_pool(groups: Groups, keep: set[str], shapes: dict[str, tuple[int, ...]]
     or argmax of the next group, over non-overlapping in-range windows, is substituted into
     those readers; P itself is no longer computed.
     """
-    readers = _reader_counts(groups)
+    readers = reader_counts(groups)
     out: Groups = []
     k = 0
     while k < len(groups):

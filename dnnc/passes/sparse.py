@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..expr import Load, Reduce, Unary, Var, substitute
+from ..schedule import L2_BYTES
 from ..te import TStmt
 
 
@@ -30,7 +31,6 @@ def ell(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, cols
 
 
-L2_BYTES = 1 << 20
 # measured (benchmarks/sparse_dense.py, one thread, batch 1): ELL wins below about 13% density
 # for a 4096x4096 layer, whose dense product is bound by memory, and below about 3% for a
 # 784x300 layer that fits in cache
