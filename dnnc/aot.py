@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .api import Network
+from .api import Network, checks_wanted
 from .codegen.llvm import emit, symbol
 from .errors import DnncError
 from .fileio import atomic_write
@@ -40,13 +40,13 @@ def header_text(net: Network, prog, batch: int, workspace: int) -> str:
 
 
 def compile_object(net: Network, output: str, batch: int = 1, schedule: bool = True,
-                   overrides: tuple = ()) -> tuple[str, str]:
+                   overrides: tuple = (), checks: bool | None = None) -> tuple[str, str]:
     out = Path(output)
     if out.suffix != ".o":
         raise DnncError("the object file name must end in .o", path=output)
     prog = run_passes(lower_graph(net.at_batch(batch), schedule=schedule, overrides=overrides))[-1][1]
     offsets, ws = plan(prog)
-    obj = jit.object_code(emit(prog, offsets))
+    obj = jit.object_code(emit(prog, offsets, checks=checks_wanted(checks)))
     header = out.with_suffix(".h")
     atomic_write(out, obj)
     atomic_write(header, header_text(net, prog, batch, ws).encode())

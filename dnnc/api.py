@@ -10,6 +10,7 @@ import numpy as np
 
 from . import graph as graphmod
 from .errors import DnncError
+from .fileio import no_such_file
 from .frontend import Module, parse
 from .ir import Program
 from .lower import lower_graph
@@ -27,7 +28,7 @@ def _read_source(src) -> tuple[str, str]:
     if isinstance(src, Path) or (isinstance(src, str) and "\n" not in src and "{" not in src):
         p = Path(src)
         if not p.exists():
-            raise DnncError("no such file", path=str(p))
+            raise no_such_file(p)
         if p.is_dir():
             raise DnncError("is a directory, not a .net file", path=str(p))
         try:
@@ -93,12 +94,22 @@ class Network:
         return lower_graph(self.at_batch(batch), with_loss=with_loss)
 
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
-                schedule: bool = True, overrides: list = (), sparse: dict[str, int] | None = None) -> "Model":
+                schedule: bool = True, overrides: list = (), sparse: dict[str, int] | None = None,
+                checks: bool | None = None) -> "Model":
         """JIT-compile the forward pass for `batch` examples. schedule=False keeps the naive
         loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults;
         `threads` (default: every core) run the parallel loops; `sparse` maps dense-layer
-        weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse)."""
-        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads, sparse=sparse)
+        weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse);
+        `checks` builds the debug version, which tests every index at run time and aborts
+        naming the buffer (default: on when the environment has DNNC_CHECKS=1)."""
+        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads, sparse=sparse, checks=checks)
+
+
+def checks_wanted(checks: bool | None = None) -> bool:
+    """Whether to build with run-time bounds checks: as asked, else DNNC_CHECKS=1."""
+    if checks is not None:
+        return bool(checks)
+    return os.environ.get("DNNC_CHECKS", "0") not in ("", "0")
 
 
 def available_memory() -> int | None:
@@ -219,10 +230,11 @@ class Model:
 
     def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
                  overrides: tuple = (), threads: int | None = None, share: dict[str, np.ndarray] | None = None,
-                 sparse: dict[str, int] | None = None):
+                 sparse: dict[str, int] | None = None, checks: bool | None = None):
         """`share`: arrays to use as this model's own buffers (by name), such as another
         model's parameters and optimizer state, so that replicas train one set of weights."""
         self.network = net
+        self.checks = checks_wanted(checks)
         self.threads = max(int(threads), 1) if threads else (os.cpu_count() or 1)
         self.schedule, self.overrides = schedule, overrides
         self.sparse = dict(sparse or {})
@@ -293,8 +305,9 @@ class Model:
                 ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
                                  optimizer=repr(optimizer if kind in ("train", "update") else None), batch=self.batch,
                                  dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides],
-                                 sparse=sorted(self.sparse.items()) if kind == "forward" else None)
-            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads)
+                                 sparse=sorted(self.sparse.items()) if kind == "forward" else None,
+                                 checks=self.checks)
+            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads, self.checks)
         return self._exec[key]
 
     @property

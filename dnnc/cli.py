@@ -6,6 +6,7 @@ Every user error ends in one located line (FILE:LINE:COL: error: ...) and a non-
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -14,15 +15,29 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import DnncError, UsageError
+from .errors import DnncError, UsageError, did_you_mean
+from .fileio import no_such_file
 
 STAGES = ["ast", "graph", "te", "loops", "<passes>", "llvm", "llvm-opt", "asm"]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            message += did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
         raise UsageError(f"{message} (see 'dnnc {self.prog.split()[-1]} --help')"
                          if " " in self.prog else f"{message} (see 'dnnc --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown flag is reported by its command, with the nearest flags."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self.commands.get(getattr(ns, "command", None), self) if hasattr(self, "commands") else self
+            flags = [o for a in sub._actions for o in a.option_strings]
+            hints = "".join(did_you_mean(x.split("=")[0], flags) for x in extras if x.startswith("-"))
+            sub.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+        return ns
 
 
 def _whole(least: int):
@@ -168,6 +183,11 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
     for sp in (u, t, e, bn):
         sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
+    for sp in (u, t, e, o, bn):
+        sp.add_argument("--checks", action="store_true",
+                        help="debug build: test every index at run time and abort naming the buffer "
+                             "(as DNNC_CHECKS=1)")
+    p.commands = sub.choices
     return p
 
 
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             make_parser().print_help()
             return 2
+        if getattr(args, "checks", False):
+            os.environ["DNNC_CHECKS"] = "1"  # every model this command builds, in every process
         return COMMANDS[args.command](args) or 0
     except DnncError as e:
         if e.loc is None and e.path is None and not isinstance(e, UsageError) and getattr(args, "net", None):
@@ -211,7 +233,7 @@ def _load(path: str):
     from .api import load
 
     if not Path(path).exists():
-        raise DnncError("no such file", path=path)
+        raise no_such_file(path)
     return load(Path(path))
 
 
@@ -348,7 +370,7 @@ def cmd_ir(args) -> int:
     stage = args.stage
     valid = ["ast", "graph", "te", "schedule", "loops"] + passes.names() + ["llvm", "llvm-opt", "asm"]
     if stage not in valid:
-        raise UsageError(f"unknown stage '{stage}' (stages: {', '.join(valid)})")
+        raise UsageError(f"unknown stage '{stage}'{did_you_mean(stage, valid)} (stages: {', '.join(valid)})")
     if stage == "ast":
         from .frontend import _terminate_statements
 
@@ -360,7 +382,8 @@ def cmd_ir(args) -> int:
     g = net.at_batch(args.batch, training=args.grad)
     layers = [l for l in g.layers if _match(l, args.layer)]
     if args.layer and not layers and not (args.grad and args.layer == "loss"):
-        raise UsageError(f"no layer '{args.layer}' (layers: {', '.join(l.name for l in g.layers)})")
+        names = [l.name for l in g.layers]
+        raise UsageError(f"no layer '{args.layer}'{did_you_mean(args.layer, names)} (layers: {', '.join(names)})")
     if args.grad:
         return _ir_grad(args, net, g, stage)
     if stage == "graph":
@@ -566,7 +589,7 @@ def cmd_train(args) -> int:
     net = _load(args.net)
     for f in (args.data, args.resume):
         if f and not Path(f).exists():
-            raise DnncError("no such file or directory", path=f)
+            raise no_such_file(f, "no such file or directory")
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, out=args.out, resume=args.resume, mode=_train_mode(args),

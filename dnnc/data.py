@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DnncError
+from .fileio import no_such_file
 
 EMBEDDED = Path(__file__).resolve().parent / "data"
 EMBEDDED_IMAGES = EMBEDDED / "mnist10k-images-idx3-ubyte.gz"
@@ -40,7 +41,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX array (the MNIST distribution format), gzipped or not."""
     p = Path(path)
     if not p.exists():
-        raise DnncError("no such file", path=str(p))
+        raise no_such_file(p)
     if p.is_dir():
         raise DnncError("is a directory, not an IDX file", path=str(p))
     raw = p.read_bytes()
@@ -109,7 +110,7 @@ def load(path: str | Path | None = None) -> Dataset:
         return embedded()
     p = Path(path)
     if not p.exists():
-        raise DnncError("no such file or directory", path=str(p))
+        raise no_such_file(p, "no such file or directory")
     if p.is_dir():
         return _directory(p)
     if p.suffix == ".npz":

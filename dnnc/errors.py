@@ -17,6 +17,17 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+def did_you_mean(word: str, choices) -> str:
+    """'; did you mean 'X'?' for the nearest choice to a mistyped word, or ''."""
+    import difflib
+
+    choices = [str(c) for c in choices]
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not near and word.startswith("-") and not word.startswith("--"):
+        near = difflib.get_close_matches("-" + word, choices, n=1, cutoff=0.6)  # -out for --out
+    return f"; did you mean '{near[0]}'?" if near else ""
+
+
 class DnncError(Exception):
     """An error in the user's input (source, data, checkpoint, flag). Exit status 1."""
 

@@ -11,6 +11,21 @@ import numpy as np
 from .errors import DnncError
 
 
+def no_such_file(path, what: str = "no such file") -> DnncError:
+    """The error for a missing file, with the nearest names in its directory when a typo is likely."""
+    import difflib
+
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        names = [n for n in os.listdir(parent) if not n.startswith(".")]
+    except OSError:
+        names = []
+    near = difflib.get_close_matches(p.name, names, n=2, cutoff=0.7)
+    hint = f" (did you mean {' or '.join(str(parent / n) if str(p.parent) != '.' else n for n in near)}?)" if near else ""
+    return DnncError(what + hint, path=str(path))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -33,12 +48,27 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp, path)
+        _sync_directory(parent)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _sync_directory(d: Path) -> None:
+    """Make the rename itself durable (a crash after it keeps the new file)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_npy(path, array: np.ndarray) -> None:
@@ -60,7 +90,7 @@ def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
 def load_npy(path) -> np.ndarray:
     p = Path(path)
     if not p.exists():
-        raise DnncError("no such file", path=str(p))
+        raise no_such_file(p)
     _check_magic(p, (_NPY_MAGIC, _ZIP_MAGIC), "an .npy file")
     try:
         a = np.load(p, allow_pickle=False)
@@ -94,7 +124,7 @@ def _check_magic(p: Path, magics: tuple[bytes, ...], what: str) -> None:
 def load_npz(path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
-        raise DnncError("no such file", path=str(p))
+        raise no_such_file(p)
     _check_magic(p, (_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive")
     try:
         z = np.load(p, allow_pickle=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DnncError, Loc
+from .errors import DnncError, Loc, did_you_mean
 from .frontend import ELLIPSIS, Binding, CallValue, Module, NameRef, Network, OpDef, Stage, parse
 from .expr import Load
 from .te import RNG_SEED, Instance, ParamSpec, instantiate
@@ -188,7 +188,8 @@ class _Builder:
             raise DnncError(f"'{ref.name}' is used before it is bound (at line {self.later[ref.name].line})", ref.loc)
         if ref.name in self.ops:
             raise DnncError(f"'{ref.name}' is an op, not a tensor", ref.loc)
-        raise DnncError(f"unknown tensor '{ref.name}'", ref.loc)
+        bound = [n for n, t in self.tensors.items() if t.kind not in ("param", "state", "temp")]
+        raise DnncError(f"unknown tensor '{ref.name}'{did_you_mean(ref.name, bound)}", ref.loc)
 
     def binding(self, bd: Binding) -> None:
         if bd.name in self.ops:
@@ -208,7 +209,7 @@ class _Builder:
         counts: dict[str, int] = {}
         for k, st in enumerate(stages):
             if st.op not in self.ops:
-                raise DnncError(f"unknown op '{st.op}'", st.loc)
+                raise DnncError(f"unknown op '{st.op}'{did_you_mean(st.op, self.ops)}", st.loc)
             op = self.ops[st.op]
             counts[st.op] = counts.get(st.op, 0) + 1
             lname = bd.name if len(stages) == 1 else f"{bd.name}.{st.op}" + (
@@ -263,7 +264,8 @@ class _Builder:
                 attrs[key] = self.attr_value(op, arg.value, arg.loc)
             else:
                 known = input_names[1 if piped else 0:] + attr_names + param_names
-                raise DnncError(f"{op.name}: unknown argument '{arg.key}' (takes: {', '.join(known)})", arg.loc)
+                raise DnncError(f"{op.name}: unknown argument '{arg.key}'{did_you_mean(arg.key, known)} "
+                                f"(takes: {', '.join(known)})", arg.loc)
         for k, t in enumerate(tensor_inputs):
             if t is None:
                 raise DnncError(f"{op.name}: missing input '{op.inputs[k].name}'", st.loc)

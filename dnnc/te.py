@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 
 from . import affine
-from .errors import DnncError, Loc
+from .errors import DnncError, Loc, did_you_mean
 from .expr import (ARITH, COMPARE, LOGIC, REDUCE, Binary, Const, Expr, Load, Reduce, Select,
                    Unary, Var, is_bool, is_int, show, substitute)
 from .frontend import ELLIPSIS, Call, OpDef
@@ -422,7 +422,7 @@ class _Resolver:
         known = UNARY_FUNCS + ("max", "min", "select", "uniform")
         if e.fn in known:
             raise DnncError(f"wrong number of arguments to '{e.fn}'", loc)
-        raise DnncError(f"unknown function '{e.fn}' (known: {', '.join(known)})", loc)
+        raise DnncError(f"unknown function '{e.fn}'{did_you_mean(e.fn, known)} (known: {', '.join(known)})", loc)
 
     def uniform(self, loc) -> Expr:
         """A pseudo-random number in [0, 1) per element of the output and per training step:

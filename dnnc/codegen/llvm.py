@@ -12,6 +12,11 @@ depends on v is a <W x T> vector. A read or write whose address moves by one ele
 lane is one vector load or store; one that does not depend on v is a scalar, broadcast; any
 other is a gather or scatter. A guard that depends on v becomes a lane mask: masked-off lanes
 neither load nor store, which is how padding and ragged edges stay in bounds.
+
+With checks=True (the debug build) every load and store first tests each index against its
+dimension, in the lanes that really access memory, and on failure prints the kernel, the
+buffer and the index to stderr and aborts. The verifier proves the same statically; the
+checks are the net under it.
 """
 from __future__ import annotations
 
@@ -48,8 +53,9 @@ def kernel_args(p: Program, k: Kernel) -> list[str]:
 
 
 def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = "",
-         data_layout: str = "") -> str:
-    """LLVM IR text for program p. offsets: element offset of each temp in the workspace."""
+         data_layout: str = "", checks: bool = False) -> str:
+    """LLVM IR text for program p. offsets: element offset of each temp in the workspace;
+    checks: test every index at run time (the debug build)."""
     m = ir.Module(name=p.name)
     m.triple = triple
     m.data_layout = data_layout
@@ -67,6 +73,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
         em = _KernelEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft)
+        em.checks = (k.name,) if checks else None
         em.locals_ = [name for name in _buffers_used(k) if name in locals_]
         em.buffer_names = used
         for name in em.locals_:
@@ -158,6 +165,7 @@ class _KernelEmitter:
         self.vec: tuple[str, int] | None = None  # the vector loop's variable and width
         self.locals_: list[str] = []  # register tiles (stack arrays) of this function
         self.mask: ir.Value | None = None  # lanes enabled by the guards around (vector code)
+        self.checks: tuple[str] | None = None  # (kernel name,) in the debug build
 
     def run(self, body):
         self.block(body)
@@ -288,6 +296,7 @@ class _KernelEmitter:
         fn.attributes.add("nounwind")
         fn.attributes.add("noinline")
         sub = _KernelEmitter(self.m, fn, {}, self.shapes, self.ft)
+        sub.checks = self.checks
         eb = ir.IRBuilder(sub.entry)
         for k, name in enumerate(self.buffer_names):
             sub.bufs[name] = eb.load(eb.gep(fn.args[2], [ir.Constant(I64, k)]), name=symbol(name))
@@ -375,6 +384,9 @@ class _KernelEmitter:
     def load(self, buf: str, index) -> ir.Value:
         kind, p = self._access(buf, index)
         b, W = self.b, self.width
+        if self.checks:  # the lanes read: all of a scalar or register-tile read, else the enabled ones
+            whole = kind == "scalar" or (kind == "contiguous" and buf in self.locals_)
+            self.check("load from", buf, index, None if whole else self.mask)
         if kind == "scalar":
             return b.load(p)
         if kind == "repeat":
@@ -424,6 +436,54 @@ class _KernelEmitter:
                              [ir.VectorType(self.ft.as_pointer(), W), I32, ir.VectorType(I1, W), vt])
         return b.call(fn, [self._lane_ptrs(buf, p), ir.Constant(I32, 4), self._mask_or_all(), zero])
 
+    def check(self, what: str, buf: str, index, lanes: ir.Value | None) -> None:
+        """Abort, naming the kernel, buffer and index, if an index of buf is outside its
+        dimension in any of `lanes` (None: every lane)."""
+        b = self.b
+        shape = self.shapes[buf]
+        idx = [self.int(ix) for ix in index]
+        bad = None
+        for i, n in zip(idx, shape):
+            lo = b.icmp_signed("<", i, self._like(i, 0))
+            hi = b.icmp_signed(">=", i, self._like(i, n))
+            out = b.or_(lo, hi)
+            bad = out if bad is None else b.or_(*self.both(bad, out))
+        if bad is None:
+            return
+        if _is_vec(bad) or lanes is not None:
+            bad = self.splat(bad)
+            if lanes is not None:
+                bad = b.and_(bad, lanes)
+            W = self.width
+            fn = self._intrinsic(f"llvm.vector.reduce.or.v{W}i1", I1, [bad.type])
+            anybad = b.call(fn, [bad])
+        else:
+            anybad = bad
+        with b.if_then(anybad, likely=False):
+            values = idx
+            if _is_vec(bad):  # report the first lane that is out of range
+                W = self.width
+                iw = ir.IntType(W)
+                cttz = self._intrinsic(f"llvm.cttz.i{W}", iw, [iw, I1])
+                lane = b.call(cttz, [b.bitcast(bad, iw), ir.Constant(I1, 0)])
+                values = [b.extract_element(i, lane) if _is_vec(i) else i for i in idx]
+            text = (f"dnnc: error: out-of-bounds {what} {buf}[{', '.join(['%lld'] * len(idx))}] "
+                    f"(shape {list(shape)}) in kernel {self.checks[0]}\n\0").encode()
+            fmt = ir.GlobalVariable(self.m, ir.ArrayType(ir.IntType(8), len(text)),
+                                    self.m.get_unique_name("bounds.msg"))
+            fmt.initializer = ir.Constant(fmt.type.pointee, bytearray(text))
+            fmt.global_constant = True
+            fmt.linkage = "private"
+            i8p = ir.IntType(8).as_pointer()
+            dprintf = self.m.globals.get("dprintf") or ir.Function(
+                self.m, ir.FunctionType(I32, [I32, i8p], var_arg=True), "dprintf")
+            abort = self.m.globals.get("abort") or ir.Function(self.m, ir.FunctionType(ir.VoidType(), []), "abort")
+            b.call(dprintf, [ir.Constant(I32, 2), b.bitcast(fmt, i8p), *values])
+            b.call(abort, [])
+
+    def _like(self, v: ir.Value, n: int) -> ir.Value:
+        return ir.Constant(v.type, [n] * v.type.count) if _is_vec(v) else ir.Constant(I64, n)
+
     def _lane_ptrs(self, buf: str, idx: ir.Value) -> ir.Value:
         """<W x T*>: the address of element idx[lane] of buf, per lane."""
         b, W = self.b, self.width
@@ -441,6 +501,9 @@ class _KernelEmitter:
         if kind in ("strided", "repeat"):  # a scatter
             kind, p = "lanes", self.splat(self.int(self._linear(buf, index)))
         b, W = self.b, self.width
+        if self.checks:
+            whole = kind == "scalar" or (kind == "contiguous" and (buf in self.locals_ or not masked))
+            self.check("store to", buf, index, None if whole else self.mask)
         if kind == "scalar":
             if _is_vec(value):
                 raise NotImplementedError(f"vector store to one element of {buf} (a reduction across lanes)")

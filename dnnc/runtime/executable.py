@@ -26,11 +26,12 @@ NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 
 class Executable:
     def __init__(self, program: Program | Callable[[], Program], arrays: dict[str, np.ndarray],
-                 dtype: str = "f32", key: str | None = None, threads: int = 1):
+                 dtype: str = "f32", key: str | None = None, threads: int = 1, checks: bool = False):
         t0 = time.perf_counter()
         self._build = program if callable(program) else (lambda: program)
         self._lowered = None
         self.dtype = dtype
+        self.checks = checks
         hit = cache.load(key) if key else None
         if hit is not None:
             meta, obj = hit
@@ -41,7 +42,7 @@ class Executable:
         else:
             prog = self.program
             self.offsets, ws = plan(prog)
-            self._llvm_ir = emit(prog, self.offsets, dtype)
+            self._llvm_ir = emit(prog, self.offsets, dtype, checks=checks)
             t1 = time.perf_counter()
             self.entry = symbol(prog.name) + "_forward"
             self.args = [(b.name, b.shape, b.kind) for b in prog.args]
@@ -76,7 +77,7 @@ class Executable:
     @property
     def llvm_ir(self) -> str:
         if not hasattr(self, "_llvm_ir"):
-            self._llvm_ir = emit(self.program, plan(self.program)[0], self.dtype)
+            self._llvm_ir = emit(self.program, plan(self.program)[0], self.dtype, checks=self.checks)
         return self._llvm_ir
 
     def set_threads(self, n: int) -> None:
