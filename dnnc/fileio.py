@@ -1,6 +1,7 @@
 """Files: atomic writes (temp file + rename) and safe reading of arrays and weights."""
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import zipfile
@@ -33,14 +34,20 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write data to path so that readers see the old file or the new one, never a torn one."""
+    """Write data to path so that readers see the old file or the new one, never a torn one.
+
+    The bytes go to a hidden temporary file beside it, which is synced and renamed over the
+    path. A writer killed before the rename leaves the old file whole and its temporary
+    file behind; the next write to the path removes temporaries of writers no longer alive.
+    """
     path = Path(path)
     if path.is_dir():
         raise DnncError("is a directory", path=str(path))
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise DnncError("the directory does not exist", path=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    _remove_orphans(parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -55,6 +62,23 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_orphans(parent: Path, name: str) -> None:
+    """Temporary files of earlier writes to `name` whose writer process has died."""
+    for p in parent.glob(f".{glob.escape(name)}.*.tmp"):
+        pid = p.name[len(name) + 2:].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive, or not ours to ask about
 
 
 def _sync_directory(d: Path) -> None:

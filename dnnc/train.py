@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -362,68 +364,75 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         + f", {s.schedule} schedule, seed {seed}{_mode_text(mode, n, comm)}; "
         f"compiled in {time.perf_counter() - t_start:.2f} s")
     ev = None
-    try:
-        for epoch in range(prog.epoch, s.epochs):
-            order = np.random.default_rng([seed, epoch]).permutation(len(xt))
-            t0 = time.perf_counter()
+    with _Interrupts() as stop:
+        try:
+            for epoch in range(prog.epoch, s.epochs):
+                order = np.random.default_rng([seed, epoch]).permutation(len(xt))
+                t0 = time.perf_counter()
 
-            def hyper_at(k, epoch=epoch, first=prog.global_step - prog.step_in_epoch):
-                rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
-                return s.optimizer.hyper(first + k + 1, rate)
+                def hyper_at(k, epoch=epoch, first=prog.global_step - prog.step_in_epoch):
+                    rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
+                    return s.optimizer.hyper(first + k + 1, rate)
 
-            if mode == "async":  # the epoch's steps on all threads at once
-                losses = engine.epoch(xt, yt, order, prog.step_in_epoch, steps, prog.global_step + 1, hyper_at)
-                for j, v in enumerate(losses):
-                    _check_finite(v, epoch, prog.step_in_epoch + j + 1)
-                prog.global_step += len(losses)
-                prog.loss_sum += sum(losses)
-                prog.step_in_epoch = steps
-            for k in range(prog.step_in_epoch, steps):
-                idx = order[k * s.batch:(k + 1) * s.batch]
-                hyper = hyper_at(k)
-                prog.global_step += 1  # dropout's masks: new every step
-                if guard is not None:
-                    guard.save()
-                loss = engine.step(xt[idx], yt[idx], hyper, prog.global_step)
-                # the loss alone each step (a bad gradient makes it bad too, by the next step);
-                # with skip, every array, so a step is undone before its damage spreads
-                bad = _first_bad(model, loss) if guard is not None or not np.isfinite(loss) else None
-                if bad is not None:
-                    if guard is not None:  # undo the step's update and go on
-                        guard.restore()
-                        if not skipped:
-                            log(f"step {k + 1} of epoch {epoch + 1} skipped: {bad}")
-                        skipped += 1
-                        prog.step_in_epoch = k + 1
-                        continue
-                    raise DnncError(f"{bad} at epoch {epoch + 1}, step {k + 1}; try a lower learning rate (--lr), "
-                                    f"or --on-nan skip")
-                prog.loss_sum += loss
-                prog.step_in_epoch = k + 1
-                if show_bar and (k % 5 == 0 or k == steps - 1):
-                    _bar(k + 1, steps, t0, sys.stderr)
-            dt = time.perf_counter() - t0
-            if show_bar:
-                sys.stderr.write("\r" + " " * 70 + "\r")
-            ev = evaluator.run(xs, ds.y_test, classes)
-            train_loss = prog.loss_sum / steps
-            prog.history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": ev.loss,
-                                 "accuracy": ev.accuracy, "seconds": dt})
-            prog.epoch, prog.step_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
-            if dist is None or dist.rank == 0:
-                save_checkpoint(out, model, s, seed, norm, prog)
-            log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
-                f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s"
-                + (f"  ({skipped} steps skipped)" if skipped else ""))
-            skipped = 0
-    except KeyboardInterrupt:
-        if dist is None or dist.rank == 0:
-            save_checkpoint(out, model, s, seed, norm, prog)
-        log(f"interrupted: checkpoint written to {out} (epoch {prog.epoch + 1}, step {prog.step_in_epoch}); "
-            f"continue with --resume {out}")
-        raise
-    finally:
-        engine.close()
+                if mode == "async":  # the epoch's steps on all threads at once
+                    losses = engine.epoch(xt, yt, order, prog.step_in_epoch, steps, prog.global_step + 1, hyper_at)
+                    for j, v in enumerate(losses):
+                        _check_finite(v, epoch, prog.step_in_epoch + j + 1)
+                    prog.global_step += len(losses)
+                    prog.loss_sum += sum(losses)
+                    prog.step_in_epoch = steps
+                for k in range(prog.step_in_epoch, steps):
+                    idx = order[k * s.batch:(k + 1) * s.batch]
+                    hyper = hyper_at(k)
+                    prog.global_step += 1  # dropout's masks: new every step
+                    if guard is not None:
+                        guard.save()
+                    loss = engine.step(xt[idx], yt[idx], hyper, prog.global_step)
+                    # the loss alone each step (a bad gradient makes it bad too, by the next step);
+                    # with skip, every array, so a step is undone before its damage spreads
+                    bad = _first_bad(model, loss) if guard is not None or not np.isfinite(loss) else None
+                    if bad is not None:
+                        if guard is not None:  # undo the step's update and go on
+                            guard.restore()
+                            if not skipped:
+                                log(f"step {k + 1} of epoch {epoch + 1} skipped: {bad}")
+                            skipped += 1
+                            prog.step_in_epoch = k + 1
+                            stop.check()
+                            continue
+                        raise DnncError(f"{bad} at epoch {epoch + 1}, step {k + 1}; try a lower learning rate (--lr), "
+                                        f"or --on-nan skip")
+                    prog.loss_sum += loss
+                    prog.step_in_epoch = k + 1
+                    stop.check()  # here the weights and the progress agree: a consistent checkpoint
+                    if show_bar and (k % 5 == 0 or k == steps - 1):
+                        _bar(k + 1, steps, t0, sys.stderr)
+                dt = time.perf_counter() - t0
+                if show_bar:
+                    sys.stderr.write("\r" + " " * 70 + "\r")
+                ev = evaluator.run(xs, ds.y_test, classes)
+                train_loss = prog.loss_sum / steps
+                prog.history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": ev.loss,
+                                     "accuracy": ev.accuracy, "seconds": dt})
+                prog.epoch, prog.step_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
+                if dist is None or dist.rank == 0:
+                    save_checkpoint(out, model, s, seed, norm, prog)
+                log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
+                    f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s"
+                    + (f"  ({skipped} steps skipped)" if skipped else ""))
+                skipped = 0
+                stop.check()
+        except KeyboardInterrupt:
+            if stop.forced:
+                log(f"interrupted twice: no new checkpoint written; {out} holds the last epoch's, if any")
+            else:
+                if dist is None or dist.rank == 0:
+                    save_checkpoint(out, model, s, seed, norm, prog)
+                log(f"interrupted: checkpoint written to {out} (epoch {prog.epoch + 1}, step {prog.step_in_epoch}); "
+                    f"continue with --resume {out}")
+            raise
+        finally:
+            engine.close()
     if ev is None:
         ev = evaluator.run(xs, ds.y_test, classes)
     if dist is not None:
@@ -432,6 +441,36 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         if not same:
             raise DnncError("the ranks' parameters diverged (this is a bug in dnnc)")
     return Result(model, s, ev, time.perf_counter() - t_start, prog.history, dist.rank if dist else 0)
+
+
+class _Interrupts:
+    """Ctrl-C during training is noted and acted on between steps, where the weights and the
+    progress agree, so the checkpoint it writes resumes bit for bit. A second Ctrl-C stops at
+    once without writing (the last epoch's checkpoint stays as it was)."""
+
+    def __init__(self):
+        self.requested = self.forced = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 MODES = ("single", "data", "async", "distributed", "ps")
