@@ -240,8 +240,11 @@ def _load(path: str):
 # ----------------------------------------------------------------------------- commands
 
 def cmd_check(args) -> int:
+    from .train import settings_from
+
     net = _load(args.net)
     g = net.graph
+    settings_from(net)  # the train { } block too
     params = sum(int(np.prod(s)) for s in net.params.values())
     print(f"{args.net}: network {g.name}: ok")
     for n, s in net.inputs.items():

@@ -27,6 +27,24 @@ def no_such_file(path, what: str = "no such file") -> DnncError:
     return DnncError(what + hint, path=str(path))
 
 
+def beside_source(text: str, loc) -> Path:
+    """A file named in a .net file: relative to that file's directory (the current directory
+    for source given as a string), and never outside it, through '..' or a symbolic link."""
+    base = Path(loc.file).parent if loc.file != "<string>" else Path(".")
+    if not text or "\0" in text:
+        raise DnncError(f"'{text}' is not a file name", loc)
+    p = Path(text)
+    if p.is_absolute():
+        raise DnncError(f"the path '{text}' is absolute; name files relative to the directory of the .net file",
+                        loc)
+    full = base / p
+    root = base.resolve()
+    if not full.resolve().is_relative_to(root):
+        raise DnncError(f"the path '{text}' leads outside the directory of the .net file ({root}); "
+                        f"keep the files it names beside it", loc)
+    return full
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

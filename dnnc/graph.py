@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DnncError, Loc, did_you_mean
-from .frontend import ELLIPSIS, Binding, CallValue, Module, NameRef, Network, OpDef, Stage, parse
-from .expr import Load
-from .te import RNG_SEED, Instance, ParamSpec, instantiate
+from .fileio import beside_source, load_npy
+from .frontend import ELLIPSIS, Binding, Call, CallValue, Module, NameRef, Network, OpDef, Stage, parse
+from .expr import REDUCE, Expr, Load
+from .te import RNG_SEED, UNARY_FUNCS, Instance, ParamSpec, instantiate
 
 DTYPE_BYTES = 4
 
@@ -75,7 +76,32 @@ def op_table(module: Module) -> dict[str, OpDef]:
             raise DnncError(f"op '{o.name}' is already {where}", o.loc)
         _check_names(o)
         ops[o.name] = o
+    for o in module.ops:
+        _check_no_op_calls(o, ops)
     return ops
+
+
+FUNCTIONS = set(UNARY_FUNCS) | set(REDUCE) | {"select", "uniform"}  # what index notation may call
+
+
+def _check_no_op_calls(o: OpDef, ops: dict[str, OpDef]) -> None:
+    """An op's body is index notation over its tensors: it calls functions, never ops, so no
+    definition can recurse, directly or through another op."""
+    def calls(e):
+        if isinstance(e, Call):
+            yield e
+        for c in e.children() if isinstance(e, Expr) else ():
+            yield from calls(c)
+
+    for st in o.body + o.updates:
+        for e in calls(st.value):
+            if e.fn in ops and e.fn not in FUNCTIONS:
+                rule = ("an op body is index notation over its tensors and calls only functions "
+                        "(exp, log, max, ...)")
+                if e.fn == o.name:
+                    raise DnncError(f"op '{o.name}' calls itself: {rule}, so an op cannot recurse", e.loc or st.loc)
+                raise DnncError(f"op '{o.name}' calls the op '{e.fn}': {rule}; compose ops in the network "
+                                f"instead, as y = x |> {e.fn} |> {o.name}", e.loc or st.loc)
 
 
 def _check_names(o: OpDef) -> None:
@@ -314,6 +340,12 @@ class _Builder:
         return value
 
     def inline_weights(self, op: OpDef, p: ParamSpec, value, loc: Loc) -> np.ndarray:
+        if isinstance(value, str):  # an .npy file beside the .net file
+            path = beside_source(value, loc)
+            try:
+                value = load_npy(path)
+            except DnncError as e:
+                raise DnncError(f"{op.name}: '{p.name}' from '{value}': {e.message}", loc) from None
         try:
             arr = np.array(value, dtype=np.float64)
         except (ValueError, TypeError):

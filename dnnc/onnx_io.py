@@ -203,15 +203,74 @@ class _Translator:
 
 # ----------------------------------------------------------------------------- import
 
+MAX_BYTES = 2**31 - 1  # protobuf's limit for one message; DNNC_MAX_ONNX_BYTES lowers or raises it
+MAX_ELEMENTS = 2**31 - 1  # in one tensor or one input example
+
+
+def read_model(path):
+    """The ONNX model in path, checked before anything else looks at it: its size bounded
+    (and within the memory available), no external data files (they could name any file
+    on disk), the ONNX checker passed, every tensor's data as long as its shape says."""
+    import os
+    from pathlib import Path
+
+    from .api import available_memory
+    from .fileio import no_such_file
+
+    onnx, _, numpy_helper = _onnx()
+    p = Path(path)
+    if not p.exists():
+        raise no_such_file(p)
+    if not p.is_file():
+        raise DnncError("is not a file", path=str(p))
+    size = p.stat().st_size
+    limit = int(os.environ.get("DNNC_MAX_ONNX_BYTES", MAX_BYTES))
+    if size > limit:
+        raise DnncError(f"is {size:,} bytes, more than the {limit:,} dnnc reads "
+                        f"(DNNC_MAX_ONNX_BYTES sets the limit)", path=str(p))
+    free = available_memory()
+    if free is not None and 3 * size > free:  # the file, the parsed model and the arrays
+        raise DnncError(f"reading this {size:,}-byte model needs about {3 * size:,} bytes of memory; "
+                        f"{free:,} are available", path=str(p))
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf's errors vary
+        raise DnncError(f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                        path=str(p)) from None
+    g = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in g.initializer):
+        raise DnncError("keeps its weights in external data files, which dnnc does not read; "
+                        "save the model with its weights inside", path=str(p))
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DnncError(f"not a valid ONNX model: {first}", path=str(p)) from None
+    inits = {}
+    for t in g.initializer:
+        n = int(np.prod([int(d) for d in t.dims], dtype=np.float64)) if len(t.dims) else 1
+        if any(int(d) < 0 for d in t.dims) or n > MAX_ELEMENTS:
+            raise DnncError(f"initializer '{t.name}' has shape {list(t.dims)}, which dnnc does not read",
+                            path=str(p))
+        try:
+            inits[t.name] = numpy_helper.to_array(t).astype(np.float32)
+        except Exception as e:
+            raise DnncError(f"initializer '{t.name}' cannot be read ({str(e).splitlines()[0] if str(e) else e!r})",
+                            path=str(p)) from None
+        if inits[t.name].size != n or not np.isfinite(inits[t.name]).all():
+            raise DnncError(f"initializer '{t.name}' does not hold {n} finite numbers", path=str(p))
+    for i in g.input:
+        dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
+        if i.name not in inits and np.prod([max(d, 1) for d in dims], dtype=np.float64) > MAX_ELEMENTS:
+            raise DnncError(f"input '{i.name}' has shape {dims}, too large for one example", path=str(p))
+    return model, inits
+
+
 def import_model(path) -> tuple[str, dict[str, np.ndarray]]:
     """(the text of a .net file, its weights by dnnc name) for an ONNX model of dnnc's layers."""
     onnx, helper, numpy_helper = _onnx()
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf's errors vary
-        raise DnncError(f"not a readable ONNX model ({e})", path=str(path)) from None
+    model, inits = read_model(path)
     g = model.graph
-    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in g.initializer}
     names: dict[str, str] = {}  # ONNX tensor -> dnnc binding
     taken: set[str] = set()
 

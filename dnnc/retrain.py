@@ -42,7 +42,9 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
 
     s = settings_from(net)
     g = net.graph
-    ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
+    from .train import data_path
+
+    ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = datamod.normalization(ds.x_train)
     xt, xs = (ds.x_train - mean) / std, (ds.x_test - mean) / std
     yt = ds.y_train.astype(np.float32)

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import data as datamod
 from .api import Model, Network
-from .errors import DnncError
-from .fileio import check_weights, load_npz, save_npz
+from .errors import DnncError, did_you_mean
+from .fileio import beside_source, check_weights, no_such_file, load_npz, save_npz
 from .frontend import CallValue, NameRef
 from .optim import Optimizer, lr_at
 from .parallel import Hogwild, Replicas, Single
@@ -64,9 +64,12 @@ def settings_from(net: Network, **overrides) -> Settings:
             s = replace(s, **{name: value})
         elif name == "lr":
             opt = replace(opt, lr=_number(value, "lr", loc))
+        elif name == "data":
+            data_path(net)
         else:
-            raise DnncError(f"unknown training setting '{name}' (settings: optimizer, schedule, batch, epochs, lr)",
-                            loc)
+            known = ("optimizer", "schedule", "batch", "epochs", "lr", "data")
+            raise DnncError(f"unknown training setting '{name}'{did_you_mean(name, known)} "
+                            f"(settings: {', '.join(known)})", loc)
     if overrides.get("optimizer"):
         kind = overrides["optimizer"]
         if kind != opt.kind:
@@ -78,6 +81,22 @@ def settings_from(net: Network, **overrides) -> Settings:
         if overrides.get(k) is not None:
             s = replace(s, **{k: overrides[k]})
     return s
+
+
+def data_path(net: Network, given: str | None = None) -> str | None:
+    """The data to train and evaluate on: as given (--data), else the train block's
+    `data = "DIR_OR.npz"` (beside the .net file), else None for the embedded digits."""
+    if given is not None:
+        return given
+    if "data" not in net.graph.settings:
+        return None
+    value, loc = net.graph.settings["data"]
+    if not isinstance(value, str):
+        raise DnncError('data is a file or directory name in quotes: data = "digits/"', loc)
+    path = beside_source(value, loc)
+    if not path.exists():
+        raise DnncError(f"data '{value}': {no_such_file(path, 'no such file or directory').message}", loc)
+    return str(path)
 
 
 def _schedule_name(name, loc):
@@ -307,7 +326,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     if len(g.inputs) != 1 or len(g.labels) != 1:
         raise DnncError("dnnc train feeds networks with one input and one label")
     s = settings_from(net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer)
-    ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
+    ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     prog = Progress()
     norm = datamod.normalization(ds.x_train)
     if mode == "ps":
@@ -565,7 +584,7 @@ def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 2
     if g.loss is None or len(g.labels) != 1:
         raise DnncError(f"network '{g.name}' needs a label and a loss to be evaluated")
     params, _, meta = read_checkpoint(weights, net)
-    ds = datamod.fit(datamod.load(data), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
+    ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = meta["normalization"] if meta else (0.0, 1.0)
     model = compile_for(net, params, weights, batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule,
                         overrides=overrides, threads=threads)
