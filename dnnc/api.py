@@ -48,6 +48,21 @@ class Network:
         self.source = source  # the text, when known: part of the compile cache's key
         self.graph = graphmod.build(module, 1, name)
         self.name = self.graph.name
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """The train { } and schedule { } blocks, checked when the file is, not when used."""
+        from .errors import did_you_mean
+        from .schedule import from_settings
+        from .train import settings_from
+
+        settings_from(self)
+        from_settings(self.graph.settings)
+        kernels = [n for n, t in self.graph.tensors.items() if t.kind in ("act", "output")]
+        for key, (_, loc) in self.graph.settings.items():
+            tensor = key[len("schedule."):]
+            if key.startswith("schedule.") and tensor not in self.graph.tensors:
+                raise DnncError(f"schedule: no tensor '{tensor}'{did_you_mean(tensor, kernels)} in this network", loc)
 
     def with_inputs(self, shapes: dict[str, tuple[int, ...]]) -> "Network":
         """The same network with other input shapes (per example), checked anew: a filter

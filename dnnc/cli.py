@@ -227,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a fault in dnnc itself, not in the input: one line, unless asked
+        if os.environ.get("DNNC_TRACEBACK", "0") not in ("", "0"):
+            raise
+        text = str(e).splitlines()[0] if str(e) else ""
+        print(f"dnnc: internal error: {type(e).__name__}: {text} (this is a bug in dnnc; "
+              f"DNNC_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 3
 
 
 def _load(path: str):

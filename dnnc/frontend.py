@@ -243,7 +243,23 @@ def parse(text: str, file: str = "<string>") -> Module:
         what = "end of line" if tok.type == "SEMICOLON" and src[tok.column - 1:tok.column] != ";" else repr(tok.value)
         raise DnncError(f"unexpected {what}; expected {_expected(e.expected)}",
                         loc_at(tok.line, tok.column)) from None
+    _check_depth(tree, loc_at)
     return _Builder(file, loc_at).module(tree)
+
+
+MAX_DEPTH = 200  # syntax-tree levels: far beyond any real network, well within Python's recursion
+
+
+def _check_depth(tree, loc_at) -> None:
+    """Refuse absurdly nested source (f(f(f(...))) thousands deep) before any recursive walk."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            meta = node.meta if not getattr(node.meta, "empty", True) else None
+            where = loc_at(meta.line, meta.column) if meta else None
+            raise DnncError(f"nested more than {MAX_DEPTH} levels deep; split the expression or the pipeline", where)
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
 
 
 class _Builder:

@@ -187,6 +187,8 @@ class _Builder:
             self.tensor_ref(NameRef(name, loc))
             if name in inputs:
                 raise DnncError(f"'{name}' is an input; an output must be computed by a layer", loc)
+            if name in outputs:
+                raise DnncError(f"'{name}' is already an output", loc)
             outputs.append(name)
         if not outputs:
             if not net.bindings:

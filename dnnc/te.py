@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import affine
 from .errors import DnncError, Loc, did_you_mean
 from .expr import (ARITH, COMPARE, LOGIC, REDUCE, Binary, Const, Expr, Load, Reduce, Select,
-                   Unary, Var, is_bool, is_int, show, substitute)
+                   Unary, Var, free_vars, is_bool, is_int, show, substitute)
 from .frontend import ELLIPSIS, Call, OpDef
 
 UNARY_FUNCS = ("exp", "log", "sqrt", "tanh", "sigmoid", "abs")
@@ -146,6 +146,15 @@ def instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names:
         raise
 
 
+def _blame_attrs(dims, attrs: dict, where: str, loc: Loc) -> None:
+    """A size below 1 that comes from an argument below 1: name the argument."""
+    for d in dims:
+        for n in sorted(free_vars(d)) if isinstance(d, Expr) else ():
+            v = attrs.get(n)
+            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise DnncError(f"{where}'{n}' must be at least 1, got {v}", loc)
+
+
 def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names: dict[str, str],
                  prefix: str, call_loc: Loc, training: bool = False) -> Instance:
     where = f"{op.name}: "
@@ -219,6 +228,7 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
         if not isinstance(v, int):
             raise DnncError(f"{where}output size {show(d)} is not an integer", op.output.loc)
         if v < 1:
+            _blame_attrs((d,), attrs, where, call_loc)
             raise DnncError(f"{where}output would have shape "
                             f"{_fmt_shape([evaluate(x, env) if x is not ELLIPSIS else '...' for x in op.output.dims])}"
                             f": the input {_fmt_shape(in_shapes[0])} is too small", call_loc)
@@ -230,6 +240,7 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
     for p in op.params:
         shape = tuple(evaluate(d, env, p.loc) for d in p.dims)
         if any(not isinstance(s, int) or s < 1 for s in shape):
+            _blame_attrs(p.dims, attrs, where, call_loc)
             raise DnncError(f"{where}parameter '{p.name}' would have shape {_fmt_shape(shape)}", call_loc)
         init = p.init
         if init[0] == "named" and len(init) == 3:  # uniform(bound) or normal(std)
@@ -248,6 +259,7 @@ def _instantiate(op: OpDef, in_shapes: list[tuple[int, ...]], attrs: dict, names
     for p in op.states:
         shape = tuple(evaluate(d, env, p.loc) for d in p.dims)
         if any(not isinstance(s, int) or s < 1 for s in shape):
+            _blame_attrs(p.dims, attrs, where, call_loc)
             raise DnncError(f"{where}state '{p.name}' would have shape {_fmt_shape(shape)}", call_loc)
         states.append(ParamSpec(p.name, shape, p.init, p.loc))
 
@@ -486,9 +498,12 @@ def check_bounds(stmt: TStmt, shapes: dict[str, tuple[int, ...]]) -> None:
             shape = shapes[e.tensor]
             for k, ix in enumerate(e.index):
                 b = affine.bounds(ix, ranges, facts)
-                if b is None or b[0] < 0 or b[1] > shape[k] - 1:
-                    span = "unknown" if b is None else f"[{b[0]}, {b[1]}]"
-                    raise DnncError(f"index {show(ix)} of {e.tensor} may be out of range: it spans {span} "
+                if b is None:
+                    raise DnncError(f"index {show(ix)} of {e.tensor} cannot be proven in range: its bounds are "
+                                    f"unknown (dimension {k} has size {shape[k]}); use select(...) or a reduction, "
+                                    f"which skips reads outside", e.loc or stmt.loc)
+                if b[0] < 0 or b[1] > shape[k] - 1:
+                    raise DnncError(f"index {show(ix)} of {e.tensor} may be out of range: it spans [{b[0]}, {b[1]}] "
                                     f"but dimension {k} has size {shape[k]}", e.loc or stmt.loc)
         for c in e.children():
             visit(c, facts, in_reduce)

@@ -101,7 +101,8 @@ def data_path(net: Network, given: str | None = None) -> str | None:
 
 def _schedule_name(name, loc):
     if name not in SCHEDULES:
-        raise DnncError(f"unknown schedule '{name}' (schedules: {', '.join(SCHEDULES)})", loc)
+        raise DnncError(f"unknown schedule '{name}'{did_you_mean(name, SCHEDULES)} (schedules: {', '.join(SCHEDULES)})",
+                        loc)
     return name
 
 

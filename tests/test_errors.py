@@ -1,5 +1,8 @@
 """User errors: one located line `FILE:LINE:COL: error: ...`, the source line, a caret, exit 1
-(2 for a bad command line) and never a traceback, from the CLI and as DnncError from the API."""
+(2 for a bad command line) and never a traceback, from the CLI and as DnncError from the API.
+
+The bad .net files are in tests/corpus (test_corpus.py); here are the other commands, bad
+paths, command lines, weights, inputs and the Python API."""
 from __future__ import annotations
 
 import os
@@ -54,128 +57,6 @@ NET = "network n {{\n    input x: [{shape}]\n{body}\n}}\n"
 
 def net(body: str, shape: str = "1, 8, 8") -> str:
     return NET.format(shape=shape, body="\n".join("    " + b for b in body.split("\n")))
-
-
-# (id, source, line, col, fragment of the message)
-SOURCE_ERRORS = [
-    # syntax
-    ("unexpected-token", net("y = conv(x, filters=2 kernel=3)"), 3, 27,
-     "unexpected 'kernel'; expected ')', ','"),
-    ("unexpected-character", net("y = conv(x, filters=2, kernel=3) $ relu"), 3, 38, "unexpected character '$'"),
-    ("unexpected-character-after-inserted-semicolons",
-     "op f(x[n, k]) -> y[n, k]\n{\n    y[i, j] = x[i, j]\n}\nnetwork n {\n    input x: [4]\n    y = x |\"s\"> f\n}\n",
-     7, 11, "unexpected character '|'"),
-    ("unexpected-eof", "network n {\n    input x: [1, 8, 8]\n    y = relu(x)\n", 3, 16,
-     "unexpected end of file; expected '}'"),
-    ("unexpected-end-of-line",
-     "op f(x[n, k]) -> y[n, k]\n{\n    t[n, i] = x[n, i] *\n    y[n, i] = t[n, i]\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 3, 24, "unexpected end of line; expected"),
-    ("arrow-expected", "op f(x[n]) y[n] { y[i] = x[i] }\n", 1, 12, "unexpected 'y'; expected '->'"),
-    # names
-    ("unknown-op", net("y = frobnicate(x)"), 3, 9, "unknown op 'frobnicate'"),
-    ("unknown-op-in-pipeline", net("y = relu(x) |> frob"), 3, 20, "unknown op 'frob'"),
-    ("unknown-tensor", net("y = relu(z)"), 3, 14, "unknown tensor 'z'"),
-    ("unknown-output", net("y = relu(x)\noutput z"), 4, 12, "unknown tensor 'z'"),
-    ("op-as-tensor", net("y = relu(relu)"), 3, 14, "'relu' is an op, not a tensor"),
-    ("binding-named-like-op", net("relu = relu(x)"), 3, 5, "'relu' is the name of an op"),
-    ("used-before-bound", net("y = relu(z)\nz = relu(x)"), 3, 14, "'z' is used before it is bound (at line 4)"),
-    ("duplicate-binding", net("y = relu(x)\ny = sigmoid(x)"), 4, 5, "'y' is already bound at line 3"),
-    ("binding-without-op", net("y = x"), 3, 5, "a binding needs an op"),
-    # arguments
-    ("unknown-keyword", net("y = conv(x, filters=2, kernel=3, strid=2)"), 3, 38, "conv: unknown argument 'strid'"),
-    ("non-integer-kernel", net("y = conv(x, filters=2, kernel=2.5)"), 3, 9,
-     "conv: argument 'kernel' must be an integer, got 2.5"),
-    ("name-as-number", net("y = dense(x, units=x)"), 3, 18, "dense: expected a number, got 'x'"),
-    ("missing-argument", net("y = conv(x, filters=2)"), 3, 9, "conv: missing argument 'kernel'"),
-    ("missing-input", net("y = add(x)"), 3, 9, "add: missing input 'b'"),
-    ("too-many-arguments", net("y = maxpool(x, 2, 2, 0, 1)"), 3, 29, "maxpool: too many arguments"),
-    ("argument-twice", net("y = conv(x, filters=2, kernel=3, filters=3)"), 3, 38, "argument 'filters' given twice"),
-    ("number-as-tensor", net("y = relu(-1)"), 3, 14, "relu: input 'x' must be a tensor name"),
-    # shapes
-    ("add-shape-mismatch", net("a = conv(x, filters=2, kernel=3)\nb = conv(x, filters=2, kernel=5)\ny = add(a, b)"),
-     5, 9, "add: input 'b' has trailing shape [1, 2, 4, 4] but an earlier input has [1, 2, 6, 6]"),
-    ("concat-spatial-mismatch",
-     net("a = conv(x, filters=2, kernel=3)\nb = conv(x, filters=3, kernel=5)\ny = concat(a, b)"),
-     5, 9, "concat: input 'b' has trailing shape [4, 4] but an earlier input has [6, 6]"),
-    ("conv-output-too-small", net("y = conv(x, filters=2, kernel=5)", "1, 4, 4"), 3, 9,
-     "conv: output would have shape [1, 2, 0, 0]: the input [1, 1, 4, 4] is too small"),
-    ("rank-mismatch", net("y = flatten(x) |> conv(filters=1, kernel=1)"), 3, 23,
-     "conv: input 'x' must have rank 4, got shape [1, 64]"),
-    ("require-groups", net("y = conv(x, filters=4, kernel=3, groups=2)", "3, 8, 8"), 3, 9,
-     "conv: requires c % groups == 0, but c = 3, groups = 2"),
-    ("require-pool-pad", net("y = maxpool(x, 2, pad=3)"), 3, 9, "maxpool: requires pad <= size / 2"),
-    ("stride-zero-shown-at-call", net("y = conv(x, filters=2, kernel=3, stride=0)"), 3, 9,
-     "conv: division by zero"),
-    ("zero-input-dimension", net("y = relu(x)", "0, 3"), 2, 11, "input 'x' has a dimension below 1"),
-    ("loss-not-scalar", net("y = relu(x)\nloss relu(y)"), 4, 10, "the loss must be a single number"),
-    # user ops
-    ("op-unknown-name", "op foo(x[n, k]) -> y[n, k]\n{\n    y[n, i] = x[n, i] * scale\n}\n"
-     "network n {\n    input x: [4]\n    y = foo(x)\n}\n", 3, 25, "unknown name 'scale'"),
-    ("op-index-out-of-range", "op shift(x[n, k]) -> y[n, k]\n{\n    y[b, i] = x[b, i + 1]\n}\n"
-     "network n {\n    input x: [4]\n    y = shift(x)\n}\n", 3, 15,
-     "index i + 1 of x may be out of range: it spans [1, 4] but dimension 1 has size 4"),
-    ("op-select-branch-out-of-range", "op f(x[n, k]) -> y[n]\n{\n    y[i] = select(i < 1, x[i, 0], x[i, 5])\n}\n"
-     "network n {\n    input x: [2]\n    y = f(x)\n}\n", 3, 35, "index 5 of x may be out of range"),
-    ("op-reduction-range-unknown", "op foo(x[n, k]) -> y[n]\n{\n    y[i] = sum(j) 2.0\n}\n"
-     "network n {\n    input x: [4]\n    y = foo(x)\n}\n", 3, 12, "cannot tell the range of index 'j'"),
-    ("op-assigned-twice", "op foo(x[n, k]) -> y[n, k]\n{\n    y[n, i] = x[n, i]\n    y[n, i] = x[n, i] * 2.0\n}\n"
-     "network n {\n    input x: [4]\n    y = foo(x)\n}\n", 4, 5, "foo: tensor 'y' is assigned twice"),
-    ("op-redefines-builtin", "op relu(x[...]) -> y[...]\n{\n    y[...] = x[...]\n}\n"
-     "network n {\n    input x: [4]\n    y = relu(x)\n}\n", 1, 4, "op 'relu' is already a built-in op"),
-    ("op-defined-twice", "op f(x[n]) -> y[n] { y[i] = x[i] }\nop f(x[n]) -> y[n] { y[i] = x[i] }\n"
-     "network n {\n    input x: [4]\n    y = relu(x)\n}\n", 2, 4, "op 'f' is already defined at"),
-    ("op-unknown-function", "op f(x[n, k]) -> y[n, k]\n{\n    y[i, j] = foo(x[i, j])\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 3, 15, "unknown function 'foo'"),
-    ("op-condition-as-value", "op f(x[n, k]) -> y[n, k]\n{\n    y[i, j] = x[i, j] > 0.0\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 3, 5, "is a condition, not a number"),
-    ("op-output-never-assigned", "op f(x[n, k]) -> y[n, k]\n{\n    t[i, j] = x[i, j]\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 1, 18, "the output 'y' is never assigned"),
-    ("op-unknown-initializer", "op f(x[n, k]) -> y[n, k]\n{\n    param w[k] ~ foo\n    y[i, j] = x[i, j] * w[j]\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 3, 11, "unknown initializer 'foo'"),
-    ("op-require-fails", "op f(x[n, k]) -> y[n, k]\n{\n    require k > 5\n    y[i, j] = x[i, j]\n}\n"
-     "network n {\n    input x: [4]\n    y = f(x)\n}\n", 8, 9, "f: requires k > 5, but k = 4"),
-    # inline weights
-    ("inline-weights-wrong-shape", net("y = conv(x, filters=1, kernel=3, weights=[[1, 2], [3, 4]])"), 3, 38,
-     "conv: 'weight' has shape [2, 2], which does not fit the parameter's shape [1, 1, 3, 3]"),
-    ("inline-weights-ragged", net("y = conv(x, filters=2, kernel=3, weights=[[1, 2], [3]])"), 3, 38,
-     "conv: 'weight' must be a number or a nested list of numbers of equal lengths"),
-    ("inline-bias-not-finite", net("y = conv(x, filters=2, kernel=3, bias=1e999)"), 3, 38,
-     "conv: 'bias' must hold finite numbers"),
-]
-
-
-@pytest.mark.parametrize("src,line,col,fragment", [c[1:] for c in SOURCE_ERRORS], ids=[c[0] for c in SOURCE_ERRORS])
-def test_source_error_api(src, line, col, fragment):
-    with pytest.raises(DnncError) as info:
-        dnnc.load(src)
-    e = info.value
-    assert (e.loc.file, e.loc.line, e.loc.col) == ("<string>", line, col), e.render()
-    assert fragment in e.message
-    assert e.render().startswith(f"<string>:{line}:{col}: error: ")
-
-
-# Checked through the API only: the CLI prints every DnncError with the same render(), and each
-# subprocess costs about 0.4 s of start-up. Every kind the CLI must handle stays in the CLI run.
-API_ONLY = {"unknown-op-in-pipeline", "unknown-output", "op-as-tensor", "binding-named-like-op",
-            "binding-without-op", "name-as-number", "missing-input", "argument-twice", "number-as-tensor",
-            "rank-mismatch", "require-pool-pad", "zero-input-dimension", "op-select-branch-out-of-range",
-            "op-defined-twice", "op-unknown-function", "op-condition-as-value", "op-output-never-assigned",
-            "op-unknown-initializer", "inline-weights-ragged", "inline-bias-not-finite"}
-
-
-def test_source_errors_cli(tmp_path):
-    """The source errors through `dnnc check` (one subprocess per case)."""
-    cases = [c for c in SOURCE_ERRORS if c[0] not in API_ONLY]
-    assert len(cases) + len(API_ONLY) == len(SOURCE_ERRORS)
-    paths = []
-    for name, src, *_ in cases:
-        paths.append(tmp_path / f"{name}.net")
-        paths[-1].write_text(src)
-    results = dnnc_cli_many([["check", p] for p in paths])
-    for (name, src, line, col, fragment), path, r in zip(cases, paths, results):
-        lines = assert_clean_failure(r, 1)
-        assert r.stdout == "", name
-        assert_located(lines, str(path), src, line, col, fragment)
 
 
 @pytest.mark.parametrize("command", [["info"], ["ir", "--stage", "te"], ["ir", "--stage", "ast"],
