@@ -1,4 +1,12 @@
-"""Property test: random small valid networks, compiled and run, agree with a numpy reference.
+"""Property tests: random networks, random schedules and random damage to source text.
+
+1. Random small valid networks, compiled and run, agree with a numpy reference.
+2. The same networks under random schedule steps (any axis, width, unroll factor, vectors,
+   reduction blocks, panels, threads, algorithms, naive): each step is refused with a
+   DnncError, or the compiled network still agrees with the reference. Never a wrong answer,
+   never an internal error (the verifier's refusal would be one).
+3. Valid sources with random damage (characters deleted, tokens inserted, numbers replaced):
+   loading and compiling either works or raises a located DnncError; nothing else.
 
 Hypothesis draws a chain of layers (conv with random kernel/stride/pad/filters/groups,
 relu/sigmoid/tanh, maxpool/avgpool with random size/stride/pad, now and then two branches
@@ -12,13 +20,15 @@ DNNC_FUZZ_EXAMPLES=500 python -m pytest -q tests/test_fuzz.py  explores more (an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import dnnc
+from dnnc.errors import DnncError
 
 EXAMPLES = int(os.environ.get("DNNC_FUZZ_EXAMPLES", "25"))
 
@@ -229,7 +239,28 @@ def reference(net: Net, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndar
     return vals[net.steps[-1][0]]
 
 
-# ----------------------------------------------------------------------------- the property
+# ----------------------------------------------------------------------------- the properties
+
+def _random_params(network, model, rng) -> dict:
+    params = {}
+    for name, shape in network.params.items():
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        params[name] = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape).astype(np.float32)
+        model.params[name] = params[name]
+    return params
+
+
+def _agrees(net: Net, network, model, seed: int, src: str) -> None:
+    rng = np.random.default_rng(seed)
+    params = _random_params(network, model, rng)
+    # three examples: one full batch of two and a partial one
+    x = rng.normal(0.0, 1.0, (3,) + net.shape).astype(np.float32)
+    (name,) = model.outputs
+    got = model.forward(x=x)[name]
+    want = reference(net, x.astype(np.float64), {k: v.astype(np.float64) for k, v in params.items()})
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=src)
+
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize="DNNC_FUZZ_EXAMPLES" not in os.environ,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -238,17 +269,102 @@ def test_random_network_matches_numpy(net: Net, seed: int):
     src = net.source()
     note(src)
     network = dnnc.load(src)
-    model = network.compile(batch=2)
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in network.params.items():
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        params[name] = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape).astype(np.float32)
-        model.params[name] = params[name]
-    # three examples: one full batch of two and a partial one
-    x = rng.normal(0.0, 1.0, (3,) + net.shape).astype(np.float32)
-    (name,) = model.outputs
-    got = model.forward(x=x)[name]
-    want = reference(net, x.astype(np.float64), {k: v.astype(np.float64) for k, v in params.items()})
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=src)
+    _agrees(net, network, network.compile(batch=2), seed, src)
+
+
+AXES = ["n", "f", "i", "j", "k", "c", "u", "r", "s", "p", "q", "_0", "_1", "_2", "_3", "zz"]
+
+
+@st.composite
+def schedule_steps(draw, tiles: list) -> list[str]:
+    """Up to three steps as a user writes them for --schedule, most of them changes of a
+    default tile: a random axis, width, unroll, vectors, block, panel or parallel flag."""
+    steps = []
+    for _ in range(draw(st.integers(1, 3))):
+        t = draw(st.sampled_from(tiles))
+        kind = draw(st.sampled_from(["tile", "tile", "tile", "naive", "algorithm"]))
+        if kind == "naive":
+            steps.append(f"naive({t.tensor})")
+        elif kind == "algorithm":
+            steps.append(f"algorithm({t.tensor}, {draw(st.sampled_from(['direct', 'im2col', 'winograd']))})")
+        else:
+            axes = AXES + [a for a in (t.vector, t.unroll) if a]
+            u = draw(st.one_of(st.none(), st.sampled_from(axes)))
+            tile = replace(t, vector=draw(st.sampled_from(axes)), width=draw(st.sampled_from([1, 2, 3, 4, 8, 16, 32])),
+                           unroll=u, factor=draw(st.integers(1, 9)) if u else 1, vectors=draw(st.integers(1, 3)),
+                           parallel=draw(st.booleans()), panel=draw(st.booleans()),
+                           block=draw(st.one_of(st.none(), st.tuples(st.sampled_from(axes), st.integers(1, 40)))))
+            steps.append(str(tile))
+    return steps
+
+
+@settings(max_examples=max(EXAMPLES // 2, 8), deadline=None, derandomize="DNNC_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(net=networks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_random_schedules_are_refused_or_agree_with_numpy(net: Net, data, seed: int):
+    from dnnc.lower import lower_graph
+    from dnnc.schedule import Tile, parse_step
+
+    src = net.source()
+    network = dnnc.load(src)
+    tiles = [t for t in lower_graph(network.at_batch(2)).schedule if isinstance(t, Tile)]
+    if not tiles:
+        return
+    steps = data.draw(schedule_steps(tiles))
+    note(src + "\n" + "\n".join(steps))
+    try:
+        model = network.compile(batch=2, overrides=[parse_step(s) for s in steps], threads=2)
+    except DnncError as e:  # refused, with a reason: a user error, not a crash
+        assert e.message, steps
+        event("schedule refused")
+        return
+    event("schedule compiled")
+    _agrees(net, network, model, seed, src + "\n" + "\n".join(steps))
+
+
+TOKENS = [",", ")", "(", "relu", "-1", "0", "x", "|>", "{", "}", "filters=", "99999999", "1.5", "\"s\"", "[", "]",
+          "=", "op", "network", "\n", "#", "..."]
+
+
+@st.composite
+def damaged(draw) -> str:
+    src = draw(networks()).source()
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(src)))
+        how = draw(st.sampled_from(["delete", "insert", "number"]))
+        if how == "delete":
+            src = src[:at] + src[at + draw(st.integers(1, 8)):]
+        elif how == "insert":
+            src = src[:at] + draw(st.sampled_from(TOKENS)) + src[at:]
+        else:
+            digits = [m.start() for m in re.finditer(r"\d+", src)]
+            if digits:
+                k = draw(st.sampled_from(digits))
+                end = re.match(r"\d+", src[k:]).end() + k
+                src = src[:k] + str(draw(st.sampled_from([0, 1, 2, 3, 7, 100, 10**9, 10**20]))) + src[end:]
+    return src
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, derandomize="DNNC_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(src=damaged())
+def test_damaged_sources_load_or_fail_with_a_located_error(src: str):
+    note(src)
+    n_lines = len(src.splitlines()) + 1
+    try:
+        network = dnnc.load(src)
+    except DnncError as e:
+        assert e.message
+        if e.loc is not None:
+            assert 1 <= e.loc.line <= n_lines and e.loc.col >= 1, e.render()
+        event("refused when loaded")
+        return
+    try:  # it still parses: it compiles and runs, or is refused (too big, say) with a reason
+        model = network.compile(batch=2)
+    except DnncError as e:
+        assert e.message
+        event("refused when compiled")
+        return
+    event("compiled and ran")
+    feed = {n: np.ones((2,) + tuple(model.graph.tensors[n].shape[1:]), np.float32) for n in model.inputs}
+    model.forward(**feed)
