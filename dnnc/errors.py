@@ -22,7 +22,8 @@ def did_you_mean(word: str, choices) -> str:
     import difflib
 
     choices = [str(c) for c in choices]
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    near = [c for c in choices if sorted(c) == sorted(word) and c != word][:1]  # letters swapped: ri, ir
+    near = near or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not near and word.startswith("-") and not word.startswith("--"):
         near = difflib.get_close_matches("-" + word, choices, n=1, cutoff=0.6)  # -out for --out
     return f"; did you mean '{near[0]}'?" if near else ""
