@@ -188,9 +188,11 @@ def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
     if META in arrays:
         try:
             meta = json.loads(bytes(arrays[META].astype(np.uint8)).decode())
-            assert meta.get("format") == "dnnc-checkpoint"
-        except (ValueError, AssertionError, UnicodeDecodeError):
+            assert isinstance(meta, dict) and meta.get("format") == "dnnc-checkpoint"
+        except (ValueError, AssertionError, UnicodeDecodeError, TypeError):
             raise DnncError("corrupt checkpoint metadata", path=str(path)) from None
+        if meta.get("network", net.name) != net.name:
+            raise DnncError(f"is a checkpoint of network '{meta.get('network')}', not '{net.name}'", path=str(path))
     expected = dict(net.params)
     expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
     params = check_weights(arrays, expected, path)
@@ -346,13 +348,18 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         if meta is None:
             raise DnncError("holds parameters only, not a training state to resume", path=resume)
         restore(model, params)
-        seed = meta["seed"]
-        norm = tuple(meta["normalization"])
-        prog = Progress(**meta["progress"])
-        saved = meta["settings"]
-        s = replace(s, batch=saved["batch"], schedule=saved["schedule"], step_size=saved["step_size"],
-                    gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
-                    epochs=epochs if epochs is not None else saved["epochs"])
+        try:
+            seed = int(meta["seed"])
+            norm = tuple(float(v) for v in meta["normalization"])
+            prog = Progress(**meta["progress"])
+            saved = meta["settings"]
+            s = replace(s, batch=int(saved["batch"]), schedule=saved["schedule"], step_size=saved["step_size"],
+                        gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
+                        epochs=epochs if epochs is not None else saved["epochs"])
+        except (KeyError, TypeError, ValueError):
+            raise DnncError("corrupt checkpoint metadata (cannot resume from it)", path=resume) from None
+        if s.batch < 1 or len(norm) != 2 or prog.epoch < 0:
+            raise DnncError("corrupt checkpoint metadata (cannot resume from it)", path=resume)
         if model.batch != s.batch and dist is None:
             model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
             restore(model, params)

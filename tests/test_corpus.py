@@ -140,3 +140,37 @@ def test_a_network_too_big_for_memory_is_refused_at_the_command_line():
     for argv, r in zip(argvs, dnnc_cli_many(argvs)):
         lines = assert_clean_failure(r, 1)
         assert len(lines) == 1 and "needs at least 1.12 TiB of memory" in lines[0], (argv, lines)
+
+
+# ----------------------------------------------------------------------------- checkpoints to resume
+
+def test_bad_checkpoints_for_resume(tmp_path):
+    """Each refused in one line naming the file; nothing written to --out."""
+    import json
+
+    net = dnnc.load(Path(__file__).resolve().parent.parent / "examples" / "lenet300.net")
+    params = net.init_params()
+    np.savez(tmp_path / "params_only.npz", **params)
+
+    def with_meta(name, meta):
+        arrays = dict(params)
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(tmp_path / name, **arrays)
+
+    with_meta("other_network.npz", {"format": "dnnc-checkpoint", "network": "lenet5"})
+    with_meta("meta_a_list.npz", [1, 2])
+    with_meta("meta_incomplete.npz", {"format": "dnnc-checkpoint", "network": "lenet300", "seed": 1})
+    with_meta("meta_wrong_types.npz", {"format": "dnnc-checkpoint", "network": "lenet300", "seed": "x",
+                                       "normalization": [0.1, 0.3], "progress": {}, "settings": {}})
+    cases = [("params_only.npz", "holds parameters only, not a training state to resume"),
+             ("other_network.npz", "is a checkpoint of network 'lenet5', not 'lenet300'"),
+             ("meta_a_list.npz", "corrupt checkpoint metadata"),
+             ("meta_incomplete.npz", "corrupt checkpoint metadata (cannot resume from it)"),
+             ("meta_wrong_types.npz", "corrupt checkpoint metadata (cannot resume from it)")]
+    argvs = [["train", "examples/lenet300.net", "--resume", tmp_path / name, "--epochs", "1",
+              "--out", tmp_path / "out.npz"] for name, _ in cases]
+    for (name, fragment), r in zip(cases, dnnc_cli_many(argvs)):
+        lines = assert_clean_failure(r, 1)
+        assert lines == [f"{tmp_path / name}: error: {fragment}"] or (len(lines) == 1 and fragment in lines[0]), \
+            (name, lines)
+    assert not (tmp_path / "out.npz").exists()
