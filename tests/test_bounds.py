@@ -27,6 +27,9 @@ from dnnc.ir.verify import VerifyError
 from dnnc.lower import lower_graph
 from dnnc.optim import Optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_verifier import _drop_guards  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,19 +78,7 @@ def _shift_loads(body, var: str):
 
 def drop_guards(p: Program) -> Program:
     """Padding and ragged tile edges read without their guards (the masks of vector code)."""
-
-    def block(stmts):
-        out = []
-        for s in stmts:
-            if isinstance(s, Loop):
-                out.append(Loop(s.var, s.extent, block(s.body), s.kind))
-            elif isinstance(s, If):
-                out.extend(block(s.then))
-            else:
-                out.append(s)
-        return tuple(out)
-
-    return p.replace_kernels(Kernel(k.name, block(k.body), k.layer) for k in p.kernels)
+    return _drop_guards(p)
 
 
 def grow_outer_loops(p: Program) -> Program:
