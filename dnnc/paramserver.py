@@ -9,7 +9,8 @@ it arrives, with the optimizer's compiled update over its shard.
 
 Staleness: a worker's pull is answered only while it is at most S updates ahead of the
 slowest live worker. Failures: a worker silent for FAILURE_SECONDS is declared dead, said
-so once, and dropped; the others go on. At the end server 0 gathers the shards, evaluates
+so once, and dropped; the others go on. Before its first message a worker is compiling, so
+it has START_SECONDS; one declared dead that speaks again is taken back. At the end server 0 gathers the shards, evaluates
 the model and writes the checkpoint (with a single server, also after every epoch).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .optim import HYPER, HYPER_SIZE, lr_at
 
 PULL, PARAMS, PUSH, DONE, FINAL, BYE = 11, 12, 13, 14, 15, 16
 FAILURE_SECONDS = float(os.environ.get("DNNC_PS_FAILURE_SECONDS", "10"))
+START_SECONDS = max(60.0, FAILURE_SECONDS)  # silence allowed before a worker's first message
 # fault injection for tests: "RANK:STEPS" makes that worker die (os._exit) after STEPS pushes
 FAIL_AFTER = os.environ.get("DNNC_PS_FAIL_AFTER", "")
 
@@ -140,6 +142,7 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
     finished: set[int] = set()
     version = {w: 0 for w in live}
     heard = {w: time.monotonic() for w in live}
+    started: set[int] = set()  # workers heard from at least once
     deferred: list[int] = []
     updates, loss_sum, losses, history = 0, 0.0, 0, []
     status = MPI.Status()
@@ -158,6 +161,10 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
         if comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             w, tag = status.Get_source(), status.Get_tag()
             heard[w] = time.monotonic()
+            started.add(w)
+            if w not in live and w not in finished and tag != DONE:  # slow, not dead
+                live.add(w)
+                log(f"worker rank {w} is back: carrying on with {len(live)} worker(s)")
             if tag == PUSH:
                 comm.Recv(push, source=w, tag=PUSH)
                 epoch = updates // steps
@@ -195,9 +202,10 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
         else:
             now = time.monotonic()
             for w in sorted(live):
-                if now - heard[w] > FAILURE_SECONDS and w not in deferred:
+                allowed = FAILURE_SECONDS if w in started else START_SECONDS
+                if now - heard[w] > allowed and w not in deferred:
                     live.discard(w)
-                    log(f"worker rank {w} has been silent for {FAILURE_SECONDS:.0f} s after {version[w]} updates: "
+                    log(f"worker rank {w} has been silent for {allowed:.0f} s after {version[w]} updates: "
                         f"carrying on with {len(live)} worker(s)")
             time.sleep(0.0002)
         for w in list(deferred):  # pulls held back by the staleness bound
