@@ -5,7 +5,8 @@
    reduction blocks, panels, threads, algorithms, naive): each step is refused with a
    DnncError, or the compiled network still agrees with the reference. Never a wrong answer,
    never an internal error (the verifier's refusal would be one).
-3. Valid sources with random damage (characters deleted, tokens inserted, numbers replaced):
+3. Valid sources with random damage (characters deleted, tokens inserted, numbers replaced,
+   an op swapped for another, an argument dropped or added):
    loading and compiling either works or raises a located DnncError; nothing else.
 
 Hypothesis draws a chain of layers (conv with random kernel/stride/pad/filters/groups,
@@ -326,13 +327,33 @@ TOKENS = [",", ")", "(", "relu", "-1", "0", "x", "|>", "{", "}", "filters=", "99
           "=", "op", "network", "\n", "#", "..."]
 
 
+OPS = ["conv", "dense", "relu", "sigmoid", "tanh", "maxpool", "avgpool", "add", "concat", "flatten", "softmax",
+       "dropout", "batchnorm"]
+ARGS = ["stride", "pad", "groups", "filters", "kernel", "size", "units", "rate"]
+
+
 @st.composite
 def damaged(draw) -> str:
     src = draw(networks()).source()
     for _ in range(draw(st.integers(1, 3))):
         at = draw(st.integers(0, len(src)))
-        how = draw(st.sampled_from(["delete", "insert", "number"]))
-        if how == "delete":
+        how = draw(st.sampled_from(["delete", "insert", "number", "op", "argument"]))
+        if how == "op":  # another op in a call that still parses
+            ops = [m for m in re.finditer(r"\b(conv|dense|relu|sigmoid|tanh|maxpool|avgpool|add|concat|flatten)\b",
+                                          src)]
+            if ops:
+                m = draw(st.sampled_from(ops))
+                src = src[:m.start()] + draw(st.sampled_from(OPS)) + src[m.end():]
+        elif how == "argument":  # an argument dropped, or another one added
+            args = list(re.finditer(r", \w+=-?\d+", src))
+            if args and draw(st.booleans()):
+                m = draw(st.sampled_from(args))
+                src = src[:m.start()] + src[m.end():]
+            elif args:
+                m = draw(st.sampled_from(args))
+                extra = f", {draw(st.sampled_from(ARGS))}={draw(st.integers(-2, 9))}"
+                src = src[:m.end()] + extra + src[m.end():]
+        elif how == "delete":
             src = src[:at] + src[at + draw(st.integers(1, 8)):]
         elif how == "insert":
             src = src[:at] + draw(st.sampled_from(TOKENS)) + src[at:]
