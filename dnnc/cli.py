@@ -712,7 +712,12 @@ def cmd_import(args) -> int:
 
     text, layer_params = import_model(args.model)
     net = load(text)
-    save_npz(args.weights_out, weights_for(net, layer_params))
+    weights = weights_for(net, layer_params)  # everything is checked before either file is written
+    for path in (args.out, args.weights_out):
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise DnncError("the directory does not exist", path=str(path))
+    save_npz(args.weights_out, weights)
     atomic_write(args.out, text.encode())
     print(f"wrote {args.out} ({len(net.graph.layers)} layers) and {args.weights_out}")
     return 0
