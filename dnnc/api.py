@@ -58,7 +58,7 @@ class Network:
 
         settings_from(self)
         from_settings(self.graph.settings)
-        kernels = [n for n, t in self.graph.tensors.items() if t.kind in ("act", "output")]
+        kernels = [n for n, t in self.graph.tensors.items() if t.kind == "act"]
         for key, (_, loc) in self.graph.settings.items():
             tensor = key[len("schedule."):]
             if key.startswith("schedule.") and tensor not in self.graph.tensors:

@@ -247,11 +247,8 @@ def _load(path: str):
 # ----------------------------------------------------------------------------- commands
 
 def cmd_check(args) -> int:
-    from .train import settings_from
-
-    net = _load(args.net)
+    net = _load(args.net)  # the train { } and schedule { } blocks are checked too
     g = net.graph
-    settings_from(net)  # the train { } block too
     params = sum(int(np.prod(s)) for s in net.params.values())
     print(f"{args.net}: network {g.name}: ok")
     for n, s in net.inputs.items():
@@ -707,16 +704,14 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from . import load
-    from .fileio import atomic_write, save_npz
+    from .fileio import atomic_write, save_npz, writable_place
     from .onnx_io import import_model, weights_for
 
     text, layer_params = import_model(args.model)
     net = load(text)
     weights = weights_for(net, layer_params)  # everything is checked before either file is written
     for path in (args.out, args.weights_out):
-        parent = Path(path).parent
-        if not parent.is_dir():
-            raise DnncError("the directory does not exist", path=str(path))
+        writable_place(path)
     save_npz(args.weights_out, weights)
     atomic_write(args.out, text.encode())
     print(f"wrote {args.out} ({len(net.graph.layers)} layers) and {args.weights_out}")

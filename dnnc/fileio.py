@@ -59,11 +59,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     file behind; the next write to the path removes temporaries of writers no longer alive.
     """
     path = Path(path)
-    if path.is_dir():
-        raise DnncError("is a directory", path=str(path))
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise DnncError("the directory does not exist", path=str(path))
+    parent = writable_place(path)
     _remove_orphans(parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     try:
@@ -80,6 +76,18 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def writable_place(path: str | Path) -> Path:
+    """The directory a file is to be written in, refusing a path that names a directory or
+    lies in a directory that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise DnncError("is a directory", path=str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise DnncError("the directory does not exist", path=str(path))
+    return parent
 
 
 def _remove_orphans(parent: Path, name: str) -> None:

@@ -356,10 +356,10 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
             s = replace(s, batch=int(saved["batch"]), schedule=saved["schedule"], step_size=saved["step_size"],
                         gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
                         epochs=epochs if epochs is not None else saved["epochs"])
+            if s.batch < 1 or len(norm) != 2 or prog.epoch < 0:
+                raise ValueError("out of range")
         except (KeyError, TypeError, ValueError):
             raise DnncError("corrupt checkpoint metadata (cannot resume from it)", path=resume) from None
-        if s.batch < 1 or len(norm) != 2 or prog.epoch < 0:
-            raise DnncError("corrupt checkpoint metadata (cannot resume from it)", path=resume)
         if model.batch != s.batch and dist is None:
             model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
             restore(model, params)

@@ -28,30 +28,12 @@ from dnnc.lower import lower_graph
 from dnnc.optim import Optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_verifier import _drop_guards  # noqa: E402
+from test_verifier import _drop_guards, _map_loops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- broken schedules
-
-def _map_loops(p: Program, fn) -> Program:
-    """Rebuild every statement bottom-up; fn(loop) may return a replacement loop."""
-
-    def block(stmts):
-        out = []
-        for s in stmts:
-            if isinstance(s, Loop):
-                s = Loop(s.var, s.extent, block(s.body), s.kind)
-                out.append(fn(s) or s)
-            elif isinstance(s, If):
-                out.append(If(s.cond, block(s.then), block(s.orelse)))
-            else:
-                out.append(s)
-        return tuple(out)
-
-    return p.replace_kernels(Kernel(k.name, block(k.body), k.layer) for k in p.kernels)
-
 
 def _shift_loads(body, var: str):
     """Every load's use of var becomes var + 1."""

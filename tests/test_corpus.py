@@ -100,6 +100,8 @@ def _onnx_cases(tmp_path):
     good = save("good.onnx", _model(onnx, helper, numpy_helper))
     short = _model(onnx, helper, numpy_helper)
     short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:20]
+    cut = save("cut.onnx", _model(onnx, helper, numpy_helper))
+    cut.write_bytes(cut.read_bytes()[:-7])
     return [
         ("external data", save("ext.onnx", _model(onnx, helper, numpy_helper, external=True)), {},
          "keeps its weights in external data files"),
@@ -110,7 +112,7 @@ def _onnx_cases(tmp_path):
                                                         weight=np.full((3, 4), np.nan, np.float32))), {},
          "initializer 'W' does not hold 12 finite numbers"),
         ("over the size limit", good, {"DNNC_MAX_ONNX_BYTES": "64"}, "more than the 64 dnnc reads"),
-        ("truncated", save("cut.onnx", _model(onnx, helper, numpy_helper)), {}, "not a readable ONNX model"),
+        ("truncated", cut, {}, "not a readable ONNX model"),
         ("a directory", tmp_path, {}, "is not a file"),
         ("a typo in the name", tmp_path / "god.onnx", {}, "no such file (did you mean"),
     ]
@@ -118,8 +120,6 @@ def _onnx_cases(tmp_path):
 
 def test_bad_onnx_files_are_refused_before_use(tmp_path, monkeypatch):
     cases = _onnx_cases(tmp_path)
-    cut = tmp_path / "cut.onnx"
-    cut.write_bytes(cut.read_bytes()[:-7])
     for what, path, env, fragment in cases:
         for k, v in env.items():
             monkeypatch.setenv(k, v)  # the child process inherits it

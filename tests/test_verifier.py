@@ -278,16 +278,15 @@ def _grow_loops(p: Program) -> Program:
                k.layer) for k in p.kernels)
 
 
-def _parallel_reduction_loops(p: Program) -> Program:
-    """A wrong 'optimization': make every loop that holds a register update parallel."""
+def _map_loops(p: Program, fn) -> Program:
+    """Rebuild every statement bottom-up; fn(loop) may return a replacement loop."""
 
     def block(stmts):
         out = []
         for s in stmts:
             if isinstance(s, Loop):
-                body = block(s.body)
-                has_set = any(isinstance(b, Set) for b in body)
-                out.append(Loop(s.var, s.extent, body, "parallel" if has_set else s.kind))
+                s = Loop(s.var, s.extent, block(s.body), s.kind)
+                out.append(fn(s) or s)
             elif isinstance(s, If):
                 out.append(If(s.cond, block(s.then), block(s.orelse)))
             else:
@@ -295,6 +294,12 @@ def _parallel_reduction_loops(p: Program) -> Program:
         return tuple(out)
 
     return p.replace_kernels(Kernel(k.name, block(k.body), k.layer) for k in p.kernels)
+
+
+def _parallel_reduction_loops(p: Program) -> Program:
+    """A wrong 'optimization': make every loop that holds a register update parallel."""
+    return _map_loops(p, lambda s: Loop(s.var, s.extent, s.body, "parallel")
+                      if any(isinstance(b, Set) for b in s.body) else None)
 
 
 @pytest.mark.parametrize("broken,fragment", [

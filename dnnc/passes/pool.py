@@ -12,6 +12,8 @@ the conv's own gradient is a gather from those.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from .. import affine
 from ..expr import Binary, Const, Expr, Load, Reduce, Unary, Var, subst_vars, substitute
 from ..lower import _canon_loads
@@ -67,31 +69,42 @@ def pool_first(groups: Groups, keep: set[str]) -> Groups:
     flat, a gradient that differs only at ties). `R = f(C); Y = max(W) R[g]`, R read by
     nothing else, becomes `Y.pre = max(W) C[g]; Y = f(Y.pre)`, in a group named after both.
     """
-    readers = reader_counts(groups)
+    return _merge_pairs(groups, partial(_pool_first_pair, keep=keep, readers=reader_counts(groups)))
+
+
+def _pool_first_pair(group, nxt, keep: set[str], readers: dict[str, int]):
+    """The activation group and the pool group after it as one group, or None."""
+    name, stmts = group
+    if not (len(stmts) == 1 and len(nxt[1]) == 1 and stmts[0].tensor not in keep
+            and readers.get(stmts[0].tensor) == 1):
+        return None
+    act, pool = stmts[0], nxt[1][0]
+    c, r = _activation(act), _window_max(pool)
+    if c is None or r is None or r.tensor != act.tensor:
+        return None
+    pre = f"{pool.tensor}.pre"
+    red = pool.value
+    pooled = TStmt(pre, pool.axes, Reduce("max", red.axes, Load(c.tensor, r.index, r.loc), red.loc), pool.loc)
+    rename = {n: Var(m) for (n, _), (m, _) in zip(act.axes, pool.axes, strict=True)}
+    at_pre = Load(pre, tuple(Var(m) for m, _ in pool.axes))
+    value = substitute(subst_vars(act.value, rename),
+                       lambda x: at_pre if isinstance(x, Load) and x.tensor == c.tensor else None)
+    return f"{nxt[0]}+{name.split('.')[-1]}", [pooled, TStmt(pool.tensor, pool.axes, value, act.loc)]
+
+
+def _merge_pairs(groups: Groups, merge) -> Groups:
+    """Each group merged with the next where merge(group, next) gives one group (None: keep
+    both); the rest as they are."""
     out: Groups = []
     k = 0
     while k < len(groups):
-        name, stmts = groups[k]
-        nxt = groups[k + 1] if k + 1 < len(groups) else None
-        if (nxt is not None and len(stmts) == 1 and len(nxt[1]) == 1 and stmts[0].tensor not in keep
-                and readers.get(stmts[0].tensor) == 1):
-            act, pool = stmts[0], nxt[1][0]
-            c, r = _activation(act), _window_max(pool)
-            if c is not None and r is not None and r.tensor == act.tensor:
-                pre = f"{pool.tensor}.pre"
-                red = pool.value
-                pooled = TStmt(pre, pool.axes, Reduce("max", red.axes, Load(c.tensor, r.index, r.loc), red.loc),
-                               pool.loc)
-                rename = {n: Var(m) for (n, _), (m, _) in zip(act.axes, pool.axes, strict=True)}
-                at_pre = Load(pre, tuple(Var(m) for m, _ in pool.axes))
-                value = substitute(subst_vars(act.value, rename),
-                                   lambda x: at_pre if isinstance(x, Load) and x.tensor == c.tensor else None)
-                out.append((f"{nxt[0]}+{name.split('.')[-1]}",
-                            [pooled, TStmt(pool.tensor, pool.axes, value, act.loc)]))
-                k += 2
-                continue
-        out.append((name, list(stmts)))
-        k += 1
+        merged = merge(groups[k], groups[k + 1]) if k + 1 < len(groups) else None
+        if merged is not None:
+            out.append(merged)
+            k += 2
+        else:
+            out.append((groups[k][0], list(groups[k][1])))
+            k += 1
     return out
 
 
@@ -151,23 +164,19 @@ def fuse_pool(groups: Groups, keep: set[str], shapes: dict[str, tuple[int, ...]]
     or argmax of the next group, over non-overlapping in-range windows, is substituted into
     those readers; P itself is no longer computed.
     """
-    readers = reader_counts(groups)
-    out: Groups = []
-    k = 0
-    while k < len(groups):
-        name, stmts = groups[k]
-        nxt = groups[k + 1] if k + 1 < len(groups) else None
-        if nxt is not None and len(stmts) == 1 and _conv_like(stmts[0]) and stmts[0].tensor not in keep:
-            p = stmts[0]
-            users = [st for st in nxt[1] if any(x.tensor == p.tensor for x in _reads(st))]
-            if users and readers.get(p.tensor) == len(users) and all(_fusable(st, p, shapes) for st in users):
-                fused = [_substitute(st, p) if st in users else st for st in nxt[1]]
-                out.append((f"{name}+{nxt[0].split('.', 1)[-1]}", fused))
-                k += 2
-                continue
-        out.append((name, list(stmts)))
-        k += 1
-    return out
+    return _merge_pairs(groups, partial(_fuse_pool_pair, keep=keep, shapes=shapes, readers=reader_counts(groups)))
+
+
+def _fuse_pool_pair(group, nxt, keep: set[str], shapes: dict[str, tuple[int, ...]], readers: dict[str, int]):
+    """The conv group substituted into the pool group after it, as one group, or None."""
+    name, stmts = group
+    if not (len(stmts) == 1 and _conv_like(stmts[0]) and stmts[0].tensor not in keep):
+        return None
+    p = stmts[0]
+    users = [st for st in nxt[1] if any(x.tensor == p.tensor for x in _reads(st))]
+    if not (users and readers.get(p.tensor) == len(users) and all(_fusable(st, p, shapes) for st in users)):
+        return None
+    return f"{name}+{nxt[0].split('.', 1)[-1]}", [_substitute(st, p) if st in users else st for st in nxt[1]]
 
 
 def _window(st: TStmt) -> Reduce | None:
