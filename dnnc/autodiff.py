@@ -189,7 +189,7 @@ class Backward:
                 if e.op == "sum":
                     yield from visit(e.body, g, inner, c2)
                 elif e.op == "mean":
-                    yield from visit(e.body, Binary("/", g, self._count(e)), inner, c2)
+                    yield from visit(e.body, Binary("/", g, self._count(e, ranges)), inner, c2)
                 elif e.op in ("max", "min"):
                     flat: Expr = Const(0)
                     for n, x in e.axes:
@@ -239,8 +239,10 @@ class Backward:
 
         yield from visit(st.value, g0, list(st.axes), [])
 
-    def _count(self, r: Reduce) -> Expr:
-        ranges = {n: (0, x - 1) for n, x in r.axes}
+    def _count(self, r: Reduce, ranges: dict) -> Expr:
+        """How many terms of the mean r have every read in range: a constant unless padding
+        makes it vary with the position (the ranges include the statement's own axes, so a read
+        indexed by them alone is known to be in range)."""
         if not read_guards(r.body, ranges, {}, self.shapes):
             return Const(float(math.prod(x for _, x in r.axes)))
         self._counter += 1

@@ -17,7 +17,7 @@ from .errors import DnncError, Loc, did_you_mean
 from .fileio import beside_source, load_npy
 from .frontend import ELLIPSIS, Binding, Call, CallValue, Module, NameRef, Network, OpDef, Stage, parse
 from .expr import REDUCE, Expr, Load
-from .te import RNG_SEED, UNARY_FUNCS, Instance, ParamSpec, instantiate
+from .te import RNG_SEED, UNARY_FUNCS, Instance, ParamSpec, instantiate, without_params
 
 DTYPE_BYTES = 4
 
@@ -251,6 +251,7 @@ class _Builder:
         tensor_inputs: list[str | None] = [None] * len(op.inputs)
         attrs: dict = {}
         fixed: dict[str, tuple[object, Loc]] = {}
+        dropped: set[str] = set()
         slot = 0
         if piped is not None:
             tensor_inputs[0] = piped
@@ -284,6 +285,9 @@ class _Builder:
                 if not isinstance(arg.value, NameRef):
                     raise DnncError(f"{op.name}: input '{key}' must be a tensor name", arg.loc)
                 tensor_inputs[input_names.index(key)] = self.tensor_ref(arg.value)
+            elif key in param_names and isinstance(arg.value, NameRef) and arg.value.name in ("false", "true"):
+                if arg.value.name == "false":  # no such parameter: it reads as 0 (conv without bias)
+                    dropped.add(key)
             elif key in param_names:
                 fixed[key] = (arg.value, arg.loc)
             elif key in attr_names:
@@ -311,6 +315,8 @@ class _Builder:
         names[op.output.name] = out
         inst = instantiate(op, shapes, attrs, names, pprefix if op.params or op.states else lname, st.loc,
                            self.training)
+        if dropped:
+            inst = without_params(inst, pprefix, dropped)
         params = []
         for kind, specs, names_, table in (("param", inst.params, self.params, self.param_specs),
                                            ("state", inst.states, self.states, self.state_specs)):

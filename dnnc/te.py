@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import affine
 from .errors import DnncError, Loc, did_you_mean
@@ -69,6 +69,25 @@ class Instance:
     states: tuple[ParamSpec, ...] = ()
     updates: tuple[TStmt, ...] = ()  # training only: state updates after the forward pass
     attrs: tuple[tuple[str, object], ...] = ()  # the attribute values, defaults filled in
+
+
+def without_params(inst: Instance, prefix: str, dropped: set[str]) -> Instance:
+    """The instance with the parameters `dropped` (names inside the op) removed: each read of
+    one becomes 0, and a sum loses the zero term (`conv(..., bias=false)`)."""
+    gone = {f"{prefix}.{n}" for n in dropped}
+
+    def zero(e: Expr):
+        if isinstance(e, Load) and e.tensor in gone:
+            return Const(0.0)
+        if isinstance(e, Binary) and e.op == "+" and Const(0.0) in (e.a, e.b):
+            return e.b if e.a == Const(0.0) else e.a
+        return None
+
+    def strip(stmts):
+        return tuple(replace(s, value=substitute(s.value, zero)) for s in stmts)
+
+    return replace(inst, params=tuple(p for p in inst.params if p.name not in dropped),
+                   stmts=strip(inst.stmts), updates=strip(inst.updates))
 
 
 # ----------------------------------------------------------------------------- evaluation
