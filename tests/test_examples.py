@@ -69,9 +69,9 @@ def sobel(x, p):
 
 
 # custom_op.net's user ops, written by hand
-def leaky_relu(x, slope=0.01):
+def swish(x, beta=1.0):
     x = ref.f64(x)
-    return np.where(x > 0, x, slope * x)
+    return x * ref.sigmoid(beta * x)
 
 
 def channel_gate(x, scale, shift):
@@ -83,8 +83,8 @@ def channel_gate(x, scale, shift):
 
 def gated(x, p):
     c1 = ref.conv2d(x, p["c1.conv.weight"], p["c1.conv.bias"], pad=1)
-    c1 = ref.maxpool(channel_gate(leaky_relu(c1, 0.1), p["c1.channel_gate.scale"], p["c1.channel_gate.shift"]), 2)
-    c2 = ref.avgpool(leaky_relu(ref.conv2d(c1, p["c2.weight"], p["c2.bias"], stride=2)), 2, pad=1)
+    c1 = ref.maxpool(channel_gate(swish(c1, 2.0), p["c1.channel_gate.scale"], p["c1.channel_gate.shift"]), 2)
+    c2 = ref.avgpool(swish(ref.conv2d(c1, p["c2.weight"], p["c2.bias"], stride=2)), 2, pad=1)
     return {"logits": ref.dense(ref.flatten(c2), p["logits.weight"], p["logits.bias"])}
 
 
