@@ -40,16 +40,27 @@ class DnncError(Exception):
         self.loc = loc
         self.path = path
 
-    def render(self) -> str:
+    def __str__(self) -> str:
+        """`file:line:col: error: message` (or `file: error: message`) where the error has a
+        place, so a printed or logged exception says where; the bare message where it has none."""
+        if self.loc is None and not self.path:
+            return self.message
+        return self.headline()
+
+    def headline(self) -> str:
+        """The first line of render(): where, then the message."""
         if self.loc is not None:
-            head = f"{self.loc}: error: {self.message}"
-            if self.loc.text:
-                caret = " " * (self.loc.col - 1) + "^"
-                return f"{head}\n    {self.loc.text}\n    {caret}"
-            return head
+            return f"{self.loc}: error: {self.message}"
         if self.path:
             return f"{self.path}: error: {self.message}"
         return f"error: {self.message}"
+
+    def render(self) -> str:
+        """The headline, then for a located error the source line and a caret under the column."""
+        if self.loc is not None and self.loc.text:
+            caret = " " * (self.loc.col - 1) + "^"
+            return f"{self.headline()}\n    {self.loc.text}\n    {caret}"
+        return self.headline()
 
 
 class UsageError(DnncError):

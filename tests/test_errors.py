@@ -313,3 +313,23 @@ def test_a_network_too_big_for_memory_is_refused_before_allocating():
     with pytest.raises(DnncError, match=r"network 'huge' at batch 1 needs at least 1\.12 TiB of memory .* "
                                         r"available: use a smaller batch or input"):
         huge.compile(batch=1)
+
+
+def test_str_of_an_error_says_where(tmp_path):
+    """str(DnncError) is its first line as the command prints it: `file:line:col: error: ...`
+    when it has a place, `file: error: ...` for a whole file, the bare message otherwise."""
+    path = tmp_path / "bad.net"
+    path.write_text(net("y = conv(x, filters=0, kernel=3)"))
+    with pytest.raises(DnncError) as info:
+        dnnc.load(path)
+    e = info.value
+    assert str(e) == f"{path}:3:9: error: {e.message}" == e.render().splitlines()[0]
+    assert f"{e}".startswith(f"{path}:3:9: error: conv: ")  # as a log line or an f-string shows it
+    with pytest.raises(DnncError) as info:
+        dnnc.load(tmp_path / "none.net")
+    assert str(info.value) == f"{tmp_path / 'none.net'}: error: no such file"
+    assert str(DnncError("no place")) == "no place"
+    # and the command prints the place once, not twice
+    r = dnnc_cli("check", path)
+    lines = assert_clean_failure(r, 1)
+    assert lines[0] == str(e) and lines[0].count(str(path)) == 1
