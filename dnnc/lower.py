@@ -116,8 +116,9 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
         steps = merge(steps, list(overrides))
         tiles = {s.key: s for s in steps if isinstance(s, Tile)}
         new_groups = []
+        writers: dict[str, int] = {}
         for kname, stmts in groups:
-            stmts, temps = apply_packs(stmts, steps, shapes)
+            stmts, temps = apply_packs(stmts, steps, shapes, writers)
             for t, s in temps:
                 shapes[t] = s
                 buffers.append(Buffer(t, s, "temp", dtype))

@@ -61,14 +61,20 @@ class Tile:
 class Pack:
     tensor: str  # the tensor read
     perm: tuple[int, ...]  # new dimension k is old dimension perm[k]
-    reader: str  # the statement (by the tensor it writes) that reads the packed copy
+    reader: str  # the statement that reads the packed copy: the nth that writes this tensor
+    nth: int = 0  # (a gradient is written by several statements, each with its own reads)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.reader, self.nth
 
     @property
     def packed(self) -> str:
         return f"{self.tensor}.packed{''.join(map(str, self.perm))}"
 
     def __str__(self) -> str:
-        return f"pack({self.tensor}, perm={list(self.perm)}, for={self.reader})"
+        r = self.reader + (f"#{self.nth}" if self.nth else "")
+        return f"pack({self.tensor}, perm={list(self.perm)}, for={r})"
 
 
 _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?"
@@ -324,7 +330,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
                 if _packable(ld, v) and (st.tensor, ld.tensor) not in packed:
                     d = next(k for k, ix in enumerate(ld.index) if ix == Var(v))
                     perm = tuple(k for k in range(len(ld.index)) if k != d) + (d,)
-                    steps.append(Pack(ld.tensor, perm, st.tensor))
+                    steps.append(Pack(ld.tensor, perm, st.tensor, nth))
                     packed.add((st.tensor, ld.tensor))
         width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
         unroll, factor = None, 1
@@ -364,22 +370,28 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dty
 
 # ----------------------------------------------------------------------------- packing
 
-def apply_packs(stmts: list[TStmt], steps: list, shapes: dict) -> tuple[list[TStmt], list[tuple[str, tuple]]]:
+def apply_packs(stmts: list[TStmt], steps: list, shapes: dict,
+                seen: dict[str, int] | None = None) -> tuple[list[TStmt], list[tuple[str, tuple]]]:
     """Statements that read packed copies; the copies are computed right before first use.
 
     Invariant: computes the same values (a packed copy is a permutation of its tensor).
+    `seen` counts the statements that wrote each tensor in earlier groups, so a pack for the
+    nth writer of a tensor finds it; it is updated.
     """
-    packs: dict[str, dict[str, Pack]] = {}
+    seen = {} if seen is None else seen
+    packs: dict[tuple[str, int], dict[str, Pack]] = {}
     for s in steps:
         if isinstance(s, Pack):
-            packs.setdefault(s.reader, {})[s.tensor] = s
+            packs.setdefault(s.key, {})[s.tensor] = s
     if not packs:
         return stmts, []
     out: list[TStmt] = []
     temps: list[tuple[str, tuple]] = []
     done: set[str] = set()
     for st in stmts:
-        mine = packs.get(st.tensor, {})
+        nth = seen.get(st.tensor, 0)
+        seen[st.tensor] = nth + 1
+        mine = packs.get((st.tensor, nth), {})
         if not mine:
             out.append(st)
             continue

@@ -336,3 +336,40 @@ def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypa
         for b in prog.buffers:
             if b.kind in ("output", "param", "grad", "state"):
                 np.testing.assert_array_equal(got[b.name], ref[b.name], err_msg=f"{name}: {b.name}")
+
+
+RESIDUAL = """
+network res {
+    input image: [4, 4, 4]
+    label digit: 10
+    x = conv(image, filters=128, kernel=3, pad=1)
+    a = conv(x, filters=128, kernel=3, pad=1) |> relu
+    y = add(a, x) |> relu
+    logits = dense(y, 10)
+    loss softmax_cross_entropy(logits, digit)
+}
+"""
+
+
+def test_a_pack_serves_the_statement_it_was_made_for():
+    """x.grad is written twice: by the residual add, then by a's transposed convolution, which
+    reads a.conv.grad packed along the batch (16 fills a vector). The packed copy belongs before
+    that second writer; made before the first, it read a.conv.grad before it existed
+    (a VerifyError that ResNet-18 hit at batch 16 and not at 8)."""
+    net = dnnc.load(RESIDUAL)
+    g = net.at_batch(16, training=True)
+    from dnnc.schedule import Pack, default_schedule
+    from dnnc.step import training_groups
+
+    buffers, groups = training_groups(g)
+    steps = default_schedule([s for _, st in groups for s in st], {b.name: b.shape for b in buffers})
+    assert "pack(a.conv.grad, perm=[1, 2, 3, 0], for=x.grad#1)" in [str(s) for s in steps if isinstance(s, Pack)]
+    rng = np.random.default_rng(0)
+    feed = {"image": rng.normal(size=(16, 4, 4, 4)).astype(np.float32), "digit": rng.integers(0, 10, 16)}
+    tuned, naive = net.compile(batch=16), net.compile(batch=16, schedule=False)
+    naive.params.update_from(tuned.params)
+    loss, grads = tuned.loss_and_grad(**feed)
+    loss0, grads0 = naive.loss_and_grad(**feed)
+    assert abs(loss - loss0) <= 1e-5 * abs(loss0)
+    for k, g0 in grads0.items():
+        np.testing.assert_allclose(grads[k], g0, rtol=1e-4, atol=1e-5 * float(np.abs(g0).max()), err_msg=k)
