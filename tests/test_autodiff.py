@@ -491,3 +491,28 @@ def test_whole_network_gradients_match_pytorch(name):
         assert err.max() <= 1e-4, f"{k}: max rel err {err.max():.3g}"
         # and as a whole tensor
         assert np.linalg.norm(got - ref) <= 1e-4 * np.linalg.norm(ref), k
+
+
+def test_the_count_of_an_unpadded_mean_is_a_constant():
+    """The gradient of batchnorm's mean over (b, i, j) divides by n*h*w, a constant: it used to
+    recount the domain in a loop inside every element's loop (1,495 ms a step at batch 16 for
+    a small residual CNN, 0.68 ms at batch 8, where LLVM happened to fold the loop)."""
+    from dnnc.expr import Reduce
+    from dnnc.step import training_groups
+
+    src = """
+    network bn {
+        input image: [3, 8, 8]
+        label digit: 10
+        a = conv(image, filters=8, kernel=3, pad=1, bias=false) |> batchnorm |> relu
+        p = avgpool(a, 3, stride=2, pad=1)
+        logits = dense(p, 10)
+        loss softmax_cross_entropy(logits, digit)
+    }
+    """
+    g = dnnc.load(src).at_batch(16, training=True)
+    _, groups = training_groups(g)
+    counted = {st.tensor for _, stmts in groups for st in stmts
+               if any(isinstance(x, Reduce) and x.op == "count" for x in st.value.walk())}
+    # only the padded average pool's windows vary in size, so only its gradient counts
+    assert counted == {"a.grad"}
