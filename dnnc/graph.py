@@ -202,12 +202,24 @@ class _Builder:
             if self.tensors["loss"].shape != ():
                 raise DnncError(f"the loss must be a single number, but '{first.op}' gives shape "
                                 f"{list(self.tensors['loss'].shape)}", first.loc)
+            self.check_classes(loss, classes)
         settings = {s.name: (s.value, s.loc) for s in net.train}
         settings.update({f"schedule.{s.name}": (s.value, s.loc) for s in net.schedule})
         return Graph(net.name, self.batch, dict(self.tensors), tuple(self.layers), tuple(inputs),
                      tuple(labels), classes, tuple(outputs), loss, tuple(self.params),
                      dict(self.param_specs), tuple(self.states), dict(self.state_specs), self.training,
                      dict(self.fixed), settings)
+
+    def check_classes(self, loss: Layer, classes: dict[str, int]) -> None:
+        """A loss that reads class labels scores as many classes as the label has: a class
+        number beyond the scores would read nothing and give a meaningless loss."""
+        for lab in (t for t in loss.inputs if t in classes):
+            for t in loss.inputs:
+                shape = self.tensors[t].shape
+                if t != lab and len(shape) == 2 and shape[1] != classes[lab]:
+                    raise DnncError(f"{loss.op}: '{t}' scores {shape[1]} classes but label '{lab}' has "
+                                    f"{classes[lab]}; give '{t}' {classes[lab]} outputs (e.g. "
+                                    f"dense(..., {classes[lab]}))", loss.loc)
 
     def tensor_ref(self, ref: NameRef) -> str:
         if ref.name in self.tensors and self.tensors[ref.name].kind != "param":
