@@ -243,8 +243,12 @@ class Backward:
         """How many terms of the mean r have every read in range: a constant unless padding
         makes it vary with the position (the ranges include the statement's own axes, so a read
         indexed by them alone is known to be in range)."""
-        if not read_guards(r.body, ranges, {}, self.shapes):
+        guards = read_guards(r.body, ranges, {}, self.shapes)
+        if not guards:
             return Const(float(math.prod(x for _, x in r.axes)))
+        closed = _closed_count(r.axes, guards)
+        if closed is not None:
+            return closed
         self._counter += 1
         ren = {n: f"{n}_c{self._counter}" for n, _ in r.axes}
         body = subst_vars(r.body, {a: Var(b) for a, b in ren.items()})
@@ -278,6 +282,37 @@ class Backward:
         cs = [c for c in conds if not _implied_by_reads(c, Binary("+", coef, load), self.shapes)]
         out.append(TStmt(gname, tuple(axes), _select_all(cs, coef), st.loc, load.index, True))
         return out
+
+
+def _closed_count(axes, guards: list[Expr]) -> Expr | None:
+    """The number of points of `axes` where every guard holds, as an integer expression of the
+    outer indices, when each guard bounds one axis of unit step (`i*S + p - P >= 0`, `... < H`:
+    a padded pool window). Per axis p < X the count is max(0, min(X, hi) - max(0, lo)), where
+    lo <= p < hi is what the guards leave; the total is the product. None for other guards."""
+    lo: dict[str, list[Expr]] = {n: [] for n, _ in axes}
+    hi: dict[str, list[Expr]] = {n: [] for n, _ in axes}
+    for g in guards:
+        if not (isinstance(g, Binary) and g.op in (">=", "<") and isinstance(g.b, Const)):
+            return None
+        d = affine.affine(g.a)
+        mine = [n for n in lo if d is not None and d.get(n, 0) != 0]
+        if d is None or len(mine) != 1 or d[mine[0]] != 1:
+            return None
+        p = mine[0]
+        rest = affine.from_affine({k: v for k, v in d.items() if k != p})  # guard: rest + p OP bound
+        bound = affine.simplify(Binary("-", g.b, rest))
+        (lo if g.op == ">=" else hi)[p].append(bound)
+    total: Expr | None = None
+    for n, x in axes:
+        first: Expr = Const(0)
+        for b in lo[n]:
+            first = Binary("max", first, b)
+        last: Expr = Const(x)
+        for b in hi[n]:
+            last = Binary("min", last, b)
+        k = Binary("max", Const(0), Binary("-", last, first)) if lo[n] or hi[n] else Const(x)
+        total = k if total is None else Binary("*", total, k)
+    return total
 
 
 def _subst(e: Expr, solution: dict[str, Expr]) -> Expr:
