@@ -54,7 +54,7 @@ class Network:
         """The train { } and schedule { } blocks, checked when the file is, not when used."""
         from .errors import did_you_mean
         from .schedule import from_settings
-        from .train import settings_from
+        from .settings import settings_from
 
         settings_from(self)
         from_settings(self.graph.settings)
@@ -275,6 +275,9 @@ class Model:
         self.states = Params({n: self.buffers[n] for n in self.graph.states})
         self.seed = seed
         self.steps = 0  # training steps taken, for the random numbers of dropout
+        # (mean, std) of the training data, which forward(), loss_and_grad() and train_step()
+        # apply to the inputs they are given, as training did: set by load() from a checkpoint
+        self.normalization: tuple[float, float] | None = None
         self._train_graph = None
         self._exec: dict = {}
         fwd = self.executable("forward")
@@ -347,6 +350,23 @@ class Model:
             self.buffers[w + ".ell"][...] = np.pad(vals, ((0, pad), (0, 0)))
             self.buffers[w + ".cols"][...] = np.pad(cols, ((0, pad), (0, 0)))
 
+    def load(self, path) -> "Model":
+        """Take the parameters, running statistics (batchnorm's) and input normalization of a
+        checkpoint written by `dnnc train` (or of a weights .npz or a compressed .dnnz) and
+        return the model: `net.compile(batch=64).load("lenet5.npz")`. A file of another network,
+        or one whose arrays do not fit this one, is refused with a DnncError naming the file."""
+        from .checkpoint import read_checkpoint, use
+
+        arrays, _, meta = read_checkpoint(path, self.network)
+        use(self, arrays, meta)
+        return self
+
+    def _normalized(self, a: np.ndarray) -> np.ndarray:
+        if self.normalization is None:
+            return a
+        mean, std = self.normalization
+        return (a - mean) / std
+
     def run_batch(self) -> None:
         """Run the compiled forward pass on the current buffers (one native call)."""
         self.executable("forward").run()
@@ -366,7 +386,7 @@ class Model:
             want = self.graph.tensors[n].shape
             if a.shape != want:
                 raise DnncError(f"'{n}' must have shape {list(want)} (the compiled batch), got {list(a.shape)}")
-            self.buffers[n][...] = a
+            self.buffers[n][...] = self._normalized(a) if n in self.graph.inputs else a
 
     def loss_and_grad(self, **inputs_and_labels) -> tuple[float, dict[str, np.ndarray]]:
         """The loss on one batch and its gradient for every parameter (keyed like params)."""
@@ -377,12 +397,22 @@ class Model:
         grads = {n: self.buffers[n + ".grad"].copy() for n in self.graph.params if n + ".grad" in self.buffers}
         return float(self.buffers["loss"]), grads
 
-    def train_step(self, optimizer, lr: float | None = None, step: int = 1, **inputs_and_labels) -> float:
-        """One step of training on one batch: forward, backward and update in one native call."""
-        from .optim import HYPER
+    def train_step(self, optimizer="sgd", lr: float | None = None, step: int | None = None,
+                   **inputs_and_labels) -> float:
+        """One step of training on one batch: forward, backward and update in one native call.
 
+        `optimizer` is written as in a train { } block, `"sgd(lr=0.1, momentum=0.9)"` or
+        `"adam"`, or is a dnnc.optim.Optimizer; its state (momentum, Adam's moments) lives in
+        the model's buffers from step to step. `lr` overrides its learning rate for this step;
+        `step` (1-based, default: the steps this model has taken, plus one) drives Adam's bias
+        corrections. Returns the loss before the update."""
+        from .optim import HYPER
+        from .settings import optimizer_spec
+
+        optimizer = optimizer_spec(optimizer)
         ex = self.executable("train", optimizer)
         self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
+        step = self.steps + 1 if step is None else step
         self.buffers[HYPER][...] = optimizer.hyper(step, optimizer.lr if lr is None else lr)
         self.steps += 1
         self.set_rng()
@@ -403,6 +433,7 @@ class Model:
             if a.shape[1:] != ex_shape:
                 raise DnncError(f"input '{name}' must have shape [N, {', '.join(map(str, ex_shape))}], "
                                 f"got {list(a.shape)}")
+            a = self._normalized(a)
             if count is not None and a.shape[0] != count:
                 raise DnncError("inputs have different numbers of examples")
             count = a.shape[0]

@@ -17,6 +17,7 @@ from .api import Model, Network
 from .codegen.llvm import kernel_args, kernel_symbol
 from .optim import HYPER
 from .te import count_flops
+from .units import human_seconds
 
 
 @dataclass
@@ -68,7 +69,7 @@ def bench(net: Network, batch: int = 64, training: bool = False, threads: int | 
     model = net.compile(batch=batch, threads=threads, **compile_options)
     optimizer = None
     if training:
-        from .train import settings_from
+        from .settings import settings_from
 
         optimizer = settings_from(net).optimizer
         ex = model.executable("train", optimizer)
@@ -117,11 +118,11 @@ def render(r: Report) -> str:
         lines.append(f"{'kernel'.ljust(width)}  {'time':>10}  {'GFLOP/s':>8}  {'share':>6}")
         for k in r.kernels:
             gf = k.flops / k.seconds / 1e9 if k.seconds > 0 else 0.0
-            lines.append(f"{k.name.ljust(width)}  {k.seconds * 1e6:8.1f} us  {gf:8.2f}  "
+            lines.append(f"{k.name.ljust(width)}  {human_seconds(k.seconds):>10}  {gf:8.2f}  "
                          f"{100 * k.seconds / total:5.1f}%")
-        lines.append(f"{'sum of kernels'.ljust(width)}  {total * 1e6:8.1f} us")
+        lines.append(f"{'sum of kernels'.ljust(width)}  {human_seconds(total):>10}")
     flops = sum(k.flops for k in r.kernels)
-    lines.append(f"whole step: {r.step_seconds * 1e3:.3f} ms (median), {r.batch / r.step_seconds:,.0f} images/s"
+    lines.append(f"whole step: {human_seconds(r.step_seconds)} (median), {r.batch / r.step_seconds:,.0f} images/s"
                  + (f", {flops / r.step_seconds / 1e9:.2f} GFLOP/s" if flops else ""))
-    lines.append(f"compile: {r.compile_seconds:.3f} s")
+    lines.append(f"compile: {human_seconds(r.compile_seconds)}")
     return "\n".join(lines)

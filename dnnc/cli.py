@@ -1,11 +1,11 @@
-"""The dnnc command: check, info, ir, run, compile.
+"""The dnnc command: check, info, ir, run, train, eval, bench, compile, compress, export,
+import, filters (their flags: cli_parser.py).
 
 Every user error ends in one located line (FILE:LINE:COL: error: ...) and a non-zero exit:
 2 for a bad command line, 1 for anything else. No traceback reaches the user.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -14,181 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .cli_parser import make_parser
 from .errors import DnncError, UsageError, did_you_mean
 from .fileio import no_such_file
-
-STAGES = ["ast", "graph", "te", "loops", "<passes>", "llvm", "llvm-opt", "asm"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-        if choice:
-            message += did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
-        raise UsageError(f"{message} (see 'dnnc {self.prog.split()[-1]} --help')"
-                         if " " in self.prog else f"{message} (see 'dnnc --help')")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, but an unknown flag is reported by its command, with the nearest flags."""
-        ns, extras = self.parse_known_args(args, namespace)
-        if extras:
-            sub = self.commands.get(getattr(ns, "command", None), self) if hasattr(self, "commands") else self
-            flags = [o for a in sub._actions for o in a.option_strings]
-            hints = "".join(did_you_mean(x.split("=")[0], flags) for x in extras if x.startswith("-"))
-            sub.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
-        return ns
-
-
-def _whole(least: int):
-    """An argparse type: a whole number of at least `least`."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if v < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
-        return v
-
-    return parse
-
-
-_positive = _whole(1)
-_nonneg_int = _whole(0)
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v >= 0) or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
-    return v
-
-
-def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dnnc", description="A readable deep-learning compiler for CPUs.")
-    p.add_argument("--version", action="version", version=f"dnnc {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    c = sub.add_parser("check", help="parse and check a network; print a summary")
-    c.add_argument("net")
-
-    i = sub.add_parser("info", help="per-layer table: shapes, parameters, memory, FLOPs "
-                                    "(of a compressed MODEL.dnnz: the Deep Compression table)")
-    i.add_argument("net", metavar="NET|MODEL.dnnz")
-    i.add_argument("--batch", type=_positive, default=1)
-    i.add_argument("--training", action="store_true",
-                   help="also the planned memory of a training step: weights, gradients, optimizer state, activations")
-    i.add_argument("--plan", action="store_true", help="also the planned memory of inference")
-    i.add_argument("--graph", metavar="NET.svg", help="also draw the network: layers, shapes, fused kernels")
-
-    z = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code -> MODEL.dnnz")
-    z.add_argument("net")
-    z.add_argument("--weights", required=True, metavar="CKPT.npz", help="the trained network to compress")
-    z.add_argument("--prune", metavar="FRACTION|LAYER=FRACTION,...",
-                   help="fraction of weights to remove, for all layers or per weight tensor "
-                        "(default: the paper's per layer kind)")
-    z.add_argument("--clusters", metavar="conv=256,dense=32", help="shared weights per layer kind")
-    z.add_argument("--retrain", type=_nonneg_int, default=6, metavar="EPOCHS",
-                   help="epochs of retraining after each pruning stage and of centroid fine-tuning (default 6)")
-    z.add_argument("--data", help="retraining data (default: the embedded digits, as dnnc train)")
-    z.add_argument("-o", "--out", required=True, metavar="MODEL.dnnz")
-
-    r = sub.add_parser("ir", help="print a stage of the pipeline")
-    r.add_argument("net")
-    r.add_argument("--stage", default="loops",
-                   help="ast, graph, te, schedule, loops, a pass name, llvm, llvm-opt or asm (default loops)")
-    r.add_argument("--layer", help="only this layer (or binding)")
-    r.add_argument("--batch", type=_positive, default=1)
-    r.add_argument("--grad", action="store_true",
-                   help="the training program: forward, loss, backward (derived by autodiff) and update")
-
-    u = sub.add_parser("run", help="run the forward pass on inputs from .npy files")
-    u.add_argument("net")
-    u.add_argument("--weights", help="parameters (.npz); default: the declared initializers, seed 0")
-    u.add_argument("--input", action="append", required=True, metavar="[NAME=]X.npy",
-                   help="an input array of shape [N, ...] or one example; NAME= for networks with several")
-    u.add_argument("--output", metavar="[NAME=]Y.npy", action="append", help="write an output to .npy")
-    u.add_argument("--batch", type=_positive, default=64, help="examples per native call (default 64)")
-
-    t = sub.add_parser("train", help="train a network (default data: the embedded MNIST digits)")
-    t.add_argument("net")
-    t.add_argument("--data", help="a directory of IDX files or an .npz (x_train, y_train, x_test, y_test)")
-    t.add_argument("--epochs", type=_positive)
-    t.add_argument("--batch", type=_positive)
-    t.add_argument("--lr", type=_nonneg_float)
-    t.add_argument("--optimizer", choices=["sgd", "adam"])
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--out", metavar="CKPT.npz", help="checkpoint to write (default: NETWORK.npz)")
-    t.add_argument("--resume", metavar="CKPT.npz", help="continue the run saved in this checkpoint")
-    how = t.add_mutually_exclusive_group()
-    how.add_argument("--data-parallel", dest="mode", action="store_const", const="data",
-                     help="split each batch across --threads replicas and average their gradients "
-                          "(synchronous; the same bits for a given thread count)")
-    how.add_argument("--async", dest="mode", action="store_const", const="async",
-                     help="Hogwild: --threads threads each train their own batches, updating the "
-                          "shared weights without locks")
-    how.add_argument("--distributed", nargs="?", const="sync", choices=("sync", "ps"), metavar="sync|ps",
-                     help="across MPI ranks (mpiexec -n N dnnc train NET --distributed): synchronous data "
-                          "parallelism, or =ps for asynchronous parameter servers")
-    t.add_argument("--servers", type=_positive, default=1, help="parameter-server ranks (with --distributed=ps)")
-    t.add_argument("--staleness", type=_nonneg_int, default=4,
-                   help="updates a worker may run ahead of the slowest (with --distributed=ps; default 4)")
-    t.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy per epoch (needs dnnc[plot])")
-    t.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
-                   help="a step whose loss or a gradient is not finite: stop, naming the layer (default), "
-                        "or undo and skip it")
-
-    x = sub.add_parser("export", help="write the network and its weights as an ONNX model (dnnc[onnx])")
-    x.add_argument("net")
-    x.add_argument("--weights", metavar="CKPT.npz|MODEL.dnnz", help="default: the seeded initial weights")
-    x.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
-
-    m = sub.add_parser("import", help="read an ONNX model into a .net file and its weights (dnnc[onnx])")
-    m.add_argument("model", metavar="MODEL.onnx")
-    m.add_argument("-o", "--out", required=True, metavar="NET.net")
-    m.add_argument("--weights-out", required=True, metavar="W.npz")
-
-    f = sub.add_parser("filters", help="draw a conv layer's learned filters as a grid (PNG)")
-    f.add_argument("weights", metavar="CKPT.npz|MODEL.dnnz")
-    f.add_argument("--layer", required=True, help="the layer (c1) or its weight (c1.weight)")
-    f.add_argument("-o", "--out", required=True, metavar="FILTERS.png")
-    f.add_argument("--scale", type=_positive, default=8, help="pixels per weight (default 8)")
-
-    e = sub.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix")
-    e.add_argument("net")
-    e.add_argument("--weights", required=True, metavar="CKPT.npz")
-    e.add_argument("--data")
-    e.add_argument("--batch", type=_positive, default=256)
-
-    bn = sub.add_parser("bench", help="time the forward pass or the training step, whole and per kernel")
-    bn.add_argument("net")
-    bn.add_argument("--batch", type=_positive, default=64)
-    bn.add_argument("--training", action="store_true", help="the training step: forward, backward, update")
-    bn.add_argument("--per-layer", action="store_true", help="also time every kernel on its own")
-    bn.add_argument("--repeat", type=_positive, default=20, help="runs per measurement; medians are shown")
-
-    o = sub.add_parser("compile", help="ahead-of-time object file and C header")
-    o.add_argument("net")
-    o.add_argument("-o", "--output", required=True, metavar="NAME.o")
-    o.add_argument("--batch", type=_positive, default=1)
-    for sp in (r, u, t, e, o, bn):
-        sp.add_argument("--schedule", action="append", default=[], metavar="STEP",
-                        help="a schedule step replacing the default for its tensor, as `dnnc ir --stage "
-                             "schedule` prints it: 'tile(c1.conv, vector=j:16, unroll=f:4)' or 'naive(c1.conv)'")
-        sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
-    for sp in (u, t, e, bn):
-        sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
-    for sp in (u, t, e, o, bn):
-        sp.add_argument("--checks", action="store_true",
-                        help="debug build: test every index at run time and abort naming the buffer "
-                             "(as DNNC_CHECKS=1)")
-    p.commands = sub.choices
-    return p
+from .units import human_seconds
 
 
 def _schedule_args(args) -> dict:
@@ -316,7 +145,7 @@ def compression_table(header: dict) -> str:
 
 def cmd_compress(args) -> int:
     from . import retrain
-    from .train import read_checkpoint
+    from .checkpoint import read_checkpoint
 
     net = _load(args.net)
     params, _, _ = read_checkpoint(args.weights, net)
@@ -520,7 +349,7 @@ def cmd_run(args) -> int:
     missing = [n for n in net.graph.inputs if n not in paths]
     if missing:
         raise UsageError(f"missing --input for '{missing[0]}'")
-    outs = _parse_named(args.output, net.graph.outputs, "output") if args.output else {}
+    outs = _parse_named(args.out, net.graph.outputs, "output") if args.out else {}
     if any(images.is_png(p) for p in list(paths.values()) + list(outs.values())):
         return _run_pictures(args, net, paths, outs)
     arrays = {n: load_npy(p) for n, p in paths.items()}
@@ -532,17 +361,7 @@ def cmd_run(args) -> int:
         if a.size == 0:
             raise DnncError(f"input '{n}' holds no examples (shape {list(a.shape)})", path=paths[n])
     count = max(1 if tuple(a.shape) == net.inputs[n] else a.shape[0] for n, a in arrays.items())
-    meta = None
-    if args.weights:
-        from .train import compile_for, read_checkpoint
-
-        params, _, meta = read_checkpoint(args.weights, net)
-        model = compile_for(net, params, args.weights, batch=min(args.batch, count), **_schedule_args(args))
-        if meta:  # the training set's normalization, as training applied it
-            mean, std = meta["normalization"]
-            arrays = {n: (a - mean) / std for n, a in arrays.items()}
-    else:
-        model = net.compile(batch=min(args.batch, count), **_schedule_args(args))
+    model = _model(args, net, min(args.batch, count))
     t0 = time.perf_counter()
     result = model.forward(**arrays)
     dt = time.perf_counter() - t0
@@ -556,8 +375,18 @@ def cmd_run(args) -> int:
                 print(y)
             if net.graph.classes and y.ndim == 2 and y.shape[1] == next(iter(net.graph.classes.values())):
                 _print_top(y)
-    print(f"{count} example(s) in {dt * 1e3:.2f} ms", file=sys.stderr)
+    print(f"{count} example(s) in {human_seconds(dt)}", file=sys.stderr)
     return 0
+
+
+def _model(args, net, batch: int):
+    """The network compiled for `batch`, with the weights of --weights (and the training data's
+    normalization, which its forward() applies to the inputs), else its initial weights."""
+    if not args.weights:
+        return net.compile(batch=batch, **_schedule_args(args))
+    from .checkpoint import compile_for
+
+    return compile_for(net, args.weights, batch=batch, **_schedule_args(args))
 
 
 def _print_top(logits: np.ndarray, k: int = 3) -> None:
@@ -585,7 +414,7 @@ def cmd_compile(args) -> int:
     from .aot import compile_object
 
     net = _load(args.net)
-    obj, header = compile_object(net, args.output, args.batch, **_schedule_args(args))
+    obj, header = compile_object(net, args.out, args.batch, **_schedule_args(args))
     print(f"wrote {obj} and {header}")
     return 0
 
@@ -610,9 +439,8 @@ def cmd_train(args) -> int:
 
         curves(r.history, args.plot, f"{net.name}: {len(r.history)} epochs")
         print(f"curves -> {args.plot}")
-    print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count} examples), "
-          f"test loss {r.evaluation.loss:.4f}, {r.seconds:.1f} s in all; "
-          f"checkpoint {args.out or net.name + '.npz'}")
+    print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count:,} examples), "
+          f"test loss {r.evaluation.loss:.4f}, {human_seconds(r.seconds)} in all; checkpoint {r.checkpoint}")
     return 0
 
 
@@ -635,18 +463,7 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     want = net.inputs[name]
     if net.graph.classes:  # a classifier: the picture as one example, as the training data were
         x = images.for_classifier(pic, want)[None]
-        meta = None
-        if args.weights:
-            from .train import compile_for, read_checkpoint
-
-            params, _, meta = read_checkpoint(args.weights, net)
-            model = compile_for(net, params, args.weights, batch=1, **_schedule_args(args))
-        else:
-            model = net.compile(batch=1, **_schedule_args(args))
-        if meta:
-            mean, std = meta["normalization"]
-            x = (x - mean) / std
-        y = model.forward(**{name: x})[net.graph.outputs[0]][0]
+        y = _model(args, net, 1).forward(**{name: x})[net.graph.outputs[0]][0]
         p = np.exp(y - y.max())
         p /= p.sum()
         top = np.argsort(-p)[:3]
@@ -667,9 +484,7 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     sized = net.with_inputs({name: (c,) + pic.shape[1:]})
     model = sized.compile(batch=x.shape[0], **_schedule_args(args))
     if args.weights:
-        from .train import read_checkpoint, restore
-
-        restore(model, read_checkpoint(args.weights, sized)[0])
+        model.load(args.weights)
     result = model.forward(**{name: x})
     for n, y in result.items():
         pic_out = y[:, 0] if c == 1 and x.shape[0] > 1 else y[0]
@@ -693,9 +508,7 @@ def cmd_export(args) -> int:
     net = _load(args.net)
     model = net.compile(batch=1, threads=1)
     if args.weights:
-        from .train import read_checkpoint, restore
-
-        restore(model, read_checkpoint(args.weights, net)[0])
+        model.load(args.weights)
     params = {**{k: model.params[k] for k in model.params}, **{k: model.states[k] for k in model.states}}
     export(net, params, args.out)
     print(f"wrote {args.out} (ONNX opset 13, {len(net.graph.layers)} nodes)")

@@ -101,7 +101,7 @@ def _pair(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
 def embedded() -> Dataset:
     x, y = _pair(EMBEDDED_IMAGES, EMBEDDED_LABELS)
     n = EMBEDDED_TRAIN
-    return Dataset(x[:n], y[:n], x[n:], y[n:], "embedded MNIST digits (8,000 train / 2,000 test)")
+    return Dataset(x[:n], y[:n], x[n:], y[n:], "the embedded MNIST digits")
 
 
 def load(path: str | Path | None = None) -> Dataset:

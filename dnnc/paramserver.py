@@ -24,6 +24,7 @@ from .api import Model, init_values
 from .distributed import flat_views
 from .errors import DnncError
 from .optim import HYPER, HYPER_SIZE, lr_at
+from .units import human_seconds
 
 PULL, PARAMS, PUSH, DONE, FINAL, BYE = 11, 12, 13, 14, 15, 16
 FAILURE_SECONDS = float(os.environ.get("DNNC_PS_FAILURE_SECONDS", "10"))
@@ -183,11 +184,11 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
                         entry.update(test_loss=ev.loss, accuracy=ev.accuracy)
                         save(model, entry)
                         log(f"epoch {entry['epoch']:3d}/{s.epochs}  train loss {entry['train_loss']:.4f}  test loss "
-                            f"{ev.loss:.4f}  accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  "
+                            f"{ev.loss:.4f}  accuracy {100 * ev.accuracy:6.2f}%  {human_seconds(dt):>7}  "
                             f"{len(live)} worker(s) running")
                     else:
                         log(f"epoch {entry['epoch']:3d}/{s.epochs}  train loss {entry['train_loss']:.4f}  "
-                            f"{dt:6.2f} s  {len(live)} worker(s)")
+                            f"{human_seconds(dt):>7}  {len(live)} worker(s)")
                     history.append(entry)
                     loss_sum, losses, t_epoch = 0.0, 0, time.perf_counter()
             elif tag == PULL:
@@ -205,7 +206,7 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
                 allowed = FAILURE_SECONDS if w in started else START_SECONDS
                 if now - heard[w] > allowed and w not in deferred:
                     live.discard(w)
-                    log(f"worker rank {w} has been silent for {allowed:.0f} s after {version[w]} updates: "
+                    log(f"worker rank {w} has been silent for {human_seconds(allowed)} after {version[w]} updates: "
                         f"carrying on with {len(live)} worker(s)")
             time.sleep(0.0002)
         for w in list(deferred):  # pulls held back by the staleness bound

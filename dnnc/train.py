@@ -7,216 +7,38 @@ Ctrl-C. Shuffling is a function of (seed, epoch), so a resumed run sees the same
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from . import data as datamod
 from .api import Model, Network
-from .errors import DnncError, did_you_mean
-from .fileio import beside_source, check_weights, no_such_file, load_npz, save_npz
-from .frontend import CallValue, NameRef
+from .checkpoint import (META, STATE, check_overwrite, compile_for, read_checkpoint,  # noqa: F401 (also read
+                         restore, save_checkpoint)  # as train.META, train.read_checkpoint, ...)
+from .errors import DnncError
 from .optim import Optimizer, lr_at
 from .parallel import Hogwild, Replicas, Single
+from .settings import (SCHEDULES, Settings, data_path, optimizer_spec,  # noqa: F401 (also read as
+                       settings_from)  # train.settings_from, ...)
+from .units import human_seconds
 
-META = "__meta__"
-STATE = "state:"
-SCHEDULES = ("constant", "step", "cosine")
-
-
-@dataclass(frozen=True)
-class Settings:
-    optimizer: Optimizer = Optimizer("sgd", 0.01, 0.9)
-    schedule: str = "constant"
-    step_size: int = 0
-    gamma: float = 0.1
-    batch: int = 64
-    epochs: int = 10
-
-
-def settings_from(net: Network, **overrides) -> Settings:
-    """The train { } block of the network, then the given overrides (None means not given)."""
-    s = Settings()
-    opt = s.optimizer
-    for name, (value, loc) in net.graph.settings.items():
-        if name.startswith("schedule."):
-            continue
-        if name == "optimizer":
-            opt = _optimizer(value, loc)
-        elif name == "schedule":
-            if isinstance(value, NameRef):
-                s = replace(s, schedule=_schedule_name(value.name, loc))
-            elif isinstance(value, CallValue):
-                kw = _kwargs(value, {"size": int, "gamma": float}, loc)
-                s = replace(s, schedule=_schedule_name(value.name, loc), step_size=kw.get("size", 0),
-                            gamma=kw.get("gamma", 0.1))
-            else:
-                raise DnncError(f"schedule is one of {', '.join(SCHEDULES)}", loc)
-        elif name in ("batch", "epochs"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise DnncError(f"{name} must be a whole number of at least 1, got {value!r}", loc)
-            s = replace(s, **{name: value})
-        elif name == "lr":
-            opt = replace(opt, lr=_number(value, "lr", loc))
-        elif name == "data":
-            data_path(net)
-        else:
-            known = ("optimizer", "schedule", "batch", "epochs", "lr", "data")
-            raise DnncError(f"unknown training setting '{name}'{did_you_mean(name, known)} "
-                            f"(settings: {', '.join(known)})", loc)
-    if overrides.get("optimizer"):
-        kind = overrides["optimizer"]
-        if kind != opt.kind:
-            opt = Optimizer(kind, opt.lr if kind == "sgd" else 0.001, 0.9 if kind == "sgd" else 0.0)
-    if overrides.get("lr") is not None:
-        opt = replace(opt, lr=overrides["lr"])
-    s = replace(s, optimizer=opt)
-    for k in ("batch", "epochs"):
-        if overrides.get(k) is not None:
-            s = replace(s, **{k: overrides[k]})
-    return s
-
-
-def data_path(net: Network, given: str | None = None) -> str | None:
-    """The data to train and evaluate on: as given (--data), else the train block's
-    `data = "DIR_OR.npz"` (beside the .net file), else None for the embedded digits."""
-    if given is not None:
-        return given
-    if "data" not in net.graph.settings:
-        return None
-    value, loc = net.graph.settings["data"]
-    if not isinstance(value, str):
-        raise DnncError('data is a file or directory name in quotes: data = "digits/"', loc)
-    path = beside_source(value, loc)
-    if not path.exists():
-        raise DnncError(f"data '{value}': {no_such_file(path, 'no such file or directory').message}", loc)
-    return str(path)
-
-
-def _schedule_name(name, loc):
-    if name not in SCHEDULES:
-        raise DnncError(f"unknown schedule '{name}'{did_you_mean(name, SCHEDULES)} (schedules: {', '.join(SCHEDULES)})",
-                        loc)
-    return name
-
-
-def _number(v, what, loc) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise DnncError(f"{what} must be a non-negative number, got {v!r}", loc)
-    return float(v)
-
-
-def _kwargs(call: CallValue, allowed: dict, loc) -> dict:
-    out = {}
-    for a in call.args:
-        if a.key is None or a.key not in allowed:
-            raise DnncError(f"{call.name}(...) takes {', '.join(k + '=' for k in allowed)}", a.loc)
-        conv = allowed[a.key]
-        if conv is bool:
-            out[a.key] = bool(a.value)
-        elif conv is int:
-            if not isinstance(a.value, int) or a.value < 1:
-                raise DnncError(f"{a.key} must be a whole number of at least 1", a.loc)
-            out[a.key] = a.value
-        else:
-            out[a.key] = _number(a.value, a.key, a.loc)
-    return out
-
-
-def _optimizer(value, loc) -> Optimizer:
-    name = value.name if isinstance(value, (NameRef, CallValue)) else None
-    if name == "sgd":
-        kw = _kwargs(value, {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}, loc) \
-            if isinstance(value, CallValue) else {}
-        return Optimizer("sgd", kw.get("lr", 0.01), kw.get("momentum", 0.0), kw.get("nesterov", False),
-                         kw.get("weight_decay", 0.0))
-    if name == "adam":
-        kw = _kwargs(value, {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float},
-                     loc) if isinstance(value, CallValue) else {}
-        return Optimizer("adam", kw.get("lr", 0.001), 0.0, False, kw.get("weight_decay", 0.0),
-                         kw.get("beta1", 0.9), kw.get("beta2", 0.999), kw.get("eps", 1e-8))
-    raise DnncError("optimizer is sgd(lr=..., momentum=..., nesterov=..., weight_decay=...) or "
-                    "adam(lr=..., beta1=..., beta2=..., eps=..., weight_decay=...)", loc)
-
-
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- a run's progress
 
 @dataclass
 class Progress:
+    """Where a run stands, as its checkpoint records it."""
+
     epoch: int = 0  # completed epochs
     step_in_epoch: int = 0  # completed steps of the current epoch
     global_step: int = 0
     loss_sum: float = 0.0  # of the current epoch's steps
     history: list = field(default_factory=list)
-
-
-def save_checkpoint(path, model: Model, s: Settings, seed: int, norm, progress: Progress) -> None:
-    arrays = {n: model.params[n] for n in model.params}
-    arrays.update({n: model.states[n] for n in model.states})
-    for p in model.params:
-        for st in s.optimizer.state(p):
-            if st in model.buffers:
-                arrays[STATE + st] = model.buffers[st]
-    meta = {"format": "dnnc-checkpoint", "version": 1, "network": model.graph.name, "seed": seed,
-            "normalization": list(norm), "settings": {**asdict(s), "optimizer": asdict(s.optimizer)},
-            "progress": asdict(progress)}
-    arrays[META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    save_npz(path, arrays)
-
-
-def read_checkpoint(path, net: Network) -> tuple[dict, dict, dict | None]:
-    """(parameters and running statistics, optimizer state, meta or None) from an .npz or a
-    compressed .dnnz, checked against the network."""
-    from . import compress
-
-    if compress.is_dnnz(path):
-        header, arrays = compress.read(path)
-        if header.get("network") != net.name:
-            raise DnncError(f"holds a compressed '{header.get('network')}', not '{net.name}'", path=str(path))
-        expected = dict(net.params)
-        expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
-        norm = header.get("normalization")
-        return check_weights(arrays, expected, path), {}, ({"normalization": norm} if norm else None)
-    arrays = load_npz(path)
-    meta = None
-    if META in arrays:
-        try:
-            meta = json.loads(bytes(arrays[META].astype(np.uint8)).decode())
-            assert isinstance(meta, dict) and meta.get("format") == "dnnc-checkpoint"
-        except (ValueError, AssertionError, UnicodeDecodeError, TypeError):
-            raise DnncError("corrupt checkpoint metadata", path=str(path)) from None
-        if meta.get("network", net.name) != net.name:
-            raise DnncError(f"is a checkpoint of network '{meta.get('network')}', not '{net.name}'", path=str(path))
-    expected = dict(net.params)
-    expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
-    params = check_weights(arrays, expected, path)
-    state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
-    return params, state, meta
-
-
-def compile_for(net: Network, params: dict, path, **options) -> Model:
-    """A model holding checked weights; a compressed model's sparse enough dense layers are
-    read in ELL form (passes/sparse.py chooses by density)."""
-    from . import compress
-    from .passes.sparse import choose
-
-    sparse = choose(params, [p for p, s in net.params.items() if len(s) == 2]) if compress.is_dnnz(path) else {}
-    model = net.compile(sparse=sparse, **options)
-    restore(model, params)
-    model.fill_sparse()
-    return model
-
-
-def restore(model: Model, arrays: dict) -> None:
-    """Parameters and running statistics from checked checkpoint arrays."""
-    for n, a in arrays.items():
-        (model.params if n in model.params else model.states)[n] = a
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -280,14 +102,71 @@ class Result:
     seconds: float
     history: list
     rank: int = 0  # of this process among MPI ranks (rank 0 speaks for a distributed run)
+    checkpoint: str | None = None  # the file the run wrote
 
 
-def _bar(done: int, total: int, t0: float, stream) -> None:
-    width = 30
-    k = int(width * done / max(total, 1))
-    rate = done / max(time.perf_counter() - t0, 1e-9)
-    stream.write(f"\r  [{'#' * k}{'.' * (width - k)}] {done}/{total} batches  {rate:.1f}/s ")
-    stream.flush()
+STATUS_SECONDS = 10.0  # the longest wait between status lines when the output is not a terminal
+
+
+class _Status:
+    """How far the current epoch has got, on stderr: on a terminal one line rewritten in place;
+    elsewhere (a log file, a pipe) a line at least every STATUS_SECONDS, so that a long epoch
+    still shows it is alive. `mode` is "bar", "lines" or None (silent)."""
+
+    def __init__(self, mode: str | None, epochs: int, steps: int, batch: int, stream=None):
+        self.mode, self.epochs, self.steps, self.batch = mode, epochs, steps, batch
+        self.stream = stream or sys.stderr
+        self.epoch_seconds = None  # of the last whole epoch, evaluation and checkpoint included
+        self.whole = False  # whether the epoch under way started at its first step
+        self.t0 = self.last = time.perf_counter()
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        now = time.perf_counter()
+        if self.whole:
+            self.epoch_seconds = now - self.t0
+        self.epoch, self.first, self.t0, self.last = epoch, done, now, now
+        self.whole = done == 0
+
+    def step(self, done: int, loss_sum: float) -> None:
+        """`done` steps of this epoch are done; `loss_sum` is the sum of their losses."""
+        if self.mode is None:
+            return
+        now = time.perf_counter()
+        if self.mode == "bar" and done % 5 and done != self.steps:
+            return
+        if self.mode == "lines" and now - self.last < STATUS_SECONDS:
+            return
+        self.last = now
+        per_step = (now - self.t0) / max(done - self.first, 1)
+        left = (self.steps - done) * per_step
+        later = self.epochs - self.epoch - 1
+        left += later * (self.epoch_seconds if self.epoch_seconds else self.steps * per_step)
+        text = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  loss {loss_sum / done:.4f}  "
+                f"{self.batch / per_step:,.0f} images/s  ETA {human_seconds(left)}")
+        if self.mode == "bar":
+            self.stream.write("\r  " + text.ljust(76))
+        else:
+            self.stream.write("  " + text + "\n")
+        self.stream.flush()
+
+    def end_steps(self) -> None:
+        if self.mode == "bar":
+            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.flush()
+
+
+def _status_mode(progress) -> str | None:
+    if progress is None:
+        return "bar" if sys.stderr.isatty() else "lines"
+    if progress is True:
+        return "bar"
+    if progress in ("bar", "lines"):
+        return progress
+    return None
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
@@ -329,6 +208,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     if len(g.inputs) != 1 or len(g.labels) != 1:
         raise DnncError("dnnc train feeds networks with one input and one label")
     s = settings_from(net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer)
+    out = str(out or resume or f"{g.name}.npz")  # a resumed run goes on in the file it was read from
+    if resume is None or Path(out).resolve() != Path(resume).resolve():  # (that one is read, and checked, below)
+        _on_rank_0(comm, lambda: check_overwrite(out, net))
     ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     prog = Progress()
     norm = datamod.normalization(ds.x_train)
@@ -382,20 +264,19 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     steps = len(xt) // s.batch
     if steps == 0:
         raise DnncError(f"the batch ({s.batch}) is larger than the training set ({len(xt)} examples)")
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    out = out or f"{g.name}.npz"
-
-    log(f"training {g.name} on {ds.source}: {len(xt)} train / {len(xs)} test, batch {s.batch}, "
-        f"{s.epochs} epochs, {s.optimizer.kind} lr {s.optimizer.lr}"
+    status = _Status(_status_mode(progress), s.epochs, steps, s.batch)
+    log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
+        f"{_count(s.epochs, 'epoch')}, {s.optimizer.kind} lr {s.optimizer.lr}"
         + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
         + f", {s.schedule} schedule, seed {seed}{_mode_text(mode, n, comm)}; "
-        f"compiled in {time.perf_counter() - t_start:.2f} s")
+        f"compiled in {human_seconds(time.perf_counter() - t_start)}")
     ev = None
     with _Interrupts() as stop:
         try:
             for epoch in range(prog.epoch, s.epochs):
                 order = np.random.default_rng([seed, epoch]).permutation(len(xt))
                 t0 = time.perf_counter()
+                status.start_epoch(epoch, prog.step_in_epoch)
 
                 def hyper_at(k, epoch=epoch, first=prog.global_step - prog.step_in_epoch):
                     rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
@@ -432,11 +313,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                     prog.loss_sum += loss
                     prog.step_in_epoch = k + 1
                     stop.check()  # here the weights and the progress agree: a consistent checkpoint
-                    if show_bar and (k % 5 == 0 or k == steps - 1):
-                        _bar(k + 1, steps, t0, sys.stderr)
+                    status.step(k + 1, prog.loss_sum)
                 dt = time.perf_counter() - t0
-                if show_bar:
-                    sys.stderr.write("\r" + " " * 70 + "\r")
+                status.end_steps()
                 ev = evaluator.run(xs, ds.y_test, classes)
                 train_loss = prog.loss_sum / steps
                 prog.history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": ev.loss,
@@ -445,7 +324,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                 if dist is None or dist.rank == 0:
                     save_checkpoint(out, model, s, seed, norm, prog)
                 log(f"epoch {epoch + 1:3d}/{s.epochs}  train loss {train_loss:.4f}  test loss {ev.loss:.4f}  "
-                    f"accuracy {100 * ev.accuracy:6.2f}%  {dt:6.2f} s  {steps * s.batch / max(dt, 1e-9):8.0f} images/s"
+                    f"accuracy {100 * ev.accuracy:6.2f}%  {human_seconds(dt):>7}  {steps * s.batch / max(dt, 1e-9):8.0f} images/s"
                     + (f"  ({skipped} steps skipped)" if skipped else ""))
                 skipped = 0
                 stop.check()
@@ -467,7 +346,8 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         log(f"parameters {'identical' if same else 'DIFFERENT'} on all {dist.size} ranks")
         if not same:
             raise DnncError("the ranks' parameters diverged (this is a bug in dnnc)")
-    return Result(model, s, ev, time.perf_counter() - t_start, prog.history, dist.rank if dist else 0)
+    model.normalization = norm  # the returned model takes inputs as the data set holds them, like a loaded one
+    return Result(model, s, ev, time.perf_counter() - t_start, prog.history, dist.rank if dist else 0, out)
 
 
 class _Interrupts:
@@ -513,9 +393,9 @@ def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log
     xt, xs = (ds.x_train - mean) / std, (ds.x_test - mean) / std
     yt = ds.y_train.astype(np.float32)
     classes = g.classes[g.labels[0]]
-    out = out or f"{g.name}.npz"
     size = comm.Get_size()
-    log(f"training {g.name} on {ds.source}: {len(xt)} train / {len(xs)} test, batch {s.batch}, {s.epochs} epochs, "
+    log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
+        f"{_count(s.epochs, 'epoch')}, "
         f"{s.optimizer.kind} lr {s.optimizer.lr}; parameter servers: {servers} server(s), {size - servers} "
         f"worker(s), staleness {staleness}")
     prog = Progress()
@@ -535,7 +415,24 @@ def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log
     ev = evaluate(model)
     prog.epoch, prog.history = s.epochs, history
     save_checkpoint(out, model, s, seed, norm, prog)
-    return Result(model, s, ev, time.perf_counter() - t_start, history, 0)
+    model.normalization = norm
+    return Result(model, s, ev, time.perf_counter() - t_start, history, 0, out)
+
+
+def _on_rank_0(comm, check) -> None:
+    """Run a check of the file to be written where it is written (rank 0 of an MPI run) and
+    fail on every rank alike, so that no rank waits for one that stopped."""
+    if comm is None:
+        return check()
+    refusal = None
+    if comm.Get_rank() == 0:
+        try:
+            check()
+        except DnncError as e:
+            refusal = (e.message, e.path)
+    refusal = comm.bcast(refusal, root=0)
+    if refusal is not None:
+        raise DnncError(refusal[0], path=refusal[1])
 
 
 def _mode_text(mode: str, n: int, comm) -> str:
@@ -591,9 +488,8 @@ def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 2
     g = net.graph
     if g.loss is None or len(g.labels) != 1:
         raise DnncError(f"network '{g.name}' needs a label and a loss to be evaluated")
-    params, _, meta = read_checkpoint(weights, net)
     ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
-    mean, std = meta["normalization"] if meta else (0.0, 1.0)
-    model = compile_for(net, params, weights, batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule,
+    model = compile_for(net, weights, batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule,
                         overrides=overrides, threads=threads)
+    mean, std = model.normalization or (0.0, 1.0)  # the Evaluator feeds the buffers as they are
     return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])

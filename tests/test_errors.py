@@ -151,7 +151,7 @@ BAD_COMMAND_LINES = [
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["check"], "the following arguments are required: net"),
     (["run", LENET], "the following arguments are required: --input"),
-    (["compile", LENET], "the following arguments are required: -o/--output"),
+    (["compile", LENET], "the following arguments are required: -o/--out"),
     (["check", LENET, "--bogus"], "unrecognized arguments: --bogus"),
     (["train", LENET, "--servers", "2"], "--servers and --staleness go with --distributed=ps"),
     (["train", LENET, "--distributed=bogus"], "argument --distributed: invalid choice: 'bogus'"),
@@ -272,7 +272,7 @@ def test_run_bad_names(files, tmp_path):
     argvs = [["run", LENET, "--input", f"pixels={x}", "--input", f"image={x}"],
              ["run", LENET, "--input", f"pixels={x}"],
              ["run", LENET, "--input", "image="],
-             ["run", LENET, "--input", x, "--output", f"probs={tmp_path / 'y.npy'}"]]
+             ["run", LENET, "--input", x, "--out", f"probs={tmp_path / 'y.npy'}"]]
     expected = ["dnnc: error: no input named 'pixels' (names: image)",
                 "dnnc: error: no input named 'pixels' (names: image)",
                 "dnnc: error: no file name after 'image='",

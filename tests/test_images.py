@@ -29,7 +29,7 @@ def test_blur_a_colour_png_of_any_size(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # not the network's declared 64x64
     PIL.fromarray(rgb).save(tmp_path / "photo.png")
-    r = dnnc("run", str(ROOT / "examples" / "blur.net"), "--input", "photo.png", "--output", "out.png", cwd=tmp_path)
+    r = dnnc("run", str(ROOT / "examples" / "blur.net"), "--input", "photo.png", "--out", "out.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     got = np.asarray(PIL.open(tmp_path / "out.png"), dtype=np.float64)
     want = np.stack([blur_ref(rgb[..., c] / 255.0) for c in range(3)], axis=-1)
@@ -41,7 +41,7 @@ def test_sobel_edges_of_a_grayscale_png(tmp_path):
     gray = np.zeros((20, 30), np.uint8)
     gray[:, 15:] = 255  # one vertical edge
     PIL.fromarray(gray).save(tmp_path / "g.png")
-    r = dnnc("run", str(ROOT / "examples" / "sobel.net"), "--input", "g.png", "--output", "edges=e.png",
+    r = dnnc("run", str(ROOT / "examples" / "sobel.net"), "--input", "g.png", "--out", "edges=e.png",
              cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     e = np.asarray(PIL.open(tmp_path / "e.png"), dtype=np.float64)
@@ -71,7 +71,7 @@ def test_bad_pictures_are_one_line(tmp_path, name, content, message):
         PIL.fromarray(np.zeros((30, 30), np.uint8) + 7).save(tmp_path / "full.png")
         content = (tmp_path / "full.png").read_bytes()[:60]
     (tmp_path / name).write_bytes(content)
-    r = dnnc("run", str(ROOT / "examples" / "blur.net"), "--input", name, "--output", "o.png", cwd=tmp_path)
+    r = dnnc("run", str(ROOT / "examples" / "blur.net"), "--input", name, "--out", "o.png", cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o.png").exists()
 
