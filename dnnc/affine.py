@@ -170,6 +170,17 @@ def bounds(e: Expr, ranges: dict[str, Interval], facts: dict | None = None) -> I
         if rest in facts:
             f = facts[rest]
             lo, hi = max(lo, f[0] + c), min(hi, f[1] + c)
+    for fk, f in facts.items():  # a fact about part of the sum bounds that part (a vector lane guard
+        part = affine(fk)        # jo*16 + ji < 20 under a flattened read (i*20 + jo*16 + ji) / 60)
+        terms = {k: x for k, x in (part or {}).items() if k != 1}
+        if not terms or any(d.get(k) != x for k, x in terms.items()):
+            continue
+        others = [bounds(from_affine({k: x}), ranges, None) for k, x in d.items() if k != 1 and k not in terms]
+        if any(r is None for r in others):
+            continue
+        base = c - part.get(1, 0)
+        lo = max(lo, f[0] + base + sum(r[0] for r in others))
+        hi = min(hi, f[1] + base + sum(r[1] for r in others))
     return lo, hi
 
 
