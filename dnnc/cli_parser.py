@@ -142,7 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["sgd", "adam"],
                    help="sgd with momentum 0.9, or adam (default: the train { } block's, else sgd)")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="seeds the initial weights, shuffling and dropout")
-    t.add_argument("--out", metavar="CKPT.npz",
+    t.add_argument("-o", "--out", metavar="CKPT.npz",
                    help="checkpoint to write after every epoch; refused if it holds another network's "
                         "(default: the --resume file, else NETWORK.npz)")
     t.add_argument("--resume", metavar="CKPT.npz", help="continue the run saved in this checkpoint, bit for bit")

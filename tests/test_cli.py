@@ -48,7 +48,7 @@ def test_train_help_explains_each_setting():
     assert r.returncode == 0
     for flag, fragment in [("net", "the network's .net file"), ("--epochs EPOCHS", "epochs to train"),
                            ("--batch BATCH", "examples per step"), ("--lr LR", "learning rate"),
-                           ("--seed SEED", "(default: 0)"), ("--out CKPT.npz", "the --resume file")]:
+                           ("--seed SEED", "(default: 0)"), ("-o CKPT.npz, --out CKPT.npz", "the --resume file")]:
         block = re.search(rf"^  {re.escape(flag)}\b(.*?)(?=^  \S|\Z)", r.stdout, re.M | re.S)
         assert block and fragment in " ".join(block.group(1).split()), (flag, r.stdout)
 
@@ -68,7 +68,7 @@ def test_one_spelling_of_the_output_flag():
         flags = {o for a in parser._actions for o in a.option_strings}
         assert "--output" not in flags, command
         outs = [a for a in parser._actions if "--out" in a.option_strings]
-        if command in ("compile", "run", "export", "import", "filters", "compress"):
+        if command in ("compile", "run", "export", "import", "filters", "compress", "train"):
             assert outs and outs[0].option_strings == ["-o", "--out"], command
 
 
