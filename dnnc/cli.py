@@ -503,15 +503,16 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_io import export
+    from .onnx_io import OPSET, export
 
     net = _load(args.net)
     model = net.compile(batch=1, threads=1)
     if args.weights:
         model.load(args.weights)
     params = {**{k: model.params[k] for k in model.params}, **{k: model.states[k] for k in model.states}}
-    export(net, params, args.out)
-    print(f"wrote {args.out} (ONNX opset 13, {len(net.graph.layers)} nodes)")
+    export(net, params, args.out, model.normalization)  # the model takes raw pixels, as dnnc run does
+    print(f"wrote {args.out} (ONNX opset {OPSET}, {len(net.graph.layers)} layers"
+          + (", inputs normalized as in training)" if model.normalization else ")"))
     return 0
 
 
