@@ -30,6 +30,16 @@ EVERY_LAYER = """network t {
 }"""
 
 
+NEW_BUILTINS = """network nb {
+    input x: [3, 8, 8]
+    a = conv(x, filters=4, kernel=3, pad=1, bias=false) |> batchnorm |> relu6
+    b = conv(a, filters=4, kernel=3, pad=1) |> clip(lo=-0.5, hi=0.5) |> leaky_relu(0.2) |> global_avgpool
+    c = dense(b, 6) |> layernorm |> dropout(0.3)
+    y = dense(c, 3)
+    output y
+}"""
+
+
 def model_of(net, seed=0):
     m = net.compile(batch=2, threads=1)
     rng = np.random.default_rng(seed)
@@ -42,9 +52,10 @@ def params_of(m):
     return {**{k: m.params[k] for k in m.params}, **{k: m.states[k] for k in m.states}}
 
 
-@pytest.mark.parametrize("source", ["lenet5", "lenet300", "blur", "every_layer", "sobel", "custom_op"])
+@pytest.mark.parametrize("source", ["lenet5", "lenet300", "blur", "every_layer", "new_builtins", "sobel", "custom_op"])
 def test_onnx_runtime_and_reimport_compute_what_dnnc_does(source, tmp_path):
-    net = dnnc.load(EVERY_LAYER if source == "every_layer" else ROOT / "examples" / f"{source}.net")
+    texts = {"every_layer": EVERY_LAYER, "new_builtins": NEW_BUILTINS}
+    net = dnnc.load(texts[source] if source in texts else ROOT / "examples" / f"{source}.net")
     m = model_of(net)
     path = tmp_path / "m.onnx"
     export(net, params_of(m), path)
@@ -104,3 +115,58 @@ def test_cli_export_then_import(tmp_path):
     r = subprocess.run(cli + ["run", str(tmp_path / "m.net"), "--weights", str(tmp_path / "w.npz"), "--input",
                               str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset=17):
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_imported_names_are_readable_valid_and_unique(tmp_path):
+    """PyTorch's scope paths without the op type, each module once; a reserved word or an op's
+    name gets a trailing underscore, a leading digit the layer's name, a repeat a number."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    made_up = {}  # a tensor name as PyTorch makes them up, from its node's
+
+    def node(op, ins, name, **attrs):
+        made_up[name] = out = "logits" if name == "/fc/Gemm" else f"{name}_output_{len(made_up)}"
+        return helper.make_node(op, [made_up.get(t, t) for t in ins], [out], name, **attrs)
+
+    nodes = [node("Relu", ["x"], "/relu/Relu"), node("Conv", ["/relu/Relu", "w1"], "/layer1/layer1.0/conv1/Conv"),
+             node("Conv", ["/layer1/layer1.0/conv1/Conv", "w2"], "/0/Conv"),
+             node("Add", ["/0/Conv", "/layer1/layer1.0/conv1/Conv"], "/layer1/layer1.0/Add"),
+             node("MaxPool", ["/layer1/layer1.0/Add"], "/maxpool/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
+             node("Add", ["/maxpool/MaxPool", "/maxpool/MaxPool"], "/layer1/layer1.0/Add_1"),
+             node("Flatten", ["/layer1/layer1.0/Add_1"], "/Flatten"), node("Gemm", ["/Flatten", "w3"], "/fc/Gemm", transB=1)]
+    inits = [("w1", rng.random((2, 1, 3, 3))), ("w2", rng.random((2, 2, 1, 1))), ("w3", rng.random((3, 2)))]
+    onnx.save(_graph(nodes, [("x", ["N", 1, 4, 4])], [("logits", ["N", 3])], inits), str(tmp_path / "n.onnx"))
+    text, layer_params = import_model(tmp_path / "n.onnx")
+    body = text.split("{", 1)[1]
+    for line in ["relu_ = relu(x)", "layer1_0_conv1 = conv(relu_, filters=2, kernel=3, bias=false)",
+                 "conv_0 = conv(layer1_0_conv1, filters=2, kernel=1, bias=false)",
+                 "layer1_0 = add(conv_0, layer1_0_conv1) |> maxpool(2)", "layer1_0_2 = add(layer1_0, layer1_0) |> flatten",
+                 "logits = dense(layer1_0_2, 3, bias=false)"]:
+        assert line in body, text
+    dnnc.load(text)
+
+
+def test_a_graph_mixing_examples_is_imported_whole_only_with_fixed_shapes(tmp_path):
+    from onnx import helper
+
+    node = helper.make_node("Flatten", ["x"], ["y"], "flat", axis=2)
+    onnx.save(_graph([node], [("x", ["N", 3, 4])], [("y", [None, 4])]), str(tmp_path / "sym.onnx"))
+    with pytest.raises(DnncError, match=r"node 'flat' \(Flatten\): a flatten at axis 2, but dnnc's first dimension "
+                                        r"is the batch; .* input 'x' has a symbolic one"):
+        import_model(tmp_path / "sym.onnx")
+    onnx.save(_graph([node], [("x", [2, 3, 4])], [("y", [6, 4])]), str(tmp_path / "fixed.onnx"))
+    text, layer_params = import_model(tmp_path / "fixed.onnx")
+    assert "# imported whole" in text and "input x: [2, 3, 4]" in text and "reshape_6x4(x)" in text
+    m = dnnc.load(text).compile(batch=1, threads=1)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(m.forward(x=x[None])["y"][0], x.reshape(6, 4))
