@@ -99,7 +99,7 @@ def read_model(path):
     for i in g.input:
         dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
         if i.name not in inits and np.prod([max(d, 1) for d in dims], dtype=np.float64) > MAX_ELEMENTS:
-            raise DnncError(f"input '{i.name}' has shape {dims}, too large for one example", path=str(p))
+            raise DnncError(f"input '{_clean(i.name)}' has shape {dims}, too large for one example", path=str(p))
     return model, inits
 
 
@@ -112,8 +112,9 @@ def import_model(path) -> tuple[str, list[tuple]]:
         inputs = [i for i in model.graph.input if i.name not in inits]
         free = [i.name for i in inputs if not all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim)]
         if free:
-            raise DnncError(f"{e.where}: {e.why}, but dnnc's first dimension is the batch; a graph that mixes "
-                            f"examples is imported whole only with fixed input shapes, and input '{free[0]}' has a "
+            raise DnncError(f"{_clean(e.where)}: {_clean(e.why)}, but dnnc's first dimension is the batch; a graph "
+                            f"that mixes examples is imported whole only with fixed input shapes, and input "
+                            f"'{_clean(free[0])}' has a "
                             f"symbolic one", path=str(path)) from None
         return _Importer(model, inits, path, whole=True, why=f"{e.where}: {e.why}").run()
 
@@ -171,6 +172,11 @@ class _Call:
     node: object
 
 
+def _clean(text: str) -> str:
+    """A name from the file as one printable line: it goes into messages and the .net file's comments."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _readable(tensor: str) -> bool:
     """A tensor name of its own, not one an exporter made up (PyTorch's /conv1/Conv_output_0, onnx::Conv_5)."""
     return bool(re.fullmatch(r"[A-Za-z_][\w.]*", tensor)) and not re.search(r"_output_\d+$|^onnx::", tensor)
@@ -215,10 +221,10 @@ class _Importer(Nodes):
                     self.shapes[vi.name] = s
 
     def where(self, node) -> str:
-        return f"node '{node.name or node.output[0]}' ({node.op_type})"
+        return f"node '{_clean(node.name or node.output[0])}' ({_clean(node.op_type)})"
 
     def refuse(self, node, what: str):
-        raise DnncError(f"{self.where(node)}: {what}", path=str(self.path))
+        raise DnncError(f"{self.where(node)}: {_clean(what)}", path=str(self.path))
 
     def batch_only(self, node, why: str) -> None:
         """The node mixes examples: in batch mode, start again whole."""
@@ -295,14 +301,16 @@ class _Importer(Nodes):
             t = i.type.tensor_type
             dims = [d.dim_value for d in t.shape.dim]
             if not i.type.HasField("tensor_type"):
-                raise DnncError(f"input '{i.name}' is not a tensor", path=str(self.path))
+                raise DnncError(f"input '{_clean(i.name)}' is not a tensor", path=str(self.path))
             if t.elem_type != onnx.TensorProto.FLOAT:
-                raise DnncError(f"input '{i.name}' holds {onnx.TensorProto.DataType.Name(t.elem_type).lower()}; "
+                kind = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+                raise DnncError(f"input '{_clean(i.name)}' holds {kind}; "
                                 f"dnnc computes in float32", path=str(self.path))
             if not self.whole and len(dims) < 2:
-                raise _Whole(f"input '{i.name}'", f"it has rank {len(dims)}, no dimension besides the batch")
+                raise _Whole(f"input '{_clean(i.name)}'", f"it has rank {len(dims)}, no dimension besides the batch")
             if not dims or any(d <= 0 for d in dims[0 if self.whole else 1:]):
-                raise DnncError(f"input '{i.name}' needs a fixed shape after the batch dimension", path=str(self.path))
+                raise DnncError(f"input '{_clean(i.name)}' needs a fixed shape after the batch dimension",
+                                path=str(self.path))
             self.shapes[i.name] = tuple(d or None for d in dims)
             self.acts.add(i.name)
         for node in self.g.node:
@@ -311,9 +319,10 @@ class _Importer(Nodes):
         for o in self.g.output:
             t = self.resolve(o.name)
             if self.types.get(o.name, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
-                raise DnncError(f"output '{o.name}' is not float32", path=str(self.path))
+                raise DnncError(f"output '{_clean(o.name)}' is not float32", path=str(self.path))
             if t not in self.acts:
-                raise DnncError(f"output '{o.name}' is a constant, which no layer computes", path=str(self.path))
+                raise DnncError(f"output '{_clean(o.name)}' is a constant, which no layer computes",
+                                path=str(self.path))
             if t in {i.name for i in inputs} or t in outs:  # a copy, so each output is a layer of its own
                 self.calls.append(_Call(self.define(ops.IDENTITY), [t], [], (), o.name, None))
                 t = o.name
@@ -343,8 +352,8 @@ class _Importer(Nodes):
             return
         handler = getattr(self, f"op_{node.op_type}", None)
         if handler is None:
-            raise DnncError(f"node '{node.name or node.output[0]}': ONNX op {node.op_type} has no dnnc layer "
-                            f"(supported: {SUPPORTED})", path=str(self.path))
+            raise DnncError(f"node '{_clean(node.name or node.output[0])}': ONNX op {_clean(node.op_type)} has no "
+                            f"dnnc layer (supported: {SUPPORTED})", path=str(self.path))
         try:
             handler(node, a)
         except ValueError:  # a number dnnc cannot write (nan, inf)
@@ -359,8 +368,10 @@ class _Importer(Nodes):
         results = []
         for k in (0, 1):
             feeds = {t: self.consts[t][k] for t in node.input if t}
-            vis = [helper.make_tensor_value_info(t, np_dtype_to_tensor_dtype(v.dtype), v.shape) for t, v in feeds.items()]
-            g = helper.make_graph([node], "fold", vis, [helper.make_empty_tensor_value_info(o) for o in node.output if o])
+            vis = [helper.make_tensor_value_info(t, np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                   for t, v in feeds.items()]
+            outs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
+            g = helper.make_graph([node], "fold", vis, outs)
             try:
                 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
                 results.append([np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)])
@@ -413,16 +424,19 @@ class _Importer(Nodes):
 
         for c in self.calls:
             src = self.resolve(c.ins[0]) if c.ins else None
-            # a pipeline goes on through one-input layers without weights that read only its result
-            if not (chain and src == chain[-1].out and readers[src] == 1 and not c.params and len(c.ins) == 1):
+            # a pipeline goes on through one-input layers without weights that read only its result,
+            # and through the steps of one node (a Concat of many inputs, two at a time)
+            steps = chain and c.node is not None and c.node is chain[-1].node
+            if not (chain and src == chain[-1].out and readers[src] == 1 and not c.params
+                    and (len(c.ins) == 1 or steps)):
                 close()
             chain.append(c)
             layer_params.append(c.params)
         close()
-        source = getattr(self.path, "name", str(self.path).rsplit("/", 1)[-1])
+        source = _clean(getattr(self.path, "name", str(self.path).rsplit("/", 1)[-1]))
         text = f"# imported from {source} by dnnc import\n"
         if self.whole:
-            text += (f"# imported whole, each input one example of its full ONNX shape, since {self.why}\n")
+            text += f"# imported whole, each input one example of its full ONNX shape, since {_clean(self.why)}\n"
         text += "".join(t + "\n" for t in self.ops)
         text += (f"network {ident(self.g.name or 'imported', 'net')} {{\n" + "\n".join(head + lines)
                  + f"\n    output {', '.join(names[o] for o in outs)}\n}}\n")

@@ -400,7 +400,8 @@ class Nodes:
                 params.append(c)
         expr = ("" if _same(alpha, 1) else f"{_num(alpha)} * ") + "sum(k) {%s} * {%s}" % (entries[0][1], entries[1][1])
         if C is not None:  # broadcast over the [M, U] output
-            bias = [(None if d == 1 and o != 1 else v, d) for (v, o), d in zip(outv[-2:], (1,) * (2 - C.ndim) + C.shape)]
+            aligned = (1,) * (2 - C.ndim) + C.shape
+            bias = [(None if d == 1 and o != 1 else v, d) for (v, o), d in zip(outv[-2:], aligned)]
             entries.append(("param", "bias", bias[2 - C.ndim:]))
             params.append(np.asarray(C, np.float32) * np.float32(beta))
             expr += " + {bias}"

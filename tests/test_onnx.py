@@ -143,14 +143,16 @@ def test_imported_names_are_readable_valid_and_unique(tmp_path):
              node("Add", ["/0/Conv", "/layer1/layer1.0/conv1/Conv"], "/layer1/layer1.0/Add"),
              node("MaxPool", ["/layer1/layer1.0/Add"], "/maxpool/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
              node("Add", ["/maxpool/MaxPool", "/maxpool/MaxPool"], "/layer1/layer1.0/Add_1"),
-             node("Flatten", ["/layer1/layer1.0/Add_1"], "/Flatten"), node("Gemm", ["/Flatten", "w3"], "/fc/Gemm", transB=1)]
+             node("Flatten", ["/layer1/layer1.0/Add_1"], "/Flatten"),
+             node("Gemm", ["/Flatten", "w3"], "/fc/Gemm", transB=1)]
     inits = [("w1", rng.random((2, 1, 3, 3))), ("w2", rng.random((2, 2, 1, 1))), ("w3", rng.random((3, 2)))]
     onnx.save(_graph(nodes, [("x", ["N", 1, 4, 4])], [("logits", ["N", 3])], inits), str(tmp_path / "n.onnx"))
     text, layer_params = import_model(tmp_path / "n.onnx")
     body = text.split("{", 1)[1]
     for line in ["relu_ = relu(x)", "layer1_0_conv1 = conv(relu_, filters=2, kernel=3, bias=false)",
                  "conv_0 = conv(layer1_0_conv1, filters=2, kernel=1, bias=false)",
-                 "layer1_0 = add(conv_0, layer1_0_conv1) |> maxpool(2)", "layer1_0_2 = add(layer1_0, layer1_0) |> flatten",
+                 "layer1_0 = add(conv_0, layer1_0_conv1) |> maxpool(2)",
+                 "layer1_0_2 = add(layer1_0, layer1_0) |> flatten",
                  "logits = dense(layer1_0_2, 3, bias=false)"]:
         assert line in body, text
     dnnc.load(text)

@@ -1,9 +1,12 @@
-"""ONNX's own node test cases for the ops dnnc has layers for, through import, compile and run.
+"""ONNX's own node test cases for every op `dnnc import` reads, through import, compile and run.
 
-Weights (a Conv's W and B, a Gemm's B and C, a MatMul's B, BatchNormalization's statistics,
-Reshape's shape) become initializers from the case's data; every other input stays an input.
-Each case passes (dnnc computes ONNX's expected output), is refused with a reason (a feature
-dnnc's layers do not have), or fails: a wrong number is never accepted.
+Weights and settings given as inputs (a Conv's W and B, a Gemm's B and C, a MatMul's B,
+BatchNormalization's statistics, LayerNormalization's scale and bias, Reshape's shape, Clip's
+bounds, Dropout's ratio and training mode, PRelu's slope, Squeeze's axes) become initializers
+from the case's data; every other input stays an input. A case imported whole (its graph mixes
+examples along the first dimension, see dnnc/onnx_import.py) runs as one example. Each case
+passes (dnnc computes ONNX's expected output to 1e-4), is refused with a reason (integer
+types, a training mode, outputs dnnc cannot compute), or fails: a wrong number is never accepted.
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from dnnc.errors import DnncError  # noqa: E402
 from dnnc.onnx_io import import_model, weights_for  # noqa: E402
 
 OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Sigmoid", "Tanh", "LeakyRelu",
-       "PRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Clip", "Neg", "Exp", "Log", "Sqrt", "Abs", "Gemm",
-       "MatMul", "Softmax", "LogSoftmax", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Add", "Sub", "Mul",
-       "Div", "Concat", "BatchNormalization", "LayerNormalization", "Dropout", "Identity")
+       "PRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Clip", "Neg", "Exp", "Log", "Sqrt", "Abs",
+       "Gemm", "MatMul", "Softmax", "LogSoftmax", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Add", "Sub",
+       "Mul", "Div", "Concat", "BatchNormalization", "LayerNormalization", "Dropout", "Identity")
 WEIGHTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2, 3, 4), "Reshape": (1,),
            "Clip": (1, 2), "LayerNormalization": (1, 2), "Dropout": (1, 2), "PRelu": (1,), "Squeeze": (1,),
            "Unsqueeze": (1,)}

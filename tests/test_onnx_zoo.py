@@ -252,7 +252,8 @@ def randomized(m: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(0)
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
-            for t, lo in ((mod.running_mean, -0.5), (mod.running_var, 0.5), (mod.weight.data, 0.5), (mod.bias.data, -0.5)):
+            for t, lo in ((mod.running_mean, -0.5), (mod.running_var, 0.5), (mod.weight.data, 0.5),
+                          (mod.bias.data, -0.5)):
                 t.copy_(torch.rand(mod.num_features, generator=g) + lo)
     return m.eval()
 
@@ -387,7 +388,8 @@ def test_export_with_a_checkpoint_takes_raw_pixels_as_dnnc_run_does(tmp_path):
 def test_dnnc_import_command_on_a_pytorch_export(tmp_path):
     export_twin(randomized(mlp_dropout()), (1, 28, 28), tmp_path / "m.onnx", 17)
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "import", str(tmp_path / "m.onnx"), "-o",
-                        str(tmp_path / "m.net"), "--weights-out", str(tmp_path / "w.npz")], capture_output=True, text=True)
+                        str(tmp_path / "m.net"), "--weights-out", str(tmp_path / "w.npz")], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     m = dnnc.load(tmp_path / "m.net").compile(batch=1, threads=1, schedule=False).load(tmp_path / "w.npz")
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
