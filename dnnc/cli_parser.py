@@ -84,7 +84,8 @@ NET_HELP = "the network's .net file"
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dnnc", description="A readable deep-learning compiler for CPUs.")
     p.add_argument("--version", action="version", version=f"dnnc {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                           help="one of these (dnnc COMMAND --help for its arguments):")
 
     c = sub.add_parser("check", help="parse and check a network; print a summary")
     c.add_argument("net", help=NET_HELP)

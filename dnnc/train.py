@@ -119,6 +119,7 @@ class _Status:
         self.epoch_seconds = None  # of the last whole epoch, evaluation and checkpoint included
         self.whole = False  # whether the epoch under way started at its first step
         self.t0 = self.last = time.perf_counter()
+        self.shown = 0  # the length of the line a terminal shows now
 
     def start_epoch(self, epoch: int, done: int) -> None:
         now = time.perf_counter()
@@ -144,15 +145,17 @@ class _Status:
         text = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  loss {loss_sum / done:.4f}  "
                 f"{self.batch / per_step:,.0f} images/s  ETA {human_seconds(left)}")
         if self.mode == "bar":
-            self.stream.write("\r  " + text.ljust(76))
+            self.stream.write("\r  " + text.ljust(self.shown))
+            self.shown = len(text)
         else:
             self.stream.write("  " + text + "\n")
         self.stream.flush()
 
     def end_steps(self) -> None:
-        if self.mode == "bar":
-            self.stream.write("\r" + " " * 80 + "\r")
+        if self.mode == "bar" and self.shown:
+            self.stream.write("\r" + " " * (self.shown + 2) + "\r")
             self.stream.flush()
+            self.shown = 0
 
 
 def _status_mode(progress) -> str | None:
@@ -184,6 +187,12 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
 
     `on_nan`: a step whose loss or gradient is not finite stops training, naming the step and
     the first layer whose gradient went bad ("stop"), or is undone and skipped ("skip").
+
+    `out` is the checkpoint written after every epoch (default: the `resume` file, else
+    NETWORK.npz); a file there that is not a checkpoint of this network is refused before any
+    work. `progress` is the status of the epoch under way on stderr: "bar" (or True), a line
+    rewritten in place; "lines", a line every STATUS_SECONDS; False, none; None (default), a
+    bar on a terminal and lines elsewhere. `log` gets the header and the line per epoch.
     """
     if on_nan not in ("stop", "skip"):
         raise DnncError(f"--on-nan takes stop or skip, not '{on_nan}'")

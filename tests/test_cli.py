@@ -27,7 +27,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 # ----------------------------------------------------------------------------- --help
 
 def test_every_argument_has_help_and_shows_its_default():
-    for command, parser in subparsers().items():
+    for command, parser in {"(dnnc itself)": make_parser(), **subparsers()}.items():
         assert parser.allow_abbrev is False, command
         text = parser.format_help()
         for action in parser._actions:
