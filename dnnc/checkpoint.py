@@ -113,18 +113,19 @@ def compile_for(net, path, **options):
     return model
 
 
-def check_overwrite(path, net) -> None:
-    """Training writes its checkpoint to `path`: refuse, before any work, a place it cannot
-    write and a file it must not replace. A checkpoint or weights file of the same network may
-    be replaced; anything else (another network's checkpoint, a compressed model, a file that
-    is no checkpoint) stays as it is."""
+def check_overwrite(path, net, flag: str = "--out") -> None:
+    """A checkpoint or weights file of `net` is to be written to `path` (by training, or by
+    `dnnc import` as `flag`): refuse, before any work, a place it cannot write and a file it must
+    not replace. A checkpoint or weights file of the same network may be replaced; anything
+    else (another network's checkpoint, a compressed model, a file that is no checkpoint) stays
+    as it is."""
     from . import compress
 
     p = Path(path)
     writable_place(p)
     if not p.exists():
         return
-    how = "choose another --out, or remove the file to overwrite it"
+    how = f"choose another {flag}, or remove the file to overwrite it"
     if compress.is_dnnz(p):
         raise DnncError(f"holds a compressed model, not a training checkpoint: {how}", path=str(p))
     try:

@@ -518,6 +518,7 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from . import load
+    from .checkpoint import check_overwrite
     from .fileio import atomic_write, save_npz, writable_place
     from .onnx_io import import_model, weights_for
 
@@ -526,6 +527,7 @@ def cmd_import(args) -> int:
     weights = weights_for(net, layer_params)  # everything is checked before either file is written
     for path in (args.out, args.weights_out):
         writable_place(path)
+    check_overwrite(args.weights_out, net, "--weights-out")  # never another network's checkpoint
     save_npz(args.weights_out, weights)
     atomic_write(args.out, text.encode())
     print(f"wrote {args.out} ({len(net.graph.layers)} layers) and {args.weights_out}")

@@ -85,6 +85,20 @@ def test_train_never_overwrites_another_networks_checkpoint(tmp_path, small):
         trainmod.train(dnnc.load(LENET300), str(small), epochs=1, out=str(tmp_path / "lenet5.npz"), log=quiet)
 
 
+def test_import_never_overwrites_another_networks_checkpoint(tmp_path):
+    pytest.importorskip("onnx")
+    model = tmp_path / "m.onnx"
+    r = run_cli("export", LENET300, "-o", model)
+    assert r.returncode == 0, r.stderr
+    _not_ours(tmp_path)
+    before = (tmp_path / "lenet5.npz").read_bytes()
+    r = run_cli("import", model, "-o", tmp_path / "m.net", "--weights-out", tmp_path / "lenet5.npz")
+    assert assert_clean_failure(r, 1) == [f"{tmp_path / 'lenet5.npz'}: error: holds a checkpoint of network "
+                                          f"'lenet5', not 'lenet300': choose another --weights-out, or remove the "
+                                          f"file to overwrite it"]
+    assert (tmp_path / "lenet5.npz").read_bytes() == before and not (tmp_path / "m.net").exists()
+
+
 # ----------------------------------------------------------------------------- Model.load
 
 BN_NET = """
