@@ -14,7 +14,16 @@ I32 = ir.IntType(32)
 MAX_THREADS = 64
 
 
-SPIN = 20_000  # pauses (about 0.1-0.5 ms) a worker waits for its next task before it sleeps
+# Waiting threads spin in rounds of a pause, with a sched_yield every YIELD_EVERY rounds: on
+# an idle core the yield returns at once, and on a busy one it hands the core to whoever
+# wants it (the caller, another process) instead of burning the time slice. So workers can
+# spin through a whole training step: one that sleeps between loops comes back through a
+# futex wake-up that, with a core busy, can queue it behind the other process (2-4x slower
+# steps measured with short spins).
+SPIN = 100_000  # rounds (about 1-2 ms) a worker waits for its next task before it sleeps
+JOIN_SPIN = 5_000  # rounds the caller waits for others' last chunks before it sleeps
+YIELD_EVERY = 128
+CHUNKS_PER_THREAD = 4  # so that a thread held up mid-loop leaves most of the loop to the others
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # the _PRIVATE variants
 SYS_FUTEX = {"x86_64": 202, "AMD64": 202, "aarch64": 98, "arm64": 98}
 
@@ -29,18 +38,23 @@ def _global(m: ir.Module, name: str, ty) -> ir.GlobalVariable:
 
 
 class _Pool:
-    """The pool's state, module globals: per worker a task slot, a generation counter the
-    worker sleeps on (a futex word) and a flag saying it sleeps; a count of finished tasks."""
+    """The pool's state, module globals. One task at a time: the loop's function, its extent,
+    chunk size, number of chunks and buffers; `left`, the chunks nobody has taken yet (a
+    countdown every thread takes from with an atomic add of -1); `pending`, the chunks not yet
+    finished (a futex word the caller may sleep on, `waiting` saying it does). Per worker a
+    generation counter it sleeps on (a futex word) and a flag saying it sleeps."""
 
     def __init__(self, m: ir.Module, ftype: ir.FunctionType):
         self.m = m
-        self.task = ir.LiteralStructType([ftype.as_pointer(), I64, I64, ftype.args[2]])
-        self.tasks = _global(m, "dnnc_pool_tasks", ir.ArrayType(self.task, MAX_THREADS))
+        fields = [ftype.as_pointer(), I64, I64, I64, ftype.args[2]]  # fn, n, chunk, chunks, buffers
+        self.task = _global(m, "dnnc_pool_task", ir.LiteralStructType(fields))
+        self.left = _global(m, "dnnc_pool_left", I64)
+        self.pending = _global(m, "dnnc_pool_pending", I32)
+        self.waiting = _global(m, "dnnc_pool_waiting", I32)
         self.gen = _global(m, "dnnc_pool_gen", ir.ArrayType(I32, MAX_THREADS))
         self.sleeping = _global(m, "dnnc_pool_sleeping", ir.ArrayType(I32, MAX_THREADS))
         self.tids = _global(m, "dnnc_pool_tids", ir.ArrayType(I64, MAX_THREADS))
         self.started = _global(m, "dnnc_pool_started", I64)
-        self.done = _global(m, "dnnc_pool_done", I64)
         self.stop = _global(m, "dnnc_pool_stop", I32)
         self.threads = m.globals.get("dnnc_threads") or _threads_global(m)
         i8p = ir.IntType(8).as_pointer()
@@ -57,10 +71,18 @@ class _Pool:
     def slot(self, b, arr, w):
         return b.gep(arr, [ir.Constant(I64, 0), w])
 
-    def pause(self, b) -> None:
+    def field(self, b, k: int):
+        """The k-th field of the task."""
+        return b.gep(self.task, [ir.Constant(I32, 0), ir.Constant(I32, k)])
+
+    def pause(self, b, k) -> None:
+        """Round k of a spin: a pause, and every YIELD_EVERY rounds a sched_yield."""
         if self.has_pause:
             fn = _extern(self.m, "llvm.x86.sse2.pause", ir.FunctionType(ir.VoidType(), []))
             b.call(fn, [])
+        turn = b.icmp_unsigned("==", b.urem(k, ir.Constant(I64, YIELD_EVERY)), ir.Constant(I64, 0))
+        with b.if_then(turn):
+            b.call(_extern(self.m, "sched_yield", ir.FunctionType(I32, [])), [])
 
     def futex(self, b, word, op: int, val) -> None:
         b.call(self.syscall, [ir.Constant(I64, self.sys_futex), word, ir.Constant(I32, op), val,
@@ -71,70 +93,89 @@ def _extern(m: ir.Module, name: str, ty: ir.FunctionType) -> ir.Function:
     return m.globals[name] if name in m.globals else ir.Function(m, ty, name)
 
 
+def _take_chunks(pool: _Pool, b: ir.IRBuilder, fn: ir.Function) -> None:
+    """Run chunks of the posted task until none is left; the caller and the workers alike.
+
+    A chunk is taken by the atomic subtraction that moves `left` from k > 0 to k - 1 (chunk
+    `chunks - k`), which also orders the task's fields before their reads. Until the chunk is
+    counted finished the caller cannot return, so the fields stay those of the chunk's task.
+    A worker that comes late, even after the caller has posted another task, takes only
+    chunks that are there."""
+    head, grab, run, out = (fn.append_basic_block(n) for n in ("take", "take.grab", "take.run", "take.out"))
+    zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
+    b.branch(head)
+    b.position_at_end(head)
+    # a plain look first: a late worker leaves the counter's cache line alone
+    seen = b.load_atomic(pool.left, "monotonic", 8)
+    b.cbranch(b.icmp_signed(">", seen, zero), grab, out)
+    b.position_at_end(grab)
+    k = b.atomic_rmw("sub", pool.left, one, "seq_cst")
+    b.cbranch(b.icmp_signed(">", k, zero), run, out)
+    b.position_at_end(run)
+    f, n, chunk, chunks, bufs = (b.load(pool.field(b, i)) for i in range(5))
+    lo = b.mul(b.sub(chunks, k), chunk)  # chunks in ascending order
+    hi = b.add(lo, chunk)
+    hi = b.select(b.icmp_signed("<", n, hi), n, hi)
+    b.call(f, [lo, hi, bufs])
+    # count it finished; whoever finishes the last chunk wakes the caller if it sleeps
+    was = b.atomic_rmw("sub", pool.pending, ir.Constant(I32, 1), "seq_cst")
+    with b.if_then(b.icmp_unsigned("==", was, ir.Constant(I32, 1))):
+        asleep = b.load_atomic(pool.waiting, "seq_cst", 4)
+        with b.if_then(b.icmp_unsigned("!=", asleep, ir.Constant(I32, 0))):
+            pool.futex(b, pool.pending, FUTEX_WAKE, ir.Constant(I32, 1))
+    b.branch(head)
+    b.position_at_end(out)
+
+
 def _worker(pool: _Pool) -> ir.Function:
-    """The body of worker w: wait for its generation counter to move (spinning, then asleep
-    on the futex), run its task, count it done; until told to stop."""
+    """The body of worker w: take chunks of the posted task, then wait for its generation
+    counter to move (spinning, then asleep on the futex); until told to stop."""
     m, i8p = pool.m, pool.i8p
     fn = ir.Function(m, ir.FunctionType(i8p, [i8p]), "dnnc_worker")
     fn.linkage = "internal"
-    entry, wait, spin, sleep, got, run, stop = (fn.append_basic_block(n) for n in (
-        "entry", "wait", "spin", "sleep", "got", "run", "stop"))
+    entry, top, work, spin, sleep, stop = (fn.append_basic_block(n) for n in (
+        "entry", "top", "work", "spin", "sleep", "stop"))
     b = ir.IRBuilder(entry)
     w = b.ptrtoint(fn.args[0], I64)
     gen = pool.slot(b, pool.gen, w)
     flag = pool.slot(b, pool.sleeping, w)
-    b.branch(wait)
-    b.position_at_end(wait)  # seen: the generation of the last task run (0 at the start)
-    seen = b.phi(I32, "seen")
-    seen.add_incoming(ir.Constant(I32, 0), entry)
+    b.branch(top)
+    # read the generation before looking for chunks, so a task posted meanwhile moves it
+    b.position_at_end(top)
+    seen = b.load_atomic(gen, "acquire", 4)
+    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(pool.stop, "acquire", 4), ir.Constant(I32, 0)), stop, work)
+    b.position_at_end(work)
+    _take_chunks(pool, b, fn)
+    took = b.block
     b.branch(spin)
     b.position_at_end(spin)
     k = b.phi(I64, "k")
-    k.add_incoming(ir.Constant(I64, 0), wait)
-    g = b.load_atomic(gen, "acquire", 4)
-    moved = b.icmp_unsigned("!=", g, seen)
+    k.add_incoming(ir.Constant(I64, 0), took)
     body = fn.append_basic_block("spin.body")
-    b.cbranch(moved, got, body)
+    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(gen, "acquire", 4), seen), top, body)
     b.position_at_end(body)
-    pool.pause(b)
+    pool.pause(b, k)
     k1 = b.add(k, ir.Constant(I64, 1))
-    k.add_incoming(k1, body)
+    k.add_incoming(k1, b.block)
     b.cbranch(b.icmp_signed("<", k1, ir.Constant(I64, SPIN)), spin, sleep)
     b.position_at_end(sleep)  # say so, look once more, then sleep unless the counter moved
     b.store_atomic(ir.Constant(I32, 1), flag, "seq_cst", 4)
-    g2 = b.load_atomic(gen, "seq_cst", 4)
     nap = fn.append_basic_block("nap")
     woke = fn.append_basic_block("woke")
-    b.cbranch(b.icmp_unsigned("==", g2, seen), nap, woke)
+    b.cbranch(b.icmp_unsigned("==", b.load_atomic(gen, "seq_cst", 4), seen), nap, woke)
     b.position_at_end(nap)
     pool.futex(b, gen, FUTEX_WAIT, seen)
     b.branch(woke)
     b.position_at_end(woke)
     b.store_atomic(ir.Constant(I32, 0), flag, "seq_cst", 4)
-    seen.add_incoming(seen, woke)
-    b.branch(wait)
-    b.position_at_end(got)
-    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(pool.stop, "acquire", 4), ir.Constant(I32, 0)), stop, run)
-    b.position_at_end(run)
-    t = pool.slot(b, pool.tasks, w)
-    f = b.load(b.gep(t, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
-    lo = b.load(b.gep(t, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
-    hi = b.load(b.gep(t, [ir.Constant(I32, 0), ir.Constant(I32, 2)]))
-    bufs = b.load(b.gep(t, [ir.Constant(I32, 0), ir.Constant(I32, 3)]))
-    b.call(f, [lo, hi, bufs])
-    b.atomic_rmw("add", pool.done, ir.Constant(I64, 1), "release")
-    seen.add_incoming(g, run)
-    b.branch(wait)
+    b.branch(top)
     b.position_at_end(stop)
     b.ret(ir.Constant(i8p, None))
     return fn
 
 
-def _post(pool: _Pool, b, w, fn_, lo, hi, bufs) -> None:
-    """Hand worker w a task: fill its slot, move its counter, wake it if it sleeps."""
-    t = pool.slot(b, pool.tasks, w)
-    for k, v in enumerate((fn_, lo, hi, bufs)):
-        b.store(v, b.gep(t, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
+def _wake(pool: _Pool, b, w) -> None:
+    """Tell worker w a task is posted: move its counter, wake it if it sleeps."""
     gen = pool.slot(b, pool.gen, w)
     b.atomic_rmw("add", gen, ir.Constant(I32, 1), "seq_cst")
     asleep = b.icmp_unsigned("!=", b.load_atomic(pool.slot(b, pool.sleeping, w), "seq_cst", 4), ir.Constant(I32, 0))
@@ -142,15 +183,49 @@ def _post(pool: _Pool, b, w, fn_, lo, hi, bufs) -> None:
         pool.futex(b, gen, FUTEX_WAKE, ir.Constant(I32, 1))
 
 
-def parallel_for(m: ir.Module, ftype: ir.FunctionType) -> ir.Function:
-    """dnnc_parallel(fn, n, buffers): run fn over [0, n) in chunks, one per thread.
+def _join(pool: _Pool, b, fn: ir.Function) -> None:
+    """Wait until every chunk is finished: spin briefly (the others finish about when the
+    caller does), then sleep on `pending`. Sleeping matters when a core is busy: a worker
+    still holding a chunk may be queued behind another process, and a core left idle by the
+    caller is one the kernel can move it to."""
+    head, body, nap, out = (fn.append_basic_block(n) for n in ("join", "join.pause", "join.nap", "joined"))
+    pre = b.block
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.phi(I64, "k")
+    k.add_incoming(ir.Constant(I64, 0), pre)
+    left = b.load_atomic(pool.pending, "acquire", 4)
+    b.cbranch(b.icmp_unsigned("==", left, ir.Constant(I32, 0)), out, body)
+    b.position_at_end(body)
+    pool.pause(b, k)
+    k1 = b.add(k, ir.Constant(I64, 1))
+    k.add_incoming(k1, b.block)
+    b.cbranch(b.icmp_signed("<", k1, ir.Constant(I64, JOIN_SPIN)), head, nap)
+    b.position_at_end(nap)  # say so, look once more, then sleep unless the count moved
+    b.store_atomic(ir.Constant(I32, 1), pool.waiting, "seq_cst", 4)
+    left = b.load_atomic(pool.pending, "seq_cst", 4)
+    with b.if_then(b.icmp_unsigned("!=", left, ir.Constant(I32, 0))):
+        pool.futex(b, pool.pending, FUTEX_WAIT, left)
+    b.store_atomic(ir.Constant(I32, 0), pool.waiting, "seq_cst", 4)
+    k.add_incoming(k1, b.block)
+    b.branch(head)
+    b.position_at_end(out)
 
-    A persistent pool in LLVM IR over libc's pthreads and the futex system call: the caller's
-    thread takes the first chunk and worker w the chunk w + 1. Workers are started on first
-    use and kept: between tasks a worker spins briefly, then sleeps on its futex, so a
+
+def parallel_for(m: ir.Module, ftype: ir.FunctionType) -> ir.Function:
+    """dnnc_parallel(fn, n, buffers): run fn over [0, n) in chunks shared by the threads.
+
+    A persistent pool in LLVM IR over libc's pthreads and the futex system call. [0, n) is
+    cut into about CHUNKS_PER_THREAD chunks per thread, and every thread, the caller's
+    included, takes the next chunk from an atomic counter until none is left. So a thread
+    that the OS deschedules (another process on its core) holds up at most the chunk it has:
+    the others do the rest, and a worker that wakes after the work is gone finds no chunk.
+    Workers are started on first use and kept: between tasks a worker spins for about a
+    millisecond, yielding its core to anyone who wants it, then sleeps on its futex, so a
     parallel loop costs a few microseconds instead of a pthread_create. The number of
     threads is the module's global dnnc_threads (set by NAME_set_threads; 1 by default);
-    NAME_stop_threads ends the workers (before the code is freed).
+    NAME_stop_threads ends the workers (before the code is freed). Which thread runs an
+    iteration does not change what it computes.
     """
     if "dnnc_parallel" in m.globals:
         return m.globals["dnnc_parallel"]
@@ -178,27 +253,21 @@ def parallel_for(m: ir.Module, ftype: ir.FunctionType) -> ir.Function:
                              b.inttoptr(w, pool.i8p)])
     started = b.load(pool.started)
     b.store(b.select(b.icmp_signed(">", workers, started), workers, started), pool.started)
-    b.store_atomic(ir.Constant(I64, 0), pool.done, "seq_cst", 8)
-    chunk = b.sdiv(b.add(n, workers), T)
-    with _for(b, par, ir.Constant(I64, 1), T) as t_:
-        lo = b.mul(t_, chunk)
-        lo = b.select(b.icmp_signed("<", n, lo), n, lo)
-        hi = b.add(lo, chunk)
-        hi = b.select(b.icmp_signed("<", n, hi), n, hi)
-        _post(pool, b, b.sub(t_, ir.Constant(I64, 1)), fn_, lo, hi, bufs)
-    first = b.select(b.icmp_signed("<", n, chunk), n, chunk)
-    b.call(fn_, [ir.Constant(I64, 0), first, bufs])
-    # wait for the workers (they finish about when the caller does: spin)
-    head = par.append_basic_block("join")
-    body = par.append_basic_block("join.pause")
-    out = par.append_basic_block("joined")
-    b.branch(head)
-    b.position_at_end(head)
-    b.cbranch(b.icmp_signed("<", b.load_atomic(pool.done, "acquire", 8), workers), body, out)
-    b.position_at_end(body)
-    pool.pause(b)
-    b.branch(head)
-    b.position_at_end(out)
+    # the chunks: ceil(n / chunks) iterations each, the count recomputed so none is empty
+    one = ir.Constant(I64, 1)
+    chunks = b.mul(T, ir.Constant(I64, CHUNKS_PER_THREAD))
+    chunks = b.select(b.icmp_signed("<", n, chunks), n, chunks)
+    chunk = b.sdiv(b.add(n, b.sub(chunks, one)), chunks)
+    chunks = b.sdiv(b.add(n, b.sub(chunk, one)), chunk)
+    for k, v in enumerate((fn_, n, chunk, chunks, bufs)):
+        b.store(v, pool.field(b, k))
+    # post: the counts first, `left` last (it publishes the task), then tell the workers
+    b.store_atomic(b.trunc(chunks, I32), pool.pending, "seq_cst", 4)
+    b.store_atomic(chunks, pool.left, "seq_cst", 8)
+    with _for(b, par, ir.Constant(I64, 0), workers) as w:
+        _wake(pool, b, w)
+    _take_chunks(pool, b, par)
+    _join(pool, b, par)
     b.ret_void()
     return par
 
@@ -219,8 +288,6 @@ def stop_threads_function(m: ir.Module, name: str) -> None:
         pool.futex(b, gen, FUTEX_WAKE, ir.Constant(I32, 1))
     with _for(b, fn, ir.Constant(I64, 0), started) as w:
         b.call(pool.join, [b.load(pool.slot(b, pool.tids, w)), ir.Constant(pool.i8p.as_pointer(), None)])
-        # a restarted worker begins from generation 0
-        b.store(ir.Constant(I32, 0), pool.slot(b, pool.gen, w))
     b.store(ir.Constant(I64, 0), pool.started)
     b.store_atomic(ir.Constant(I32, 0), pool.stop, "seq_cst", 4)
     b.ret_void()
