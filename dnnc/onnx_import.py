@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import onnx_ops as ops
-from .onnx_nodes import Nodes
+from .onnx_nodes import PROBES, Nodes
 from .errors import DnncError
 
 MAX_BYTES = 2**31 - 1  # protobuf's limit for one message; DNNC_MAX_ONNX_BYTES lowers or raises it
@@ -333,17 +333,11 @@ class _Importer(Nodes):
     def node(self, node) -> None:
         a = {at.name: self.helper.get_attribute_value(at) for at in node.attribute}
         a = {k: v.decode() if isinstance(v, bytes) else v for k, v in a.items()}
-        if node.op_type == "Shape" and node.input[0] not in self.consts:
-            s = np.array([self.oshape(node, node.input[0])[k] if k or self.whole else None
-                          for k in range(len(self.oshape(node, node.input[0])))], dtype=object)
+        if node.op_type == "Shape" and node.input[0] not in self.consts:  # known, but for the batch size
+            s = self.oshape(node, node.input[0])
             lo, hi = a.get("start", 0), a.get("end", len(s))
-            pair = []
-            for batch in (101, 103):  # two batch sizes: what depends on the batch differs
-                v = s.copy()
-                if not self.whole:
-                    v[0] = batch
-                pair.append(v.astype(np.int64)[lo:hi])
-            self.consts[node.output[0]] = tuple(pair)
+            self.consts[node.output[0]] = tuple(np.array(s if self.whole else (b, *s[1:]), np.int64)[lo:hi]
+                                                for b in PROBES)
             return
         if all(not t or t in self.consts for t in node.input):
             if node.op_type.startswith("Random") or node.op_type in ("Bernoulli", "Multinomial"):
@@ -390,7 +384,7 @@ class _Importer(Nodes):
         taken: set[str] = set()
 
         def ident(raw: str, fallback: str = "t") -> str:
-            base = re.sub(r"_+", "_", re.sub(r"\W", "_", raw)).strip("_") or fallback
+            base = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", raw)).strip("_") or fallback
             if base[0].isdigit():
                 base = f"{fallback}_{base}"
             if base in reserved:

@@ -9,6 +9,7 @@ import numpy as np
 from . import onnx_ops as ops
 
 BATCH = 2**31 - 1  # the batch dimension's size in index arithmetic, where no number is known
+PROBES = (101, 103)  # two batch sizes: a constant computed from a Shape differs between them where it is the batch
 
 
 def _num(v) -> str:
@@ -46,13 +47,12 @@ class Nodes:
 
     @staticmethod
     def window_args(kernel, strides, dil, begin, end) -> list[str]:
+        """The generated op's arguments, those at their defaults left out."""
         ax = ops.AXES[len(kernel)]
         out = [f"kernel_{x}={k}" for x, k in zip(ax, kernel)]
-        for key, vals, default in (("stride", strides, 1), ("dilation", dil, 1), ("pad", begin, 0),
+        for fmt, vals, default in (("stride_{}", strides, 1), ("dilation_{}", dil, 1), ("pad_{}", begin, 0),
                                    ("pad_{}_end", end, 0)):
-            for x, v in zip(ax, vals):
-                if v != default:
-                    out.append(f"{key.format(x) if '{' in key else f'{key}_{x}'}={v}")
+            out += [f"{fmt.format(x)}={v}" for x, v in zip(ax, vals) if v != default]
         return out
 
     def op_Conv(self, node, a):
@@ -106,7 +106,8 @@ class Nodes:
         nd = len(s) - 2 - self.whole
         if nd not in ops.AXES:
             self.refuse(node, f"a global pooling of a rank-{nd + 2} tensor")
-        fn = "global_avgpool" if kind == "avg" and len(s) == 4 else self.define(ops.global_pool(kind, len(s), nd))
+        builtin = kind == "avg" and nd == 2 and not self.whole
+        fn = "global_avgpool" if builtin else self.define(ops.global_pool(kind, len(s), nd))
         self.emit(node, fn, [x])
 
     def op_GlobalAveragePool(self, node, a):
@@ -162,6 +163,8 @@ class Nodes:
         s = list(self.oshape(node, x))
         axes = a.get("axes") if self.opset < 13 else (
             [int(v) for v in self.const(node, node.input[1], "the axes").reshape(-1)] if self.opt(node, 1) else None)
+        if axes is None and node.op_type == "Unsqueeze":
+            self.refuse(node, "no axes")
         rank = len(s) + (len(axes) if node.op_type == "Unsqueeze" else 0)
         axes = sorted(k % rank for k in axes) if axes is not None else [k for k, d in enumerate(s) if d == 1]
         if 0 in axes:
@@ -240,7 +243,7 @@ class Nodes:
             self.refuse(node, "the shape must be a constant (or computed from constants and shapes)")
         t0, t1 = (list(v.reshape(-1)) for v in self.consts[node.input[1]])
         batch = [k for k, (u, v) in enumerate(zip(t0, t1)) if u != v]
-        if any(k != 0 or (t0[k], t1[k]) != (101, 103) for k in batch) or len(t0) != len(t1):
+        if any(k != 0 or (t0[k], t1[k]) != PROBES for k in batch) or len(t0) != len(t1):
             self.refuse(node, "the new shape depends on the batch size other than as its first dimension")
         allowzero = a.get("allowzero", 0)
         target = [s[k] if v == 0 and not allowzero and k < len(s) else int(v) for k, v in enumerate(t0)]
