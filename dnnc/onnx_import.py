@@ -432,6 +432,7 @@ class _Importer(Nodes):
         if self.whole:
             text += f"# imported whole, each input one example of its full ONNX shape, since {_clean(self.why)}\n"
         text += "".join(t + "\n" for t in self.ops)
-        text += (f"network {ident(self.g.name or 'imported', 'net')} {{\n" + "\n".join(head + lines)
+        network = re.sub(r"[^A-Za-z0-9_]", "_", self.g.name or "imported").lstrip("0123456789_") or "imported"
+        text += (f"network {network} {{\n" + "\n".join(head + lines)
                  + f"\n    output {', '.join(names[o] for o in outs)}\n}}\n")
         return text, layer_params

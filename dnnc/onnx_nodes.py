@@ -434,7 +434,7 @@ class Nodes:
         scale, bias, mean, var = (self.const(node, t, "a statistic") for t in node.input[1:5])
         s = self.dshape(node, x)
         eps = a.get("epsilon", 1e-5)
-        fn = "batchnorm" if len(s) == 4 and not self.whole else self.define(ops.batchnorm(len(s)))
+        fn = "batchnorm" if len(s) == 4 and not self.whole else self.define(ops.batchnorm(1 + self.whole))
         self.emit(node, fn, [x], ["" if _same(eps, 1e-5) else f"eps={_num(eps)}"], (scale, bias, mean, var))
 
     def op_LayerNormalization(self, node, a):

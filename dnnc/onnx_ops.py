@@ -87,9 +87,9 @@ def global_pool(kind: str, rank: int, nd: int) -> tuple[str, str]:
     return name, text
 
 
-def batchnorm(rank: int) -> tuple[str, str]:
-    """Inference-mode batch normalization over the channels of a tensor of any rank."""
-    lead = _lead(rank, rank - 2)
+def batchnorm(channel: int) -> tuple[str, str]:
+    """Inference-mode batch normalization over the channels (dimension `channel`) of a tensor of any rank."""
+    lead = _lead(channel + 1, 0)
     name = "batchnorm_inference"
     text = (f"# batch normalization with the running statistics (inference only), channels at dimension {len(lead)}\n"
             f"op {name}(x[{', '.join(lead)}, c, ...]; eps=0.00001) -> y[{', '.join(lead)}, c, ...]\n{{\n"

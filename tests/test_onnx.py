@@ -162,16 +162,32 @@ def test_imported_names_are_readable_valid_and_unique(tmp_path):
 
 
 def test_a_graph_mixing_examples_is_imported_whole_only_with_fixed_shapes(tmp_path):
+    """Flatten at axis 0 and a softmax over the first dimension mix the examples: with a fixed
+    input shape the graph is one example, and every layer gets the extra leading dimension."""
     from onnx import helper
 
-    node = helper.make_node("Flatten", ["x"], ["y"], "flat", axis=2)
-    onnx.save(_graph([node], [("x", ["N", 3, 4])], [("y", [None, 4])]), str(tmp_path / "sym.onnx"))
-    with pytest.raises(DnncError, match=r"node 'flat' \(Flatten\): a flatten at axis 2, but dnnc's first dimension "
-                                        r"is the batch; .* input 'x' has a symbolic one"):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "mu", "var"], ["bn"], "bn"),
+             helper.make_node("MaxPool", ["bn"], ["p"], "pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"], "gap"),
+             helper.make_node("Softmax", ["p"], ["sm"], "softmax", axis=0),
+             helper.make_node("Flatten", ["sm"], ["y"], "flat", axis=0)]
+    inits = [("W", rng.standard_normal((4, 3, 3, 3))), ("B", rng.standard_normal(4)), ("s", rng.random(4) + 0.5),
+             ("b", rng.standard_normal(4)), ("mu", 0.1 * rng.standard_normal(4)), ("var", rng.random(4) + 0.5)]
+    outputs = [("y", [1, 72]), ("g", [2, 4, 1, 1])]
+    onnx.save(_graph(nodes, [("x", ["N", 3, 6, 6])], outputs, inits), str(tmp_path / "sym.onnx"))
+    with pytest.raises(DnncError, match=r"node 'softmax' \(Softmax\): a softmax over the first dimension, but "
+                                        r"dnnc's first dimension is the batch; .* input 'x' has a symbolic one"):
         import_model(tmp_path / "sym.onnx")
-    onnx.save(_graph([node], [("x", [2, 3, 4])], [("y", [6, 4])]), str(tmp_path / "fixed.onnx"))
+    onnx.save(_graph(nodes, [("x", [2, 3, 6, 6])], outputs, inits), str(tmp_path / "fixed.onnx"))
     text, layer_params = import_model(tmp_path / "fixed.onnx")
-    assert "# imported whole" in text and "input x: [2, 3, 4]" in text and "reshape_6x4(x)" in text
-    m = dnnc.load(text).compile(batch=1, threads=1)
-    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    np.testing.assert_array_equal(m.forward(x=x[None])["y"][0], x.reshape(6, 4))
+    assert "# imported whole" in text and "input x: [2, 3, 6, 6]" in text and "|> reshape_1x72" in text
+    net = dnnc.load(text)
+    m = net.compile(batch=1, threads=1)
+    for k, v in weights_for(net, layer_params).items():
+        (m.params if k in m.params else m.states)[k] = v
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    got = m.forward(x=x[None])
+    for o, want in zip(net.graph.outputs, ort.InferenceSession(str(tmp_path / "fixed.onnx")).run(None, {"x": x})):
+        np.testing.assert_allclose(got[o][0], want, rtol=1e-5, atol=1e-5, err_msg=o)
