@@ -60,8 +60,8 @@ def train_torch(name: str, threads: int, seed: int = 0) -> tuple[float, float]:
     s = settings_from(dnnc.load(ROOT / "examples" / f"{name}.net"))
     ds = datamod.embedded()
     mean, std = datamod.normalization(ds.x_train)
-    xt = torch.tensor((ds.x_train - mean) / std, dtype=torch.float32)
-    xs = torch.tensor((ds.x_test - mean) / std, dtype=torch.float32)
+    xt = torch.tensor((ds.x_train - mean) / std, dtype=torch.float32).reshape(-1, 1, 28, 28)
+    xs = torch.tensor((ds.x_test - mean) / std, dtype=torch.float32).reshape(-1, 1, 28, 28)
     yt, ys = torch.tensor(ds.y_train, dtype=torch.long), torch.tensor(ds.y_test, dtype=torch.long)
     model = TWINS[name](torch)
     o = s.optimizer
