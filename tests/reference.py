@@ -11,7 +11,11 @@ passed in unchanged and the reference sees exactly the same values.
     flatten     row-major over C, H, W
     softmax     over the last axis
     concat      on the channel axis (axis 1)
-    batchnorm   BatchNorm2d (batch statistics in training, running statistics in inference)
+    batchnorm   BatchNorm2d (batch statistics in training, running statistics in inference);
+                batchnorm_update: the running statistics after a training step
+    layernorm   LayerNorm over the last axis
+    global_avgpool  the mean over H and W, kept as [N, C, 1, 1]
+    relu6, clip, leaky_relu
     dropout     inference only (the identity)
     losses      softmax_cross_entropy (mean over the batch), mse (mean over all elements)
 """
@@ -90,6 +94,23 @@ def tanh(x) -> np.ndarray:
     return np.tanh(f64(x))
 
 
+def relu6(x) -> np.ndarray:
+    return np.minimum(np.maximum(f64(x), 0.0), 6.0)
+
+
+def clip(x, lo: float = 0.0, hi: float = 6.0) -> np.ndarray:
+    return np.minimum(np.maximum(f64(x), lo), hi)
+
+
+def leaky_relu(x, slope: float = 0.01) -> np.ndarray:
+    x = f64(x)
+    return np.where(x > 0, x, slope * x)
+
+
+def global_avgpool(x) -> np.ndarray:
+    return f64(x).mean(axis=(2, 3), keepdims=True)
+
+
 def maxpool(x, size: int, stride: int | None = None, pad: int = 0) -> np.ndarray:
     x = f64(x)
     stride = size if stride is None else stride
@@ -153,6 +174,23 @@ def batchnorm(x, weight, bias, running_mean=None, running_var=None, eps: float =
     return (x - mu[c]) / np.sqrt(var + eps)[c] * f64(weight)[c] + f64(bias)[c]
 
 
+def batchnorm_update(x, running_mean, running_var, momentum: float = 0.1):
+    """The running statistics after one training step (PyTorch's rule: the running variance
+    takes the unbiased batch variance)."""
+    x = f64(x)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mu, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    return ((1 - momentum) * f64(running_mean) + momentum * mu,
+            (1 - momentum) * f64(running_var) + momentum * var * m / max(m - 1, 1))
+
+
+def layernorm(x, weight, bias, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis (biased variance)."""
+    x = f64(x)
+    y = (x - x.mean(axis=-1, keepdims=True)) / np.sqrt(x.var(axis=-1, keepdims=True) + eps)
+    return y * f64(weight) + f64(bias)
+
+
 def dropout(x, rate: float = 0.5, training: bool = False) -> np.ndarray:
     """Inverted dropout; in inference the identity (training is random: not modelled here)."""
     assert not training, "dropout in training draws random numbers; compare statistics instead"
@@ -197,6 +235,18 @@ def self_check() -> None:
     assert np.allclose(yb.mean(axis=(0, 2, 3)), 0.0) and np.allclose(yb.var(axis=(0, 2, 3)), 1.0)
     yb = batchnorm(xb, np.array([2.0, 1.0]), np.array([0.0, 5.0]), np.array([1.0, 0.0]), np.array([4.0, 1.0]), eps=0.0)
     assert np.allclose(yb[:, 0], (xb[:, 0] - 1.0) / 2.0 * 2.0) and np.allclose(yb[:, 1], xb[:, 1] + 5.0)
+    # the new activations at hand-picked points, their kinks included
+    v = np.array([-7.0, -1.0, 0.0, 0.5, 6.0, 9.0])
+    assert np.array_equal(relu6(v), [0, 0, 0, 0.5, 6, 6])
+    assert np.array_equal(clip(v, -1.0, 0.5), [-1, -1, 0, 0.5, 0.5, 0.5])
+    assert np.array_equal(leaky_relu(v, 0.5), [-3.5, -0.5, 0, 0.5, 6, 9])
+    assert np.array_equal(global_avgpool(x), [[[[7.5]]]])
+    # layernorm: each row to mean 0, variance 1, then scaled per feature
+    ln = layernorm(np.array([[1.0, 3.0], [0.0, -4.0]]), np.array([1.0, 2.0]), np.array([0.0, 1.0]), eps=0.0)
+    assert np.allclose(ln, [[-1.0, 3.0], [1.0, -1.0]])
+    # running statistics: (1 - m) old + m batch, the variance unbiased (4 values: x 4/3)
+    rm, rv = batchnorm_update(np.array([1.0, 3.0, 5.0, 7.0]).reshape(2, 1, 2, 1), [0.0], [1.0], 0.5)
+    assert np.allclose(rm, [2.0]) and np.allclose(rv, [0.5 + 0.5 * 5.0 * 4 / 3])
     # the vectorized conv agrees with the definition written as plain loops
     rng = np.random.default_rng(0)
     xr, wr, br = rng.normal(size=(2, 4, 6, 5)), rng.normal(size=(6, 2, 3, 3)), rng.normal(size=6)
