@@ -6,13 +6,22 @@ pass manager, MCJIT for execution. Each stage is a function, so `dnnc ir` can pr
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
 import llvmlite.binding as llvm
 
 _lock = threading.Lock()
+
+# Object code of the LLVM IR texts this process compiled, newest last: the same text gives the
+# same machine code on this host, so a second model of the same program (a replica, a test's
+# second compile) skips LLVM's optimization and code generation. Keyed by the text itself, it
+# cannot go stale, whatever produced the text.
+_objects: OrderedDict[str, bytes] = OrderedDict()
+MAX_OBJECTS = 64
 
 
 @lru_cache(maxsize=1)
@@ -66,6 +75,16 @@ class Compiled:
 
 def jit(text: str, entry: str, nargs: int) -> tuple[Compiled, bytes]:
     """Machine code for LLVM IR text, and the object code it came from (for the cache)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with _lock:
+        seen = _objects.get(digest)
+        if seen is not None:
+            _objects.move_to_end(digest)
+    if seen is not None:
+        try:
+            return jit_object(seen, entry, nargs), seen
+        except KeyError:  # another entry point in the same text: compile it afresh
+            pass
     objects: list[bytes] = []
     with _lock:
         mod = optimize(parse(text))
@@ -75,6 +94,10 @@ def jit(text: str, entry: str, nargs: int) -> tuple[Compiled, bytes]:
         engine.set_object_cache(lambda _mod, data: objects.append(bytes(data)))
         engine.finalize_object()
         addr = engine.get_function_address(entry)
+        if objects:
+            _objects[digest] = objects[0]
+            while len(_objects) > MAX_OBJECTS:
+                _objects.popitem(last=False)
     proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))
     return Compiled(engine, proto(addr), addr), (objects[0] if objects else b"")
 
