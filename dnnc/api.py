@@ -389,12 +389,15 @@ class Model:
             self.buffers[n][...] = self._normalized(a) if n in self.graph.inputs else a
 
     def loss_and_grad(self, **inputs_and_labels) -> tuple[float, dict[str, np.ndarray]]:
-        """The loss on one batch and its gradient for every parameter (keyed like params)."""
+        """The loss on one batch and its gradient for every trainable parameter (keyed like params)."""
         ex = self.executable("grad")
         self._feed(inputs_and_labels, self.graph.inputs + self.graph.labels)
         self.set_rng()
         ex.run()
-        grads = {n: self.buffers[n + ".grad"].copy() for n in self.graph.params if n + ".grad" in self.buffers}
+        # a layer the loss does not depend on is not in the program: its gradient is zero
+        # (fixed weights, given in the source, have none)
+        grads = {n: self.buffers[n + ".grad"].copy() if n + ".grad" in self.buffers
+                 else np.zeros_like(self.buffers[n]) for n in self.graph.params if n not in self.graph.fixed}
         return float(self.buffers["loss"]), grads
 
     def train_step(self, optimizer="sgd", lr: float | None = None, step: int | None = None,
