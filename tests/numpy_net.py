@@ -15,7 +15,6 @@ hash: compare gradients against finite differences instead).
 """
 from __future__ import annotations
 
-
 import reference as ref
 
 

@@ -1,5 +1,5 @@
 """A PyTorch twin of any dnnc graph of built-in ops: the same layers through torch.nn.functional,
-sharing the dnnc model's parameter values.
+with the dnnc model's parameter values.
 
     twin = Twin(graph, model.params, model.states)       # float64 by default
     values = twin.run(feed, training=True)               # every tensor, and "loss" with labels
