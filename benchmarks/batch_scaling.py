@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import dnnc
-from dnnc.optim import HYPER
-from dnnc.train import settings_from
+from dnnc.te.optim import HYPER
+from dnnc.training.train import settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ["lenet5", "mlp_dropout", "resnet20", "densenet", "resnet18", "mobilenetv2", "squeezenet", "vgg11_bn"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import dnnc
-from dnnc import data as datamod
-from dnnc.optim import HYPER, Optimizer
+from dnnc.io import data as datamod
+from dnnc.te.optim import HYPER, Optimizer
 from targets import LENET5_LAYERS, copy_params, torch_lenet5  # benchmarks/ is on sys.path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lenet5.net"

@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 
 import dnnc
-from dnnc.compress import prune_mask
-from dnnc.passes.sparse import rows_needed
+from dnnc.compression.compress import prune_mask
+from dnnc.te.sparse import rows_needed
 from targets import median_pair  # benchmarks/ is on sys.path
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", _t)
 import numpy as np  # noqa: E402
 
 import dnnc
-from dnnc.optim import HYPER, Optimizer
+from dnnc.te.optim import HYPER, Optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import dnnc
-from dnnc import data as datamod
-from dnnc.train import settings_from
+from dnnc.io import data as datamod
+from dnnc.training.train import settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def train_torch(name: str, threads: int, seed: int = 0) -> tuple[float, float]:
 
 
 def train_dnnc(name: str, threads: int, out: Path) -> float:
-    from dnnc.train import train
+    from dnnc.training.train import train
 
     result = train(dnnc.load(ROOT / "examples" / f"{name}.net"), out=str(out), threads=threads)
     return result.evaluation.accuracy

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graph as graphmod
-from .errors import DnncError
-from .fileio import no_such_file
-from .frontend import Module, parse
+from .front import graph as graphmod
+from .base.errors import DnncError
+from .base.fileio import no_such_file
+from .front.parse import Module, parse
 from .ir import Program
-from .lower import lower_graph
+from .lower.nest import lower_graph
 
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 
@@ -52,9 +52,9 @@ class Network:
 
     def _check_settings(self) -> None:
         """The train { } and schedule { } blocks, checked when the file is, not when used."""
-        from .errors import did_you_mean
-        from .schedule import from_settings
-        from .settings import settings_from
+        from .base.errors import did_you_mean
+        from .schedule.steps import from_settings
+        from .front.settings import settings_from
 
         settings_from(self)
         from_settings(self.graph.settings)
@@ -144,7 +144,7 @@ def available_memory() -> int | None:
 def check_memory(g: graphmod.Graph, dtype: str) -> None:
     """Refuse, before allocating, a network whose buffers cannot fit: its inputs, outputs and
     parameters, plus its largest activation (a lower bound on what it needs)."""
-    from .footprint import human_bytes
+    from .tools.footprint import human_bytes
 
     item = np.dtype(NP_DTYPE[dtype]).itemsize
     sizes = {n: int(np.prod(t.shape)) * item for n, t in g.tensors.items()}
@@ -304,7 +304,7 @@ class Model:
         if key not in self._exec:
             from .runtime import cache
             from .runtime.executable import Executable
-            from .step import training_program, update_program
+            from .driver.programs import training_program, update_program
 
             def build():
                 if kind in ("forward", "loss"):
@@ -339,7 +339,7 @@ class Model:
     def fill_sparse(self) -> None:
         """Lay out the weights named in `sparse` in ELL form for the forward pass (call it
         after setting them; a row with more nonzeros than compiled for is refused)."""
-        from .passes.sparse import ell, rows_needed
+        from .te.sparse import ell, rows_needed
 
         for w, R in self.sparse.items():
             a = self.params[w]
@@ -355,7 +355,7 @@ class Model:
         checkpoint written by `dnnc train` (or of a weights .npz or a compressed .dnnz) and
         return the model: `net.compile(batch=64).load("lenet5.npz")`. A file of another network,
         or one whose arrays do not fit this one, is refused with a DnncError naming the file."""
-        from .checkpoint import read_checkpoint, use
+        from .io.checkpoint import read_checkpoint, use
 
         arrays, _, meta = read_checkpoint(path, self.network)
         use(self, arrays, meta)
@@ -373,7 +373,7 @@ class Model:
 
     def set_rng(self) -> None:
         """The seed of this step's random numbers (dropout): a function of the seed and step."""
-        from .te import RNG_SEED
+        from .te.stmt import RNG_SEED
 
         if RNG_SEED in self.buffers:
             self.buffers[RNG_SEED][0] = (self.seed * 1000003 + self.steps) % (1 << 24)
@@ -405,12 +405,12 @@ class Model:
         """One step of training on one batch: forward, backward and update in one native call.
 
         `optimizer` is written as in a train { } block, `"sgd(lr=0.1, momentum=0.9)"` or
-        `"adam"`, or is a dnnc.optim.Optimizer; its state (momentum, Adam's moments) lives in
+        `"adam"`, or is a dnnc.te.optim.Optimizer; its state (momentum, Adam's moments) lives in
         the model's buffers from step to step. `lr` overrides its learning rate for this step;
         `step` (1-based, default: the steps this model has taken, plus one) drives Adam's bias
         corrections. Returns the loss before the update."""
-        from .optim import HYPER
-        from .settings import optimizer_spec
+        from .te.optim import HYPER
+        from .front.settings import optimizer_spec
 
         optimizer = optimizer_spec(optimizer)
         ex = self.executable("train", optimizer)

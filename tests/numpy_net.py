@@ -22,7 +22,7 @@ def layer_tensors(graph, layer) -> dict[str, str]:
     """The parameters and states a layer reads: local name (`weight`) -> global (`c1.weight`).
     A parameter given as false (`bias=false`) is read nowhere, so it is absent (the
     reference functions take None for a missing bias)."""
-    from dnnc.expr import Load
+    from dnnc.te.expr import Load
 
     mine = set(graph.params) | set(graph.states)
     out = {}

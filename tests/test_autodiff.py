@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dnnc  # noqa: E402
-from dnnc import data as datamod  # noqa: E402
+from dnnc.io import data as datamod  # noqa: E402
 
 EPS = 1e-6  # central difference step
 RTOL = 1e-6
@@ -498,8 +498,8 @@ def test_the_count_of_an_unpadded_mean_is_a_constant():
     recount the domain in a loop inside every element's loop (1,495 ms a step at batch 16 for
     a small residual CNN, 0.68 ms at batch 8, where LLVM happened to fold the loop). A padded
     pool's window size is a closed form of the output position, not a loop either."""
-    from dnnc.expr import Reduce
-    from dnnc.step import training_groups
+    from dnnc.te.expr import Reduce
+    from dnnc.driver.programs import training_groups
 
     src = """
     network bn {

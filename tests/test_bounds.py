@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc import passes
-from dnnc.expr import Binary, Const, Load, Var, substitute
+from dnnc.ir import passes
+from dnnc.te.expr import Binary, Const, Load, Var, substitute
 from dnnc.ir import If, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.verify import VerifyError
-from dnnc.lower import lower_graph
-from dnnc.optim import Optimizer
+from dnnc.lower.nest import lower_graph
+from dnnc.te.optim import Optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_verifier import _drop_guards, _map_loops  # noqa: E402
@@ -121,7 +121,7 @@ import sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 import dnnc
-from dnnc import passes
+from dnnc.ir import passes
 from test_bounds import BREAKS
 passes.verify = lambda p: p  # the verifier off: only the run-time checks stand guard
 passes.PIPELINE = list(passes.PIPELINE) + [("broken", BREAKS[{brk!r}])]

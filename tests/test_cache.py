@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.optim import Optimizer
+from dnnc.te.optim import Optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = """network t {

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.errors import DnncError
-from dnnc.optim import Optimizer
+from dnnc.base.errors import DnncError
+from dnnc.te.optim import Optimizer
 
 from test_errors import assert_clean_failure, dnnc_cli_many
 from test_train import LENET300, LENET300_ARG, TINY, checkpoint_arrays, quiet, run_cli, write_npz
 
-trainmod = importlib.import_module("dnnc.train")
+trainmod = importlib.import_module("dnnc.training.train")
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from dnnc import data as datamod
+    from dnnc.io import data as datamod
 
     return write_npz(tmp_path_factory.mktemp("data") / "small.npz", datamod.embedded())
 

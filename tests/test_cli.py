@@ -10,14 +10,14 @@ import re
 import pytest
 
 import dnnc
-from dnnc.bench import KernelTime, Report, render
-from dnnc.cli_parser import make_parser
-from dnnc.units import human_seconds
+from dnnc.tools.bench import KernelTime, Report, render
+from dnnc.cli.parser import make_parser
+from dnnc.base.units import human_seconds
 
 from test_errors import assert_clean_failure, dnnc_cli, dnnc_cli_many
 from test_train import LENET300, LENET300_ARG, quiet, write_npz
 
-trainmod = importlib.import_module("dnnc.train")
+trainmod = importlib.import_module("dnnc.training.train")
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -75,7 +75,7 @@ def test_one_spelling_of_the_output_flag():
 # ----------------------------------------------------------------------------- training's log
 
 def test_training_log_header_and_epoch_lines(tmp_path):
-    from dnnc import data as datamod
+    from dnnc.io import data as datamod
 
     small = write_npz(tmp_path / "small.npz", datamod.embedded())
     r = dnnc_cli("train", LENET300_ARG, "--data", small, "--epochs", "1", "--batch", "32", "--out",
@@ -91,7 +91,7 @@ def test_training_log_header_and_epoch_lines(tmp_path):
 
 
 def test_status_lines_off_a_terminal(monkeypatch, capsys, tmp_path):
-    from dnnc import data as datamod
+    from dnnc.io import data as datamod
 
     monkeypatch.setattr(trainmod, "STATUS_SECONDS", 0.0)  # a line every step, not every 10 s
     small = write_npz(tmp_path / "small.npz", datamod.embedded())

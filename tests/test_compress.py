@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnnc
-from dnnc import compress
-from dnnc.errors import DnncError
-from dnnc.optim import Optimizer
+from dnnc.compression import compress
+from dnnc.base.errors import DnncError
+from dnnc.te.optim import Optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "examples" / "lenet300.net"
@@ -130,8 +130,8 @@ def test_sparse_ell_layers_compute_what_the_dense_ones_do():
     """In the interpreter (float64) and the JIT; a column index outside the input contributes
     nothing instead of reading outside it."""
     from dnnc.ir import interp
-    from dnnc.lower import lower_graph
-    from dnnc.passes.sparse import ell, rows_needed
+    from dnnc.lower.nest import lower_graph
+    from dnnc.te.sparse import ell, rows_needed
 
     net = dnnc.load(MLP)
     dense = net.compile(batch=3, threads=1)
@@ -158,7 +158,7 @@ def test_sparse_ell_layers_compute_what_the_dense_ones_do():
 
 
 def test_density_chooses_sparse_kernels():
-    from dnnc.passes.sparse import choose
+    from dnnc.te.sparse import choose
 
     rng = np.random.default_rng(0)
     big = rng.normal(size=(1024, 1024)).astype(np.float32)  # 4 MiB: bound by memory when dense

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.errors import DnncError
+from dnnc.base.errors import DnncError
 
 from test_errors import assert_clean_failure, assert_located, dnnc_cli, dnnc_cli_many
 

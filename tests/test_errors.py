@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.errors import DnncError
+from dnnc.base.errors import DnncError
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = "examples/lenet5.net"
@@ -71,7 +71,7 @@ def test_other_commands_report_source_errors(tmp_path, command):
 
 
 def test_expected_tokens_are_spelled_out():
-    from dnnc.frontend import _expected
+    from dnnc.front.parse import _expected
 
     assert _expected(["__ANON_0"]) == "'->'"
     assert _expected(["__ANON_1"]) == "'|>'"
@@ -306,7 +306,7 @@ def test_api_no_network_named():
 def test_a_network_too_big_for_memory_is_refused_before_allocating():
     """1.12 TiB of activations: one line saying how much it needs, not a MemoryError."""
     import dnnc
-    from dnnc.errors import DnncError
+    from dnnc.base.errors import DnncError
 
     huge = dnnc.load("network huge {\n input x: [64, 40000, 40000]\n y = conv(x, filters=64, kernel=3, pad=1)\n"
                      " output y\n}")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnnc import data as datamod
-from dnnc.fileio import atomic_write
+from dnnc.io import data as datamod
+from dnnc.base.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -79,7 +79,7 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_bit_for_bit(tmp_path, small):
 WRITER = """
 import sys
 import numpy as np
-from dnnc.fileio import save_npz
+from dnnc.base.fileio import save_npz
 path = sys.argv[1]
 for version in range(1, 10**6):
     save_npz(path, {"a": np.full(1 << 21, version, np.float32), "b": np.full(3, version, np.int64)})

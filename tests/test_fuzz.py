@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import dnnc
-from dnnc.errors import DnncError
+from dnnc.base.errors import DnncError
 
 EXAMPLES = int(os.environ.get("DNNC_FUZZ_EXAMPLES", "25"))
 
@@ -303,8 +303,8 @@ def schedule_steps(draw, tiles: list) -> list[str]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(net=networks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_are_refused_or_agree_with_numpy(net: Net, data, seed: int):
-    from dnnc.lower import lower_graph
-    from dnnc.schedule import Tile, parse_step
+    from dnnc.lower.nest import lower_graph
+    from dnnc.schedule.steps import Tile, parse_step
 
     src = net.source()
     network = dnnc.load(src)

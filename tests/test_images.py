@@ -49,7 +49,7 @@ def test_sobel_edges_of_a_grayscale_png(tmp_path):
 
 
 def test_a_digit_picture_is_classified(tmp_path):
-    from dnnc import data
+    from dnnc.io import data
 
     ds = data.load(None)
     digit = (ds.x_test[0].reshape(28, 28) * 255).astype(np.uint8)

@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import dnnc  # noqa: E402
-from dnnc.errors import DnncError  # noqa: E402
-from dnnc.onnx_io import export, import_model, weights_for  # noqa: E402
+from dnnc.base.errors import DnncError  # noqa: E402
+from dnnc.io.onnx_io import export, import_model, weights_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERY_LAYER = """network t {

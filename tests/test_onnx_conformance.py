@@ -19,8 +19,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 import dnnc  # noqa: E402
-from dnnc.errors import DnncError  # noqa: E402
-from dnnc.onnx_io import import_model, weights_for  # noqa: E402
+from dnnc.base.errors import DnncError  # noqa: E402
+from dnnc.io.onnx_io import import_model, weights_for  # noqa: E402
 
 OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Sigmoid", "Tanh", "LeakyRelu",
        "PRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus", "Clip", "Neg", "Exp", "Log", "Sqrt", "Abs",

@@ -35,7 +35,7 @@ ort = pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
 import dnnc  # noqa: E402
-from dnnc.onnx_io import export, import_model, weights_for  # noqa: E402
+from dnnc.io.onnx_io import export, import_model, weights_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4

@@ -23,9 +23,9 @@ for p in (HERE.parent, HERE):
 
 import dnnc  # noqa: E402
 import reference as ref  # noqa: E402
-from dnnc import passes  # noqa: E402
+from dnnc.ir import passes  # noqa: E402
 from dnnc.ir import interp  # noqa: E402
-from dnnc.lower import lower_graph  # noqa: E402
+from dnnc.lower.nest import lower_graph  # noqa: E402
 from dnnc.runtime.executable import Executable  # noqa: E402
 
 RTOL = 1e-5

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc import data as datamod
-from dnnc.errors import DnncError
-from dnnc.train import train
+from dnnc.io import data as datamod
+from dnnc.base.errors import DnncError
+from dnnc.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "examples" / "lenet300.net"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.errors import DnncError
+from dnnc.base.errors import DnncError
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "dnnc").rglob("*.py"))
@@ -44,7 +44,7 @@ def test_a_pickled_array_is_refused(tmp_path):
     """An .npy holding Python objects (which numpy would unpickle) is not read."""
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "w.npz", **{"c1.weight": np.array([{"a": 1}], dtype=object)})
-    from dnnc.fileio import load_npy, load_npz
+    from dnnc.base.fileio import load_npy, load_npz
 
     with pytest.raises(DnncError):
         load_npy(tmp_path / "obj.npy")
@@ -105,8 +105,8 @@ def test_the_train_block_names_its_data(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import write_npz
 
-    trainmod = importlib.import_module("dnnc.train")
-    write_npz(tmp_path / "few.npz", dnnc.data.embedded(), n_train=64, n_test=32)
+    trainmod = importlib.import_module("dnnc.training.train")
+    write_npz(tmp_path / "few.npz", importlib.import_module("dnnc.io.data").embedded(), n_train=64, n_test=32)
     src = (ROOT / "examples" / "lenet300.net").read_text()
     src = src.replace("train {", 'train { data = "few.npz";')
     assert 'data = "few.npz"' in src

@@ -12,13 +12,13 @@ import pytest
 
 import dnnc
 from dnnc.api import init_params
-from dnnc.errors import DnncError
+from dnnc.base.errors import DnncError
 from dnnc.ir import Loop, interp, walk
-from dnnc.lower import lower_graph
-from dnnc.optim import Optimizer
-from dnnc.passes.conv import Algorithm
-from dnnc.schedule import Tile, parse_step
-from dnnc.step import training_program
+from dnnc.lower.nest import lower_graph
+from dnnc.te.optim import Optimizer
+from dnnc.te.conv import Algorithm
+from dnnc.schedule.steps import Tile, parse_step
+from dnnc.driver.programs import training_program
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,8 +102,8 @@ def test_conv_relu_pool_fusion_equals_naive_in_the_interpreter(training):
 
 
 def test_pool_first_needs_a_monotone_activation():
-    from dnnc.expr import Binary, Const, Load, Unary, Var
-    from dnnc.passes.pool import monotone
+    from dnnc.te.expr import Binary, Const, Load, Unary, Var
+    from dnnc.te.pool import monotone
 
     x = Load("c", (Var("i"),))
     assert monotone(Binary("max", x, Const(0.0)), x) and monotone(Unary("sigmoid", Binary("*", Const(2.0), x)), x)
@@ -310,9 +310,9 @@ WIDE = """network t {
 def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypatch):
     """70-wide rows in vectors of 16: the first and last vectors keep their masks, the middle
     ones lose them; every stage computes what the lowered loops compute."""
-    from dnnc import passes
+    from dnnc.ir import passes
     from dnnc.ir import If
-    from dnnc.passes import split
+    from dnnc.ir.passes import split
 
     monkeypatch.setattr(split, "MIN_ENTRIES", 1)  # split even the loops of these small shapes
 
@@ -358,8 +358,8 @@ def test_a_pack_serves_the_statement_it_was_made_for():
     (a VerifyError that ResNet-18 hit at batch 16 and not at 8)."""
     net = dnnc.load(RESIDUAL)
     g = net.at_batch(16, training=True)
-    from dnnc.schedule import Pack, default_schedule
-    from dnnc.step import training_groups
+    from dnnc.schedule.steps import Pack, default_schedule
+    from dnnc.driver.programs import training_groups
 
     buffers, groups = training_groups(g)
     steps = default_schedule([s for _, st in groups for s in st], {b.name: b.shape for b in buffers})

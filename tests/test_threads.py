@@ -18,7 +18,7 @@ from llvmlite import ir
 import dnnc
 from dnnc.codegen.threads import parallel_for, set_threads_function, stop_threads_function
 from dnnc.ir import Loop
-from dnnc.optim import HYPER, Optimizer
+from dnnc.te.optim import HYPER, Optimizer
 from dnnc.runtime.jit import jit
 
 ROOT = Path(__file__).resolve().parent.parent

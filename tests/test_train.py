@@ -24,10 +24,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dnnc  # noqa: E402
-from dnnc import data as datamod  # noqa: E402
-trainmod = importlib.import_module("dnnc.train")  # the module (dnnc.train is the function)
-from dnnc.errors import DnncError  # noqa: E402
-from dnnc.optim import Optimizer, lr_at  # noqa: E402
+from dnnc.io import data as datamod  # noqa: E402
+trainmod = importlib.import_module("dnnc.training.train")  # the module (dnnc.train is the function)
+from dnnc.base.errors import DnncError  # noqa: E402
+from dnnc.te.optim import Optimizer, lr_at  # noqa: E402
 
 LENET300 = ROOT / "examples" / "lenet300.net"
 LENET300_ARG = "examples/lenet300.net"  # as a user types it, relative to the repository root

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 import dnnc
-from dnnc import passes
-from dnnc.errors import CompilerBug, DnncError
-from dnnc.expr import Binary, Const, Load, Reduce, Scalar, Select, Var
+from dnnc.ir import passes
+from dnnc.base.errors import CompilerBug, DnncError
+from dnnc.te.expr import Binary, Const, Load, Reduce, Scalar, Select, Var
 from dnnc.ir import Buffer, If, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.verify import VerifyError, verify
-from dnnc.lower import lower_graph
+from dnnc.lower.nest import lower_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -49,7 +49,7 @@ for p in (ROOT, HERE):
 
 import dnnc  # noqa: E402
 import numpy_net  # noqa: E402
-from dnnc.optim import Optimizer  # noqa: E402
+from dnnc.te.optim import Optimizer  # noqa: E402
 
 TOL32 = 1e-4  # float32 against float64
 TOL = 1e-8  # float64 against float64

@@ -24,8 +24,8 @@ import re
 
 from llvmlite import ir
 
-from .. import affine
-from ..expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
+from ..te import affine
+from ..te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
 from ..ir import If, Kernel, Let, Loop, Program, Set, Stmt, Store
 from .threads import parallel_for, set_threads_function, stop_threads_function
 

@@ -2,13 +2,13 @@
 
 A Program is a list of kernels over named buffers. A kernel body is a tuple of statements:
 loops (serial, parallel, vector, unrolled), guards, stores to buffers, and float registers
-(Let declares one, Set updates it). Expressions are the shared nodes of dnnc.expr.
+(Let declares one, Set updates it). Expressions are the shared nodes of dnnc.te.expr.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..expr import Expr, show
+from ..te.expr import Expr, show
 
 LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var
+from ..te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var
 from . import If, Let, Loop, Program, Set, Store
 
 DTYPES = {"f32": np.float32, "f64": np.float64}

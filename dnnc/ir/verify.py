@@ -8,9 +8,9 @@ declared outside a parallel loop is updated inside it (the iterations would race
 """
 from __future__ import annotations
 
-from .. import affine
-from ..errors import CompilerBug
-from ..expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
+from ..te import affine
+from ..base.errors import CompilerBug
+from ..te.expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
 from . import If, Let, Loop, Program, Set, Stmt, Store
 
 

@@ -44,7 +44,7 @@ def _compiler_identity() -> str:
     target_machine()  # initializes LLVM's native target
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    files = sorted(list(root.rglob("*.py")) + list(root.glob("*.net")) + list(root.parent.glob("grammar/*.lark"))
+    files = sorted(list(root.rglob("*.py")) + list(root.rglob("*.net")) + list(root.parent.glob("grammar/*.lark"))
                    + list(root.glob("grammar/*.lark")))
     for f in files:
         h.update(f.name.encode())

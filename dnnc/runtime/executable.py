@@ -17,9 +17,9 @@ import numpy as np
 
 from ..codegen.llvm import emit, symbol
 from ..ir import Program
-from ..passes import run as run_passes
+from ..ir.passes import run as run_passes
 from . import cache, jit
-from .memory import plan
+from ..ir.memory import plan
 
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 

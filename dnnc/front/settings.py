@@ -1,0 +1,172 @@
+"""Training settings: a network's `train { }` block, overridden by arguments, and optimizers
+written as in that block (`sgd(lr=0.1, momentum=0.9)`, `adam`)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ..base.errors import DnncError, did_you_mean
+from ..base.fileio import beside_source, no_such_file
+from .parse import Arg, CallValue, NameRef
+from ..te.optim import Optimizer
+
+if TYPE_CHECKING:
+    from ..api import Network
+
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class Settings:
+    optimizer: Optimizer = Optimizer("sgd", 0.01, 0.9)
+    schedule: str = "constant"
+    step_size: int = 0
+    gamma: float = 0.1
+    batch: int = 64
+    epochs: int = 10
+
+
+def settings_from(net: Network, **overrides) -> Settings:
+    """The train { } block of the network, then the given overrides (None means not given)."""
+    s = Settings()
+    opt = s.optimizer
+    for name, (value, loc) in net.graph.settings.items():
+        if name.startswith("schedule."):
+            continue
+        if name == "optimizer":
+            opt = _optimizer(value, loc)
+        elif name == "schedule":
+            if isinstance(value, NameRef):
+                s = replace(s, schedule=_schedule_name(value.name, loc))
+            elif isinstance(value, CallValue):
+                kw = _kwargs(value, {"size": int, "gamma": float}, loc)
+                s = replace(s, schedule=_schedule_name(value.name, loc), step_size=kw.get("size", 0),
+                            gamma=kw.get("gamma", 0.1))
+            else:
+                raise DnncError(f"schedule is one of {', '.join(SCHEDULES)}", loc)
+        elif name in ("batch", "epochs"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DnncError(f"{name} must be a whole number of at least 1, got {value!r}", loc)
+            s = replace(s, **{name: value})
+        elif name == "lr":
+            opt = replace(opt, lr=_number(value, "lr", loc))
+        elif name == "data":
+            data_path(net)
+        else:
+            known = ("optimizer", "schedule", "batch", "epochs", "lr", "data")
+            raise DnncError(f"unknown training setting '{name}'{did_you_mean(name, known)} "
+                            f"(settings: {', '.join(known)})", loc)
+    if overrides.get("optimizer"):
+        kind = overrides["optimizer"]
+        if kind != opt.kind:
+            opt = Optimizer(kind, opt.lr if kind == "sgd" else 0.001, 0.9 if kind == "sgd" else 0.0)
+    if overrides.get("lr") is not None:
+        opt = replace(opt, lr=overrides["lr"])
+    s = replace(s, optimizer=opt)
+    for k in ("batch", "epochs"):
+        if overrides.get(k) is not None:
+            s = replace(s, **{k: overrides[k]})
+    return s
+
+
+def data_path(net: Network, given: str | None = None) -> str | None:
+    """The data to train and evaluate on: as given (--data), else the train block's
+    `data = "DIR_OR.npz"` (beside the .net file), else None for the embedded digits."""
+    if given is not None:
+        return given
+    if "data" not in net.graph.settings:
+        return None
+    value, loc = net.graph.settings["data"]
+    if not isinstance(value, str):
+        raise DnncError('data is a file or directory name in quotes: data = "digits/"', loc)
+    path = beside_source(value, loc)
+    if not path.exists():
+        raise DnncError(f"data '{value}': {no_such_file(path, 'no such file or directory').message}", loc)
+    return str(path)
+
+
+def _schedule_name(name, loc):
+    if name not in SCHEDULES:
+        raise DnncError(f"unknown schedule '{name}'{did_you_mean(name, SCHEDULES)} (schedules: {', '.join(SCHEDULES)})",
+                        loc)
+    return name
+
+
+def _number(v, what, loc) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise DnncError(f"{what} must be a non-negative number, got {v!r}", loc)
+    return float(v)
+
+
+def _kwargs(call: CallValue, allowed: dict, loc) -> dict:
+    out = {}
+    for a in call.args:
+        if a.key is None or a.key not in allowed:
+            raise DnncError(f"{call.name}(...) takes {', '.join(k + '=' for k in allowed)}", a.loc)
+        conv = allowed[a.key]
+        if conv is bool:
+            out[a.key] = bool(a.value)
+        elif conv is int:
+            if not isinstance(a.value, int) or a.value < 1:
+                raise DnncError(f"{a.key} must be a whole number of at least 1", a.loc)
+            out[a.key] = a.value
+        else:
+            out[a.key] = _number(a.value, a.key, a.loc)
+    return out
+
+
+def _optimizer(value, loc) -> Optimizer:
+    name = value.name if isinstance(value, (NameRef, CallValue)) else None
+    if name == "sgd":
+        kw = _kwargs(value, {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}, loc) \
+            if isinstance(value, CallValue) else {}
+        return Optimizer("sgd", kw.get("lr", 0.01), kw.get("momentum", 0.0), kw.get("nesterov", False),
+                         kw.get("weight_decay", 0.0))
+    if name == "adam":
+        kw = _kwargs(value, {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float},
+                     loc) if isinstance(value, CallValue) else {}
+        return Optimizer("adam", kw.get("lr", 0.001), 0.0, False, kw.get("weight_decay", 0.0),
+                         kw.get("beta1", 0.9), kw.get("beta2", 0.999), kw.get("eps", 1e-8))
+    raise DnncError("optimizer is sgd(lr=..., momentum=..., nesterov=..., weight_decay=...) or "
+                    "adam(lr=..., beta1=..., beta2=..., eps=..., weight_decay=...)", loc)
+
+
+def optimizer_spec(spec) -> Optimizer:
+    """An optimizer from its written form, as in a train { } block: `"sgd(lr=0.1, momentum=0.9)"`,
+    `"adam"`; an Optimizer is returned as it is."""
+    if isinstance(spec, Optimizer):
+        return spec
+    if not isinstance(spec, str):
+        raise DnncError(f"an optimizer is a string such as 'sgd(lr=0.1, momentum=0.9)' or 'adam', or a "
+                        f"dnnc.te.optim.Optimizer; got {type(spec).__name__}")
+    m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*", spec)
+    if m is None:
+        raise DnncError(f"optimizer '{spec}': expected sgd(...) or adam(...), as in a train {{ }} block")
+    if m.group(1) not in ("sgd", "adam"):
+        raise DnncError(f"optimizer '{spec}': unknown optimizer '{m.group(1)}'"
+                        f"{did_you_mean(m.group(1), ('sgd', 'adam'))} (optimizers: sgd, adam)")
+    args = []
+    for part in (m.group(2).split(",") if m.group(2) and m.group(2).strip() else []):
+        key, eq, text = part.partition("=")
+        value = _literal(text.strip()) if eq else None
+        if not re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key) or value is None:
+            raise DnncError(f"optimizer '{spec}': expected NAME=NUMBER, got '{part.strip()}'")
+        args.append(Arg(key.strip(), value, None))
+    value = CallValue(m.group(1), tuple(args), None) if m.group(2) is not None else NameRef(m.group(1), None)
+    try:
+        return _optimizer(value, None)
+    except DnncError as e:  # the same checks as a train { } block; said of the string
+        raise DnncError(f"optimizer '{spec}': {e.message}") from None
+
+
+def _literal(text: str) -> int | float | None:
+    """A finite number as written in a .net file (1, 0.9, 1e-4), else None."""
+    for kind in (int, float):
+        try:
+            v = kind(text)
+        except ValueError:
+            continue
+        return v if math.isfinite(v) else None
+    return None

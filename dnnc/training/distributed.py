@@ -1,0 +1,119 @@
+"""Synchronous data parallelism across processes and machines on MPI (mpi4py).
+
+`mpiexec -n N dnnc train NET --distributed`: every rank loads the network and its own copy of
+the data set (nothing is sent but gradients), takes the same seeded order of examples, and
+computes the gradient of its shard (rows r*B/N to (r+1)*B/N) of every global batch of B. The
+gradients of all parameters lie in one flat array, so one Allreduce sums them; every rank
+then divides by N and applies the same update, so all ranks hold the same parameters after
+every step. Rank 0 alone prints and writes checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ..api import Model
+from ..base.errors import DnncError
+from ..te.optim import HYPER, Optimizer
+
+
+SKIP_FINALIZE = False  # set when a peer died: MPI_Finalize would wait for it forever
+
+
+def world():
+    """MPI's COMM_WORLD, or a clear error when mpi4py (or an MPI library) is missing.
+
+    MPI is finalized at exit by dnnc itself, and not at all once a peer is known to have
+    died (a parameter-server run carries on without it, and must then still exit)."""
+    try:
+        import mpi4py
+
+        mpi4py.rc.finalize = False
+        from mpi4py import MPI
+    except ImportError:
+        raise DnncError("--distributed needs mpi4py and an MPI library: pip install 'dnnc[mpi]' "
+                        "(mpi4py and the mpich wheel, which puts mpiexec on the PATH)") from None
+    except RuntimeError as e:  # mpi4py present, no MPI library it can load
+        raise DnncError(f"--distributed: mpi4py cannot load an MPI library ({e})") from None
+    import atexit
+
+    atexit.register(_finalize)
+    return MPI.COMM_WORLD
+
+
+def _finalize() -> None:
+    from mpi4py import MPI
+
+    if not SKIP_FINALIZE and MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+
+
+def check_same_run(comm, *parts: str) -> None:
+    """Every rank must train the same network with the same settings: a mismatch is one
+    error line on every rank (all ranks take part in the check, so none waits forever)."""
+    mine = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    every = comm.allgather(mine)
+    odd = [r for r, h in enumerate(every) if h != every[0]]
+    if odd:
+        raise DnncError(f"rank {odd[0]} was started with a different network file or settings than rank 0 "
+                        f"(every rank must run the same command)")
+
+
+def flat_views(flat: np.ndarray, g, names: list[str], sizes: list[int]) -> dict[str, np.ndarray]:
+    """Each named tensor as a view of its stretch of one flat array (in order)."""
+    out, k = {}, 0
+    for p, n in zip(names, sizes):
+        out[p] = flat[k:k + n].reshape(g.tensors[p].shape)
+        k += n
+    return out
+
+
+class Distributed:
+    """A master model at the shard's batch whose gradients live in one flat array."""
+
+    def __init__(self, net, global_batch: int, optimizer: Optimizer, comm, seed: int, **compile_options):
+        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+        if global_batch % self.size:
+            raise DnncError(f"the batch ({global_batch}) must divide evenly among {self.size} ranks")
+        self.shard = global_batch // self.size
+        g = net.at_batch(self.shard, training=True)
+        trainable = [p for p in g.params if p not in g.fixed]
+        sizes = [int(np.prod(g.tensors[p].shape)) for p in trainable]
+        # the gradients, then the loss: one buffer for one Allreduce
+        self.flat = np.zeros(sum(sizes) + 1, np.float32)
+        share = {p + ".grad": v for p, v in flat_views(self.flat, g, trainable, sizes).items()}
+        self.master = Model(net, self.shard, seed, share=share, **compile_options)
+        self.master.seed = seed * self.size + self.rank  # dropout: different masks per shard
+        self.grad = self.master.executable("grad")
+        self.update = self.master.executable("update", optimizer)
+        for p in trainable:
+            assert self.master.buffers[p + ".grad"] is share[p + ".grad"]
+
+    def step(self, x: np.ndarray, y: np.ndarray, hyper: np.ndarray, step: int) -> float:
+        m = self.master
+        lo, hi = self.rank * self.shard, (self.rank + 1) * self.shard
+        m.buffers[m.graph.inputs[0]][...] = x[lo:hi]
+        m.buffers[m.graph.labels[0]][...] = y[lo:hi]
+        m.steps = step
+        m.set_rng()
+        self.grad.run()
+        self.flat[-1] = m.buffers["loss"]
+        from mpi4py import MPI
+
+        self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
+        self.flat /= self.size
+        m.buffers[HYPER][...] = hyper
+        self.update.run()
+        return float(self.flat[-1])
+
+    def identical(self) -> bool:
+        """All ranks hold bit-identical parameters (compared by digest)."""
+        h = hashlib.sha256()
+        for p in self.master.graph.params:
+            h.update(np.ascontiguousarray(self.master.buffers[p]).tobytes())
+        every = self.comm.allgather(h.hexdigest())
+        return all(d == every[0] for d in every)
+
+    def close(self) -> None:
+        pass
