@@ -13,7 +13,7 @@ from .base.errors import DnncError
 from .base.fileio import no_such_file
 from .front.parse import Module, parse
 from .ir import Program
-from .lower.nest import lower_graph
+from .driver.programs import lower_graph
 
 NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 

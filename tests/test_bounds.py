@@ -24,7 +24,7 @@ from dnnc.ir import passes
 from dnnc.te.expr import Binary, Const, Load, Var, substitute
 from dnnc.ir import If, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.verify import VerifyError
-from dnnc.lower.nest import lower_graph
+from dnnc.driver.programs import lower_graph
 from dnnc.te.optim import Optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -130,7 +130,7 @@ def test_sparse_ell_layers_compute_what_the_dense_ones_do():
     """In the interpreter (float64) and the JIT; a column index outside the input contributes
     nothing instead of reading outside it."""
     from dnnc.ir import interp
-    from dnnc.lower.nest import lower_graph
+    from dnnc.driver.programs import lower_graph
     from dnnc.te.sparse import ell, rows_needed
 
     net = dnnc.load(MLP)

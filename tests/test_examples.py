@@ -21,7 +21,7 @@ for p in (ROOT, HERE):
 
 import dnnc  # noqa: E402
 import reference as ref  # noqa: E402
-from dnnc.lower.nest import lower_graph  # noqa: E402
+from dnnc.driver.programs import lower_graph  # noqa: E402
 from dnnc.runtime.executable import Executable  # noqa: E402
 
 EXAMPLES = ROOT / "examples"

@@ -303,7 +303,7 @@ def schedule_steps(draw, tiles: list) -> list[str]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(net=networks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_are_refused_or_agree_with_numpy(net: Net, data, seed: int):
-    from dnnc.lower.nest import lower_graph
+    from dnnc.driver.programs import lower_graph
     from dnnc.schedule.steps import Tile, parse_step
 
     src = net.source()

@@ -25,7 +25,7 @@ import dnnc  # noqa: E402
 import reference as ref  # noqa: E402
 from dnnc.ir import passes  # noqa: E402
 from dnnc.ir import interp  # noqa: E402
-from dnnc.lower.nest import lower_graph  # noqa: E402
+from dnnc.driver.programs import lower_graph  # noqa: E402
 from dnnc.runtime.executable import Executable  # noqa: E402
 
 RTOL = 1e-5

@@ -14,7 +14,7 @@ import dnnc
 from dnnc.api import init_params
 from dnnc.base.errors import DnncError
 from dnnc.ir import Loop, interp, walk
-from dnnc.lower.nest import lower_graph
+from dnnc.driver.programs import lower_graph
 from dnnc.te.optim import Optimizer
 from dnnc.te.conv import Algorithm
 from dnnc.schedule.steps import Tile, parse_step

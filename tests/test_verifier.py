@@ -12,7 +12,7 @@ from dnnc.base.errors import CompilerBug, DnncError
 from dnnc.te.expr import Binary, Const, Load, Reduce, Scalar, Select, Var
 from dnnc.ir import Buffer, If, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.verify import VerifyError, verify
-from dnnc.lower.nest import lower_graph
+from dnnc.driver.programs import lower_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 

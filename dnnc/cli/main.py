@@ -199,7 +199,7 @@ def cmd_ir(args) -> int:
     from ..codegen.llvm import emit, kernel_symbol
     from ..front.parse import parser
     from ..ir import show_program
-    from ..lower.nest import lower_graph
+    from ..driver.programs import lower_graph
     from ..runtime import jit
     from ..ir.memory import plan
 
@@ -263,7 +263,7 @@ def _ir_grad(args, net, g, stage) -> int:
     from ..ir import passes
     from ..codegen.llvm import emit, kernel_symbol
     from ..ir import show_program
-    from ..lower.nest import lower_groups
+    from ..lower.groups import lower_groups
     from ..runtime import jit
     from ..ir.memory import plan
     from ..driver.programs import training_groups

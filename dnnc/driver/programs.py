@@ -5,13 +5,18 @@ whole job and the memory planner shares storage across all of it by liveness.
 """
 from __future__ import annotations
 
-from ..te.autodiff import backward, grad_name, normalize
 from ..base.errors import DnncError
-from ..te.expr import Const
 from ..front.graph import Graph, Layer
 from ..ir import Buffer, Program
-from ..lower.nest import lower_groups
+from ..lower.groups import lower_groups
+from ..schedule.steps import from_settings
+from ..te.autodiff import backward, grad_name, normalize
+from ..te.conv import Algorithm, apply_algorithms, default_algorithms
+from ..te.expr import Const, Load
+from ..te.fuse import fuse_elementwise
 from ..te.optim import HYPER, HYPER_SIZE, Optimizer
+from ..te.pool import fuse_pool, pool_first
+from ..te.sparse import sparsify
 from ..te.stmt import TStmt
 
 
@@ -31,11 +36,7 @@ def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = 
                      name: str | None = None, schedule: bool = True, overrides: list = ()) -> Program:
     """Forward (with the values the backward needs saved), loss, backward and, with an
     optimizer, the parameter update: d loss / d param lands in `param.grad`."""
-    from ..schedule.steps import from_settings
-
     named = from_settings(g.settings) + list(overrides)
-    from ..te.conv import Algorithm
-
     buffers, groups = training_groups(g, optimizer, dtype, fuse=schedule is not False, steps=named,
                                       keep={o.tensor for o in named if not isinstance(o, Algorithm)})
     return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
@@ -66,8 +67,6 @@ def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "
     Statements writing a tensor in `keep` (named by schedule steps) are not fused; algorithm
     steps among `steps` choose how convolutions are computed.
     """
-    from ..te.conv import apply_algorithms
-    from ..te.pool import fuse_pool, pool_first
 
     if g.loss is None:
         raise DnncError(f"network '{g.name}' has no loss; add one, e.g. loss softmax_cross_entropy(logits, label)")
@@ -147,8 +146,6 @@ def training_groups(g: Graph, optimizer: Optimizer | None = None, dtype: str = "
 
 
 def _used(groups) -> list[str]:
-    from ..te.expr import Load
-
     seen: dict[str, None] = {}
     for _, stmts in groups:
         for st in stmts:
@@ -157,3 +154,66 @@ def _used(groups) -> list[str]:
                     seen.setdefault(x.tensor)
             seen.setdefault(st.tensor)
     return list(seen)
+
+
+def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: bool = False,
+                name: str | None = None, dtype: str = "f32", schedule: bool | list = True,
+                overrides: list = (), sparse: dict[str, int] | None = None) -> Program:
+    """The forward program of g: every layer needed for `outputs` (default g.outputs).
+
+    `sparse` names dense-layer weights to read in ELL form with R entries per row
+    (passes/sparse.py); their arrays W.ell and W.cols become parameters of the program."""
+    outputs = outputs or g.outputs
+    keep = needed_layers(g, outputs, with_loss)
+    finals = set(outputs) | ({"loss"} if with_loss and g.loss else set())
+    used = set()
+    for layer in keep:
+        for st in layer.inst.stmts:
+            used.add(st.tensor)
+            used |= {x.tensor for x in st.value.walk() if isinstance(x, Load)}
+    buffers = []
+    for t in g.tensors.values():
+        if t.name not in used:
+            continue
+        kind = t.kind
+        if t.name in finals:
+            kind = "output"
+        elif kind == "act":
+            kind = "temp"
+        buffers.append(Buffer(t.name, t.shape, kind, dtype))
+    groups = [(layer.name, list(layer.inst.stmts)) for layer in keep]
+    if sparse:
+        groups, made = sparsify(groups, sparse)
+        buffers += [Buffer(n, shape, "param", dtype) for n, shape in made]
+        used = {st.tensor for _, stmts in groups for st in stmts} | {
+            x.tensor for _, stmts in groups for st in stmts for x in st.value.walk() if isinstance(x, Load)}
+        buffers = [b for b in buffers if b.name in used]
+    # steps for gradients belong to the training program (one --schedule list serves both)
+    named = [o for o in from_settings(g.settings) + list(overrides) if ".grad" not in o.tensor]
+    if schedule is not False:
+        # a statement a tile step names keeps its own loop nest, so the step applies to it
+        keep = set(finals) | {o.tensor for o in named if not isinstance(o, Algorithm)}
+        shapes = {b.name: b.shape for b in buffers}
+        if schedule is True:  # the user's algorithm steps take precedence over the defaults
+            mine = {o.tensor for o in named if isinstance(o, Algorithm)}
+            named = [a for a in default_algorithms(groups, shapes) if a.tensor not in mine] + named
+        groups, _ = apply_algorithms(groups, named, shapes)  # im2col or Winograd
+        groups = pool_first(groups, keep)  # the activation after the pooling
+        groups = fuse_elementwise(groups, keep)  # activations in their producer's epilogue
+        groups = fuse_pool(groups, keep, shapes)  # each pool window straight from the conv
+        buffers = _buffers_of(groups, buffers, dtype)
+    return lower_groups(name or g.name, buffers, groups, schedule, dtype, named)
+
+
+def _buffers_of(groups, buffers: list[Buffer], dtype: str) -> list[Buffer]:
+    """The buffers the statements still use; a tensor a rewrite introduced becomes a temporary."""
+    used: dict[str, tuple[int, ...]] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            used.setdefault(st.tensor, tuple(x for _, x in st.axes))
+            for x in st.value.walk():
+                if isinstance(x, Load):
+                    used.setdefault(x.tensor, ())
+    known = {b.name for b in buffers}
+    return [b for b in buffers if b.name in used] + [
+        Buffer(n, s, "temp", dtype) for n, s in used.items() if n not in known]

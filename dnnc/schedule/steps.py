@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..te import affine
 from ..base.errors import DnncError, Loc
 from ..te.conv import ALGORITHMS, Algorithm
-from ..te.expr import Load, Reduce, Var, free_vars, substitute
+from ..te.expr import Binary, Const, Expr, Load, Reduce, Var, free_vars, substitute
 from ..te.stmt import TStmt, count_flops
 
 VECTOR_BITS = 512  # AVX-512; the lowering masks ragged edges, so any extent works
@@ -278,9 +278,18 @@ def _hot_loads(st: TStmt) -> list[Load]:
     return [x for x in src.walk() if isinstance(x, Load)]
 
 
-def schedulable(st: TStmt, shapes: dict | None = None) -> bool:
-    from ..lower.nest import reshape
+def reshape(st: TStmt, shapes: dict) -> bool:
+    """st writes every element once, its index a row-major reshape of its one axis (so it can
+    be tiled like a statement over the tensor's own axes)."""
+    if st.index is None or st.accumulate or len(st.axes) != 1:
+        return False
+    flat: Expr = Const(0)
+    for ix, x in zip(st.index, shapes[st.tensor], strict=True):
+        flat = Binary("+", Binary("*", flat, Const(x)), ix)
+    return affine.simplify(flat) == Var(st.axes[0][0]) and st.axes[0][1] == math.prod(shapes[st.tensor])
 
+
+def schedulable(st: TStmt, shapes: dict | None = None) -> bool:
     if not st.axes or (st.index is not None and not (shapes and reshape(st, shapes))):
         return False
     reds = [x for x in st.value.walk() if isinstance(x, Reduce)]

@@ -6,7 +6,7 @@ expressions structurally equal, which the verifier and the guard placement rely 
 """
 from __future__ import annotations
 
-from .expr import Binary, Const, Expr, Select, Unary, Var, is_int
+from .expr import Binary, Const, Expr, Load, Select, Unary, Var, is_int, substitute
 
 Interval = tuple[int, int]  # inclusive
 
@@ -273,3 +273,14 @@ def simplify_in(e: Expr, ranges: dict[str, Interval]) -> Expr:
                     continue
         out[k] = out.get(k, 0) + c
     return from_affine(_merge_divmod({t: v for t, v in out.items() if v != 0 or t == 1}))
+
+
+def canon_loads(e):
+    """e with the index of every read in canonical form."""
+
+    def fix(x):
+        if isinstance(x, Load):
+            return Load(x.tensor, tuple(simplify(i) for i in x.index), x.loc)
+        return None
+
+    return substitute(e, fix)

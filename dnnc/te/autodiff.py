@@ -30,7 +30,7 @@ from . import affine
 from ..base.errors import CompilerBug
 from .expr import (Binary, Const, Expr, Load, Reduce, Select, Unary, Var, free_vars, rebuild,
                    subst_vars)
-from ..lower.nest import read_guards
+from .bounds import read_guards
 from .stmt import TStmt
 
 ZERO = Const(0.0)

@@ -16,7 +16,7 @@ from functools import partial
 
 from . import affine
 from .expr import Binary, Const, Expr, Load, Reduce, Unary, Var, subst_vars, substitute
-from ..lower.nest import _canon_loads
+from ..te.affine import canon_loads as _canon_loads
 from .fuse import _reads, reader_counts
 from .stmt import TStmt
 

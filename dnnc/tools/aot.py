@@ -7,7 +7,7 @@ from ..api import Network, checks_wanted
 from ..codegen.llvm import emit, symbol
 from ..base.errors import DnncError
 from ..base.fileio import atomic_write
-from ..lower.nest import lower_graph
+from ..driver.programs import lower_graph
 from ..ir.passes import run as run_passes
 from ..runtime import jit
 from ..ir.memory import plan

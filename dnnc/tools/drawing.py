@@ -13,7 +13,7 @@ COLORS = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3", "#e0e7ff", "#ccfbf1"]
 
 
 def svg(net) -> str:
-    from ..lower.nest import lower_graph
+    from ..driver.programs import lower_graph
 
     g = net.graph
     kernels = [k.name for k in lower_graph(g).kernels]

@@ -128,7 +128,7 @@ def planned(net, batch: int, training: bool) -> str:
     the planner lays out in one workspace, shared by liveness, so their total is the
     workspace's size, not the sum of the layers' own.
     """
-    from ..lower.nest import lower_graph
+    from ..driver.programs import lower_graph
     from ..ir.memory import lifetimes, plan
     from ..driver.programs import training_program
     from ..training.train import settings_from

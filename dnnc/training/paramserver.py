@@ -49,7 +49,7 @@ class ShardUpdate:
 
     def __init__(self, theta: np.ndarray, optimizer):
         from ..ir import Buffer
-        from ..lower.nest import lower_groups
+        from ..lower.groups import lower_groups
         from ..runtime.executable import Executable
 
         n = theta.size

@@ -122,7 +122,7 @@ def _shift(stmts, var: str, by: int) -> tuple[Stmt, ...]:
 
 
 def _canon(x: Expr) -> Expr:
-    from ...lower.nest import _canon_loads
+    from ...te.affine import canon_loads as _canon_loads
 
     if isinstance(x, Binary) and x.op in ("<", "<=", ">", ">=", "==", "!="):
         return Binary(x.op, affine.simplify(x.a), affine.simplify(x.b))
