@@ -144,7 +144,7 @@ def available_memory() -> int | None:
 def check_memory(g: graphmod.Graph, dtype: str) -> None:
     """Refuse, before allocating, a network whose buffers cannot fit: its inputs, outputs and
     parameters, plus its largest activation (a lower bound on what it needs)."""
-    from .tools.footprint import human_bytes
+    from .base.units import human_bytes
 
     item = np.dtype(NP_DTYPE[dtype]).itemsize
     sizes = {n: int(np.prod(t.shape)) * item for n, t in g.tensors.items()}

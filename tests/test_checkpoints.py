@@ -31,6 +31,35 @@ def epochs_in(path) -> int:
         return json.loads(bytes(z["__meta__"]).decode())["progress"]["epoch"]
 
 
+# ----------------------------------------------------------------------------- the learning-rate decay
+
+def test_checkpoints_name_the_lr_decay_and_old_ones_still_resume(tmp_path, small):
+    # a checkpoint records `lr_decay`; one written before the rename records `schedule`: it still
+    # loads, and a run resumed from it goes on under its decay, not the train block's (the same
+    # bits as one run of two epochs)
+    stepped = dnnc.load(LENET300.read_text().replace("lr_decay = cosine", "lr_decay = step(size=1, gamma=0.5)"))
+    constant = dnnc.load(LENET300.read_text().replace("lr_decay = cosine", "lr_decay = constant"))
+    opts = dict(data=str(small), batch=32, seed=2, log=quiet, progress=False)
+    direct, after1, old = tmp_path / "direct.npz", tmp_path / "after1.npz", tmp_path / "old.npz"
+    trainmod.train(stepped, epochs=2, out=str(direct), **opts)
+    trainmod.train(stepped, epochs=1, out=str(after1), **opts)
+    arrays = checkpoint_arrays(after1)
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    assert meta["settings"]["lr_decay"] == "step" and "schedule" not in meta["settings"]
+    meta["settings"]["schedule"] = meta["settings"].pop("lr_decay")
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(old, **arrays)
+    _, _, read = trainmod.read_checkpoint(old, constant)
+    assert read["settings"]["lr_decay"] == "step" and "schedule" not in read["settings"]
+    model = constant.compile(batch=4).load(str(old))
+    assert model.params["h1.weight"].tobytes() == arrays["h1.weight"].tobytes()
+    r = trainmod.train(constant, epochs=2, resume=str(old), **opts)
+    want = checkpoint_arrays(direct)
+    for k, v in r.model.params.items():
+        assert v.tobytes() == want[k].tobytes(), k
+    assert json.loads(bytes(checkpoint_arrays(old)["__meta__"]).decode())["settings"]["lr_decay"] == "step"
+
+
 # ----------------------------------------------------------------------------- where train writes
 
 def test_resume_writes_the_checkpoint_it_read(tmp_path, small):

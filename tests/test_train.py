@@ -1,4 +1,4 @@
-"""Training: exact resume, optimizers against torch.optim's formulas, learning-rate schedules,
+"""Training: exact resume, optimizers against torch.optim's formulas, learning-rate decay,
 bad data and bad checkpoints at the command line, `dnnc eval`'s report, and the data loaders.
 
 The data sets are small slices of the embedded digits written to tmp_path, so every run
@@ -109,12 +109,12 @@ def test_resume_after_epoch_one_is_bit_exact(tmp_path, small):
     assert not np.array_equal(p1["h1.weight"], a["h1.weight"])
 
 
-DROPOUT300 = LENET300.read_text().replace("schedule = cosine", "schedule = constant").replace(
+DROPOUT300 = LENET300.read_text().replace("lr_decay = cosine", "lr_decay = constant").replace(
     "h1 = dense(image, 300) |> relu", "h1 = dense(image, 300) |> relu |> dropout(rate=0.3)")
 
 
 def test_resume_with_dropout_and_a_later_epoch_count(tmp_path, small):
-    # run 1 epoch, then resume it asking for 2: with a constant schedule this is the same run
+    # run 1 epoch, then resume it asking for 2: with a constant learning rate this is the same run
     # as 2 epochs at once, dropout masks included (they follow the global step and the seed)
     assert "dropout" in DROPOUT300 and "constant" in DROPOUT300
     src = tmp_path / "drop300.net"
@@ -242,7 +242,7 @@ def test_train_step_lr_override():
         np.testing.assert_allclose(model.params[k], w0[k] - 0.5 * g[k], rtol=1e-12, atol=1e-15)
 
 
-# ----------------------------------------------------------------------------- (c) schedules
+# ----------------------------------------------------------------------------- (c) learning-rate decay
 
 def test_lr_constant():
     for e in range(4):
@@ -273,16 +273,29 @@ def test_lr_cosine():
     assert 0 < rates[-1] < 0.01 * base
 
 
-def test_lr_unknown_schedule():
+def test_lr_unknown_decay():
     with pytest.raises(ValueError):
         lr_at("linear", 0.1, 0, 1, 0, 1)
 
 
-def test_schedule_from_train_block():
-    net = dnnc.load(LENET300.read_text().replace("schedule = cosine", "schedule = step(size=2, gamma=0.5)"))
+def test_lr_decay_from_train_block():
+    net = dnnc.load(LENET300.read_text().replace("lr_decay = cosine", "lr_decay = step(size=2, gamma=0.5)"))
     s = trainmod.settings_from(net)
-    assert (s.schedule, s.step_size, s.gamma) == ("step", 2, 0.5)
-    assert trainmod.settings_from(dnnc.load(LENET300)).schedule == "cosine"
+    assert (s.lr_decay, s.step_size, s.gamma) == ("step", 2, 0.5)
+    assert trainmod.settings_from(dnnc.load(LENET300)).lr_decay == "cosine"
+    assert trainmod.LR_DECAYS == ("constant", "step", "cosine")
+
+
+@pytest.mark.parametrize("value", ["cosine", "step(size=5, gamma=0.1)"])
+def test_schedule_in_a_train_block_names_lr_decay(value):
+    src = LENET300.read_text().replace("lr_decay = cosine", f"schedule = {value}")
+    with pytest.raises(DnncError) as info:
+        dnnc.load(src)
+    e = info.value
+    assert e.message == (f"the learning-rate schedule is now 'lr_decay = {value}' "
+                         "(the name 'schedule' is for loop schedules)")
+    line = next(k for k, text in enumerate(src.splitlines(), 1) if "schedule =" in text)
+    assert (e.loc.line, e.loc.col) == (line, src.splitlines()[line - 1].index("schedule") + 1)
 
 
 # ----------------------------------------------------------------------------- (d) bad data

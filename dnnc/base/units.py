@@ -1,4 +1,5 @@
-"""Durations as people read them: 850 us, 12.5 ms, 3.2 s, 4.5 min, 2.1 h."""
+"""Units as people read them: durations (850 us, 12.5 ms, 3.2 s, 4.5 min, 2.1 h) and sizes in
+binary units (512 B, 12.25 MiB)."""
 from __future__ import annotations
 
 import math
@@ -17,4 +18,19 @@ def human_seconds(t: float) -> str:
     scale, unit = next((s, u) for s, u in _UNITS if t >= s or u == "us")
     v = t / scale
     text = f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+    return f"{text} {unit}"
+
+
+def human_bytes(n: float) -> str:
+    """Binary units, three significant figures unless two decimals are exact (12.25 MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    if unit == "B":
+        return f"{int(n)} B"
+    if abs(n * 100 - round(n * 100)) < 1e-9:
+        text = f"{n:.2f}".rstrip("0").rstrip(".")
+    else:
+        text = f"{n:.3g}"
     return f"{text} {unit}"

@@ -15,13 +15,13 @@ from ..te.optim import Optimizer
 if TYPE_CHECKING:
     from ..api import Network
 
-SCHEDULES = ("constant", "step", "cosine")
+LR_DECAYS = ("constant", "step", "cosine")  # learning-rate decay; loop schedules are schedule { }
 
 
 @dataclass(frozen=True)
 class Settings:
     optimizer: Optimizer = Optimizer("sgd", 0.01, 0.9)
-    schedule: str = "constant"
+    lr_decay: str = "constant"
     step_size: int = 0
     gamma: float = 0.1
     batch: int = 64
@@ -37,15 +37,18 @@ def settings_from(net: Network, **overrides) -> Settings:
             continue
         if name == "optimizer":
             opt = _optimizer(value, loc)
-        elif name == "schedule":
+        elif name == "lr_decay":
             if isinstance(value, NameRef):
-                s = replace(s, schedule=_schedule_name(value.name, loc))
+                s = replace(s, lr_decay=_lr_decay_name(value.name, loc))
             elif isinstance(value, CallValue):
                 kw = _kwargs(value, {"size": int, "gamma": float}, loc)
-                s = replace(s, schedule=_schedule_name(value.name, loc), step_size=kw.get("size", 0),
+                s = replace(s, lr_decay=_lr_decay_name(value.name, loc), step_size=kw.get("size", 0),
                             gamma=kw.get("gamma", 0.1))
             else:
-                raise DnncError(f"schedule is one of {', '.join(SCHEDULES)}", loc)
+                raise DnncError(f"lr_decay is one of {', '.join(LR_DECAYS)}", loc)
+        elif name == "schedule":  # the old name of lr_decay
+            raise DnncError(f"the learning-rate schedule is now 'lr_decay = {_written(value)}' "
+                            "(the name 'schedule' is for loop schedules)", loc)
         elif name in ("batch", "epochs"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DnncError(f"{name} must be a whole number of at least 1, got {value!r}", loc)
@@ -55,7 +58,7 @@ def settings_from(net: Network, **overrides) -> Settings:
         elif name == "data":
             data_path(net)
         else:
-            known = ("optimizer", "schedule", "batch", "epochs", "lr", "data")
+            known = ("optimizer", "lr_decay", "batch", "epochs", "lr", "data")
             raise DnncError(f"unknown training setting '{name}'{did_you_mean(name, known)} "
                             f"(settings: {', '.join(known)})", loc)
     if overrides.get("optimizer"):
@@ -87,11 +90,23 @@ def data_path(net: Network, given: str | None = None) -> str | None:
     return str(path)
 
 
-def _schedule_name(name, loc):
-    if name not in SCHEDULES:
-        raise DnncError(f"unknown schedule '{name}'{did_you_mean(name, SCHEDULES)} (schedules: {', '.join(SCHEDULES)})",
+def _lr_decay_name(name, loc):
+    if name not in LR_DECAYS:
+        raise DnncError(f"unknown lr_decay '{name}'{did_you_mean(name, LR_DECAYS)} (values: {', '.join(LR_DECAYS)})",
                         loc)
     return name
+
+
+def _written(value) -> str:
+    """A setting's value as written: cosine, step(size=5, gamma=0.1)."""
+    if isinstance(value, NameRef):
+        return value.name
+    if isinstance(value, CallValue):
+        args = (_written(a.value) if a.key is None else f"{a.key}={_written(a.value)}" for a in value.args)
+        return f"{value.name}({', '.join(args)})"
+    if isinstance(value, list):
+        return f"[{', '.join(_written(v) for v in value)}]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def _number(v, what, loc) -> float:

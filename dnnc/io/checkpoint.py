@@ -3,7 +3,9 @@
 A checkpoint is an .npz archive: every parameter and running statistic by name, the
 optimizer's state as `state:NAME`, and a JSON record `__meta__` (network, epoch, step, seed,
 input normalization, settings, history). A weights file is the same archive without the
-optimizer state and the record; a compressed `.dnnz` is read in their place.
+optimizer state and the record; a compressed `.dnnz` is read in their place. The settings
+name the learning-rate decay `lr_decay`; a record written before that names it `schedule`,
+and is read the same.
 """
 from __future__ import annotations
 
@@ -60,6 +62,9 @@ def read_checkpoint(path, net) -> tuple[dict, dict, dict | None]:
             raise DnncError(f"is a checkpoint of network '{meta.get('network')}', not '{net.name}'", path=str(path))
         if "normalization" in meta:
             meta["normalization"] = _normalization(meta["normalization"], path)
+        saved = meta.get("settings")
+        if isinstance(saved, dict) and "schedule" in saved and "lr_decay" not in saved:  # written before the rename
+            saved["lr_decay"] = saved.pop("schedule")
     params = check_weights(arrays, expected, path)
     state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
     return params, state, meta

@@ -100,16 +100,17 @@ def flat_index(a: Expr, shape: tuple[int, ...]) -> tuple[Expr, ...]:
     return tuple(out)
 
 
-def lr_at(schedule: str, base: float, epoch: int, epochs: int, step_in_epoch: int, steps_per_epoch: int,
+def lr_at(lr_decay: str, base: float, epoch: int, epochs: int, step_in_epoch: int, steps_per_epoch: int,
           step_size: int = 0, gamma: float = 0.1) -> float:
-    """Learning rate for a step: constant, step (x gamma every step_size epochs) or cosine."""
-    if schedule == "constant":
+    """Learning rate for a step under `lr_decay`: constant, step (x gamma every step_size epochs)
+    or cosine."""
+    if lr_decay == "constant":
         return base
-    if schedule == "step":
+    if lr_decay == "step":
         size = step_size or max(epochs // 3, 1)
         return base * gamma ** (epoch // size)
-    if schedule == "cosine":  # annealed per step to 0 at the end of the last epoch
+    if lr_decay == "cosine":  # annealed per step to 0 at the end of the last epoch
         total = max(epochs * steps_per_epoch, 1)
         t = epoch * steps_per_epoch + step_in_epoch
         return 0.5 * base * (1 + math.cos(math.pi * t / total))
-    raise ValueError(schedule)
+    raise ValueError(lr_decay)

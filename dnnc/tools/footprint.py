@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..base.units import human_bytes
 from ..te.expr import Reduce
 from ..front.graph import DTYPE_BYTES, Graph, Layer
 
@@ -61,21 +62,6 @@ def _binding_of(g: Graph, layer_name: str) -> str | None:
         if layer.name == layer_name:
             return layer.binding
     return None
-
-
-def human_bytes(n: float) -> str:
-    """Binary units, three significant figures unless two decimals are exact (12.25 MiB)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            break
-        n /= 1024
-    if unit == "B":
-        return f"{int(n)} B"
-    if abs(n * 100 - round(n * 100)) < 1e-9:
-        text = f"{n:.2f}".rstrip("0").rstrip(".")
-    else:
-        text = f"{n:.3g}"
-    return f"{text} {unit}"
 
 
 def human_count(n: float) -> str:

@@ -169,7 +169,7 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
             if tag == PUSH:
                 comm.Recv(push, source=w, tag=PUSH)
                 epoch = updates // steps
-                rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, updates % steps, steps, s.step_size,
+                rate = lr_at(s.lr_decay, s.optimizer.lr, epoch, s.epochs, updates % steps, steps, s.step_size,
                              s.gamma)
                 update.apply(push[:-1], s.optimizer.hyper(updates + 1, rate))
                 updates += 1

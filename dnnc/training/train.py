@@ -24,7 +24,7 @@ from ..io.checkpoint import (META, STATE, check_overwrite, compile_for, read_che
 from ..base.errors import DnncError
 from ..te.optim import Optimizer, lr_at
 from .parallel import Hogwild, Replicas, Single
-from ..front.settings import (SCHEDULES, Settings, data_path, optimizer_spec,  # noqa: F401 (also read as
+from ..front.settings import (LR_DECAYS, Settings, data_path, optimizer_spec,  # noqa: F401 (also read as
                        settings_from)  # train.settings_from, ...)
 from ..base.units import human_seconds
 
@@ -244,7 +244,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
             norm = tuple(float(v) for v in meta["normalization"])
             prog = Progress(**meta["progress"])
             saved = meta["settings"]
-            s = replace(s, batch=int(saved["batch"]), schedule=saved["schedule"], step_size=saved["step_size"],
+            s = replace(s, batch=int(saved["batch"]), lr_decay=saved["lr_decay"], step_size=saved["step_size"],
                         gamma=saved["gamma"], optimizer=Optimizer(**saved["optimizer"]),
                         epochs=epochs if epochs is not None else saved["epochs"])
             if s.batch < 1 or len(norm) != 2 or prog.epoch < 0:
@@ -277,7 +277,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
         f"{_count(s.epochs, 'epoch')}, {s.optimizer.kind} lr {s.optimizer.lr}"
         + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
-        + f", {s.schedule} schedule, seed {seed}{_mode_text(mode, n, comm)}; "
+        + f", lr_decay {s.lr_decay}, seed {seed}{_mode_text(mode, n, comm)}; "
         f"compiled in {human_seconds(time.perf_counter() - t_start)}")
     ev = None
     with _Interrupts() as stop:
@@ -288,7 +288,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
                 status.start_epoch(epoch, prog.step_in_epoch)
 
                 def hyper_at(k, epoch=epoch, first=prog.global_step - prog.step_in_epoch):
-                    rate = lr_at(s.schedule, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
+                    rate = lr_at(s.lr_decay, s.optimizer.lr, epoch, s.epochs, k, steps, s.step_size, s.gamma)
                     return s.optimizer.hyper(first + k + 1, rate)
 
                 if mode == "async":  # the epoch's steps on all threads at once
