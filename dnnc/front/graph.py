@@ -1,6 +1,6 @@
 """Checking: a network's syntax -> a graph of layers with shapes, parameters and footprint.
 
-Each pipeline stage becomes a Layer: one instance of an op (te.Instance) whose inputs and
+Each pipeline stage becomes a Layer: one instance of an op (instantiate.Instance) whose inputs and
 output are named tensors. Names are stable and come from the source: a binding `c1 = conv(...)
 |> relu` makes layers `c1.conv` and `c1.relu`, output tensor `c1`, and parameters
 `c1.weight` and `c1.bias`.
@@ -17,7 +17,8 @@ from ..base.errors import DnncError, Loc, did_you_mean
 from ..base.fileio import beside_source, load_npy
 from .parse import ELLIPSIS, Binding, Call, CallValue, Module, NameRef, Network, OpDef, Stage, parse
 from ..te.expr import REDUCE, Expr, Load
-from ..te.stmt import RNG_SEED, UNARY_FUNCS, Instance, ParamSpec, instantiate, without_params
+from ..te.stmt import RNG_SEED, UNARY_FUNCS
+from .instantiate import Instance, ParamSpec, instantiate, without_params
 
 DTYPE_BYTES = 4
 
