@@ -16,7 +16,8 @@ from ..base.errors import DnncError, Loc, did_you_mean
 from ..te import affine
 from ..te.expr import (LOGIC, REDUCE, Binary, Const, Expr, Load, Reduce, Select, Unary, Var,
                        free_vars, is_bool, is_int, show, substitute)
-from ..te.stmt import RNG_SEED, UNARY_FUNCS, TStmt, check_bounds, count_flops, simplify_indices
+from ..te.bounds import check_bounds
+from ..te.stmt import RNG_SEED, UNARY_FUNCS, TStmt, count_flops, simplify_indices
 from .parse import ELLIPSIS, Call, OpDef
 
 INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "zeros", "ones")

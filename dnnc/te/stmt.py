@@ -1,5 +1,6 @@
 """Tensor-expression statements: `T[i, j, ...] = value` over a domain, and what works on
-statements alone (index folding, operation counts).
+statements alone (index folding, operation counts). Whether their reads stay in range
+is te.bounds's question.
 
 Statements come from instantiating op definitions (front.instantiate), from autodiff and from
 the TE rewrites; lowering turns them into loop nests.
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from . import affine
-from ..base.errors import DnncError, Loc
+from ..base.errors import Loc
 from .expr import ARITH, COMPARE, Binary, Expr, Load, Reduce, Select, Unary, Var, show, substitute
 
 UNARY_FUNCS = ("exp", "log", "sqrt", "tanh", "sigmoid", "abs")  # the unary functions of index notation
@@ -43,43 +44,6 @@ class TStmt:
         head = f"{self.tensor}[{idx}]"
         op = "+=" if self.accumulate else "="
         return f"{head} {op} {show(self.value)}" + (f"    for {dom}" if dom else "")
-
-
-# ----------------------------------------------------------------------------- checks
-
-def check_bounds(stmt: TStmt, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every read outside a reduction must be provably in range (under select conditions).
-
-    Reads inside a reduction may fall outside their tensor: they contribute nothing.
-    """
-    ranges = {n: (0, x - 1) for n, x in stmt.axes}
-
-    def visit(e: Expr, facts: dict, in_reduce: bool):
-        if isinstance(e, Select):
-            visit(e.cond, facts, in_reduce)
-            visit(e.a, affine.facts_from(e.cond, ranges, facts), in_reduce)
-            visit(e.b, affine.facts_from(e.cond, ranges, facts, negate=True), in_reduce)
-            return
-        if isinstance(e, Reduce):
-            for n, x in e.axes:
-                ranges[n] = (0, x - 1)
-            visit(e.body, facts, True)
-            return
-        if isinstance(e, Load) and not in_reduce:
-            shape = shapes[e.tensor]
-            for k, ix in enumerate(e.index):
-                b = affine.bounds(ix, ranges, facts)
-                if b is None:
-                    raise DnncError(f"index {show(ix)} of {e.tensor} cannot be proven in range: its bounds are "
-                                    f"unknown (dimension {k} has size {shape[k]}); use select(...) or a reduction, "
-                                    f"which skips reads outside", e.loc or stmt.loc)
-                if b[0] < 0 or b[1] > shape[k] - 1:
-                    raise DnncError(f"index {show(ix)} of {e.tensor} may be out of range: it spans [{b[0]}, {b[1]}] "
-                                    f"but dimension {k} has size {shape[k]}", e.loc or stmt.loc)
-        for c in e.children():
-            visit(c, facts, in_reduce)
-
-    visit(stmt.value, {}, False)
 
 
 def simplify_indices(stmt: TStmt) -> TStmt:
