@@ -48,6 +48,32 @@ class Tile:
     def key(self) -> tuple[str, int]:
         return self.tensor, self.nth
 
+    def primitives(self) -> tuple:
+        """This step as a composition of schedule primitives (schedule/primitives.py), in the
+        order they apply: the lane split (and, with K vectors a row, its split into vectors),
+        the row split, the loop order, the register tile, the reduction's blocks, the
+        thread pool. Loop names are nominal; lowering makes them fresh per statement."""
+        v, W, K, u = self.vector, self.width, self.vectors, self.unroll
+        if K > 1:  # v -> vo * (W*K) + vl, vl -> vk * W + vi: K vectors of W lanes
+            prims: list = [Split(v, W * K, inner=v + "l"), Split(v + "l", W, v + "k", v + "i"),
+                           Vectorize(v + "i"), Unroll(v + "k")]
+            lanes: tuple = (v + "k", v + "i")
+        else:
+            prims, lanes = [Split(v, W), Vectorize(v + "i")], (v + "i",)
+        rows: tuple = ()
+        outer: tuple = (v + "o",)
+        if u:
+            prims += [Split(u, self.factor), Unroll(u + "i")]
+            rows = (u + "i",)
+            # a panel keeps the vector loop outside the rows' loop
+            outer = (v + "o", u + "o") if self.panel else (u + "o", v + "o")
+        prims += [Reorder(outer + rows + lanes), Accumulate(f"{self.tensor}.acc{self.nth or ''}", rows + lanes)]
+        if self.block:
+            prims.append(Block(*self.block))
+        if self.parallel:
+            prims.append(Parallel())
+        return tuple(prims)
+
     def __str__(self) -> str:
         u = f", unroll={self.unroll}:{self.factor}" if self.unroll else ""
         t = self.tensor + (f"#{self.nth}" if self.nth else "")
@@ -103,6 +129,7 @@ def from_settings(settings: dict) -> list:
     """Tile steps from a network's `schedule { T = tile(vector=j, width=16, unroll=f, factor=4) }`
     block; `T = naive` keeps T's plain loop nest."""
     from ..front.parse import CallValue, NameRef
+from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
 
     out: list = []
     for key, (value, loc) in settings.items():
