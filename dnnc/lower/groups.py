@@ -5,7 +5,7 @@ from ..base.errors import DnncError
 from ..ir import Buffer, Kernel, Program, Stmt
 from ..te.stmt import TStmt
 from .nest import lower_stmt
-from .tile import _argmax_partner, lower_across, lower_tiled
+from .tile import _argmax_partner, lower_tile
 
 
 KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
@@ -62,7 +62,7 @@ def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[
                 partner = _argmax_partner(st, stmts[k + 1:]) if not across else None
                 if partner is not None:  # the max and its argmax in one nest
                     paired.add(k + 1)
-                nest, local = lower_across(st, shapes, step) if across else lower_tiled(st, shapes, step, partner)
+                nest, local = lower_tile(st, shapes, step, partner)
                 body += nest
                 for b in local:
                     shapes[b.name] = b.shape

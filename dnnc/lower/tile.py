@@ -1,16 +1,29 @@
 """Register-tiled loop nests: a statement lowered as its schedule's Tile step says.
 
-A Tile splits one axis into SIMD lanes and unrolls another into a register tile; the
-reduction accumulates in a local buffer `T.acc[U, W]` and the result is stored once.
+A Tile is a composition of schedule primitives (`Tile.primitives()`: splits, vectorize,
+unroll, reorder, accumulate, block, parallel; see schedule/primitives.py). `lower_tile`
+is the one generator that realizes it: `_Nest` reads the composition once (fresh names
+for the split axes, their substitutions, the outer loops in the reorder's order, ranges,
+edge masks, loop kinds), and the body is built for the two places the lanes can run:
+
+- along an output axis: the register tile `T.acc[U, W*K]` holds U rows of K vectors; pool
+  windows (a max over a fused sum) and a max's argmax partner are kept in the same tile;
+- along a reduction axis: the lanes sum different terms, each row's lanes are combined
+  before the store, and the reduction may be taken in cache blocks.
 """
 from __future__ import annotations
 
 from ..base.errors import DnncError
 from ..ir import Buffer, If, Let, Loop, Set, Stmt, Store
+from ..schedule.analysis import single_reduce, window_reduce
+from ..schedule.primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize, parallel
 from ..te import affine
 from ..te.expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars, substitute, subst_vars
 from ..te.stmt import TStmt
 from .nest import INIT, _Ctx, _guard, lower_stmt, loops
+
+OPS = {"sum": "+", "max": "max", "min": "min"}
+
 
 def _argmax_partner(st: TStmt, rest: list[TStmt]) -> TStmt | None:
     """The companion `T.arg = argmax(W) e` right after `T = max(W) e` (autodiff's normalize
@@ -31,126 +44,236 @@ def _fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def lower_tiled(st: TStmt, shapes: dict, t, partner: TStmt | None = None) -> tuple[list[Stmt], list[Buffer]]:
-    """The loop nest of a Tile step: outer axes, then the reduction, then a register tile.
+def _ceil(n: int, d: int) -> int:
+    return -(-n // d)
 
-    Invariant: computes what lower_stmt(st) computes (up to the order of a sum's terms).
-    Axis v becomes vo*W + vi with vi a vector loop; axis u becomes uo*U + ui with ui
-    unrolled. A reduction accumulates in the local buffer T.acc[U, W] inside its own loops,
-    and the result is stored once. Lanes and rows past the end are masked off.
+
+class _Nest:
+    """The shared set-up of a Tile's nest, read once from its primitive composition.
+
+    Each split's loop names are made fresh against the statement's names (`names` maps a
+    primitive's name to the nest's); `sub` gives every split axis in the new variables
+    (a split of a split's inner axis, the lanes of K vectors, composes into it); `outer`
+    lists the loops outside the register tile, the statement's other axes first and then
+    the reorder's (an axis of extent one gets no loop); `tile_loops` are the register tile's
+    own loops, outermost first, with the kinds vectorize and unroll chose; `edge` masks the
+    ragged ends of split output axes.
     """
-    from ..schedule.steps import single_reduce, window_reduce
 
+    def __init__(self, st: TStmt, t, across: bool):
+        self.st, self.t, self.across = st, t, across
+        self.axes = dict(st.axes)
+        self.red = single_reduce(st) if across else None
+        self.raxes = dict(self.red.axes) if self.red is not None else {}
+        self.taken = set(self.axes) | {n for x in st.value.walk() if isinstance(x, Reduce) for n, _ in x.axes}
+        self.names: dict[str, str] = {}
+        self.extents = dict(self.axes) | self.raxes
+        self.raw: dict[str, Expr] = {}  # split statement axes, unsimplified
+        self.parts: dict[str, Expr] = {}  # a split axis that was split again, in the new variables
+        self.kinds: dict[str, str] = {}
+        self.reorder: tuple[str, ...] = ()
+        self.block: tuple[str, str, str, int] | None = None  # axis, block loop, inner loop, size
+        self.buffer, self.tile_axes, self.parallel = "", (), False
+        for p in t.primitives():
+            self.read(p)
+        self.sub = {n: affine.simplify(e) for n, e in self.raw.items()}
+        v, u = t.vector, t.unroll
+        lanes = self.names[v + "o"]
+        self.outer = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
+        self.sub.update({n: Const(0) for n, x in st.axes if n not in (u, v) and x == 1})  # no loop of one
+        self.outer += [(n, self.extents[n]) for n in self.reorder
+                       if n not in self.tile_axes and not (across and n == lanes)]
+        if self.block:  # the block loop runs just inside the outermost output loop
+            self.outer.insert(1 if self.outer else 0, (self.block[1], self.extents[self.block[1]]))
+        self.tile_loops = [(n, self.extents[n], self.kinds.get(n, "serial")) for n in self.tile_axes]
+        self.ranges = {n: (0, x - 1) for n, x in self.outer}
+        for n, x, _ in self.tile_loops:
+            self.ranges[n] = (0, x - 1)
+        self.edge: list[Expr] = []
+        if u and self.axes[u] % t.factor:
+            self.edge.append(Binary("<", self.sub[u], Const(self.axes[u])))
+        if not across and self.axes[v] % (t.width * t.vectors):
+            self.edge.append(Binary("<", self.sub[v], Const(self.axes[v])))
+        self.row: Expr = Var(self.names[u + "i"]) if u else Const(0)
+        first_inner = v + "i" if t.vectors == 1 else v + "l"  # the lane split's inner axis, as primitives() names it
+        self.lane = affine.simplify(self.parts.get(first_inner, Var(self.names[first_inner])))
+        self.cell = (self.row, self.lane)
+        self.lane_vars = {n for n, _, _ in self.tile_loops}
+
+    def read(self, p) -> None:
+        """Take one primitive of the composition into the set-up."""
+        if isinstance(p, Split):
+            self.split(p.axis, p.factor, *p.names)
+        elif isinstance(p, Vectorize):
+            self.kinds[self.names[p.axis]] = "vector"
+        elif isinstance(p, Unroll):
+            self.kinds[self.names[p.axis]] = "unroll"
+        elif isinstance(p, Reorder):
+            self.reorder = tuple(self.names[a] for a in p.axes)
+        elif isinstance(p, Accumulate):
+            self.buffer, self.tile_axes = p.buffer, tuple(self.names[a] for a in p.axes)
+        elif isinstance(p, Block):
+            self.split(p.axis, p.size, *p.names)
+            self.block = (p.axis, self.names[p.names[0]], self.names[p.names[1]], p.size)
+        elif isinstance(p, Parallel):
+            self.parallel = True
+
+    def split(self, axis: str, factor: int, outer: str, inner: str) -> None:
+        """axis -> outer * factor + inner, in the statement's axis or, for an axis an earlier
+        split made, inside the expressions that use it."""
+        made = self.names.get(axis)
+        o, i = _fresh_name(outer, self.taken), _fresh_name(inner, self.taken)
+        self.names[outer], self.names[inner] = o, i
+        expr = Binary("+", Binary("*", Var(o), Const(factor)), Var(i))
+        self.extents[o] = _ceil(self.extents[made or axis], factor)
+        self.extents[i] = factor
+        if made is None:
+            self.raw[axis] = expr
+            return
+        self.parts[axis] = expr
+        for n, e in self.raw.items():
+            self.raw[n] = subst_vars(e, {made: expr})
+
+    def tile(self, body: list[Stmt]) -> list[Stmt]:
+        """body inside the register tile's loops."""
+        for n, x, kind in reversed(self.tile_loops):
+            body = [Loop(n, x, tuple(body), kind)]
+        return body
+
+    def outer_loops(self, body: list[Stmt]) -> list[Stmt]:
+        """body inside the outer loops, the outermost on the thread pool if parallel."""
+        for n, x in reversed(self.outer):
+            body = [Loop(n, x, tuple(body))]
+        if self.parallel and self.outer:
+            body = parallel(body, self.outer[0][0])
+        return body
+
+
+def lower_tile(st: TStmt, shapes: dict, t, partner: TStmt | None = None) -> tuple[list[Stmt], list[Buffer]]:
+    """The loop nest of a Tile step, built from its primitive composition.
+
+    Invariant: computes what lower_stmt(st) (and the partner's) computes, up to the order of
+    a sum's terms. The lanes run along an output axis of st, or else along an axis of its
+    one reduction.
+    """
+    across = t.vector not in dict(st.axes)
+    if across:
+        _check_across(st, t)
+    else:
+        _check_outputs(st, t)
+    nest = _Nest(st, t, across)
+    if across:
+        return _across_body(nest, shapes)
+    return _outputs_body(nest, shapes, partner)
+
+
+def _check_outputs(st: TStmt, t) -> None:
     axes = dict(st.axes)
     if t.vector not in axes or (t.unroll is not None and (t.unroll not in axes or t.unroll == t.vector)):
         raise DnncError(f"schedule step {t} names an axis that {st.tensor} does not have "
                         f"(axes: {', '.join(axes)})")
-    taken = set(axes) | {n for x in st.value.walk() if isinstance(x, Reduce) for n, _ in x.axes}
-    v, W, ext_v = t.vector, t.width, axes[t.vector]
-    K = t.vectors
-    u, U = t.unroll, (t.factor if t.unroll else 1)
-    vo, vi = _fresh_name(v + "o", taken), _fresh_name(v + "i", taken)
-    vk = _fresh_name(v + "k", taken)
-    lane = Binary("+", Binary("*", Var(vk), Const(W)), Var(vi)) if K > 1 else Var(vi)
-    sub: dict[str, Expr] = {v: affine.simplify(Binary("+", Binary("*", Var(vo), Const(W * K)), lane))}
-    outer = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
-    sub.update({n: Const(0) for n, x in st.axes if n not in (u, v) and x == 1})  # no loop of one
-    if u:
-        uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
-        sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
-        outer.append((uo, -(-axes[u] // U)))
-    if getattr(t, "panel", False) and u:  # vectors outside the rows: a panel of columns stays cached
-        outer.insert(outer.index((uo, -(-axes[u] // U))), (vo, -(-ext_v // (W * K))))
-    else:
-        outer.append((vo, -(-ext_v // (W * K))))
-    ranges = {n: (0, x - 1) for n, x in outer}
-    ranges[vi] = (0, W - 1)
-    ranges[vk] = (0, K - 1)
-    if u:
-        ranges[ui] = (0, U - 1)
-    edge: list[Expr] = []
-    if u and axes[u] % U:
-        edge.append(Binary("<", sub[u], Const(axes[u])))
-    if ext_v % (W * K):
-        edge.append(Binary("<", sub[v], Const(ext_v)))
-    value = affine.canon_loads(subst_vars(st.value, sub))
-    target = tuple(affine.simplify(subst_vars(ix, sub)) for ix in st.target)
+    if t.block:
+        raise DnncError(f"schedule step {t}: block applies only when the lanes run along a reduction axis "
+                        f"({t.vector} is an output axis of {st.tensor})")
+
+
+def _check_across(st: TStmt, t) -> None:
+    r = single_reduce(st)
+    axes = dict(st.axes)
+    raxes = dict(r.axes) if r is not None else {}
+    if r is None or r.op not in OPS or t.vector not in raxes or (t.unroll is not None and t.unroll not in axes):
+        raise DnncError(f"schedule step {t} names an axis that {st.tensor} does not have (axes: "
+                        f"{', '.join(axes)}; reduction axes: {', '.join(raxes) or 'none'})")
+    if t.vectors > 1:
+        raise DnncError(f"schedule step {t}: lanes along a reduction axis take one vector per row")
+    if t.block and (t.block[0] not in raxes or t.block[0] == t.vector):
+        raise DnncError(f"schedule step {t}: block names {t.block[0]}, which is not a reduction axis of "
+                        f"{st.tensor} other than the lanes' ({', '.join(n for n in raxes if n != t.vector)})")
+    if t.block and (st.value is not r or st.accumulate):
+        raise DnncError(f"schedule step {t}: only a statement that is one sum can take its reduction in blocks")
+
+
+def _outputs_body(nest: _Nest, shapes: dict, partner: TStmt | None) -> tuple[list[Stmt], list[Buffer]]:
+    """Lanes along an output axis: the reduction, if any, runs outside the register tile
+    T.acc[U, W*K] and the result is stored once, lanes and rows past the end masked off. A
+    pool window over a fused sum keeps the window's running result in a second tile."""
+    st, t = nest.st, nest.t
+    value = affine.canon_loads(subst_vars(st.value, nest.sub))
+    target = tuple(affine.simplify(subst_vars(ix, nest.sub)) for ix in st.target)
     if st.accumulate:
         value = Binary("+", Load(st.tensor, target), value)
-
-    def tile(body: list[Stmt]) -> list[Stmt]:
-        nest: Stmt = Loop(vi, W, tuple(body), "vector")
-        if K > 1:
-            nest = Loop(vk, K, (nest,), "unroll")
-        if u:
-            nest = Loop(ui, U, (nest,), "unroll")
-        return [nest]
-
-    locals_: list[Buffer] = []
-    sh = dict(shapes)
-
-    def local(name: str) -> str:
-        sh[name] = (U, W * K)
-        locals_.append(Buffer(name, (U, W * K), "local"))
-        return name
-
+    tiles = _Tiles(nest, shapes)
     whole = TStmt(st.tensor, st.axes, value)
     win = window_reduce(whole)
     r = win[1] if win else single_reduce(whole)
     if r is None:
-        ctx = _Ctx(sh, ranges)
-        pre, val = ctx.value(value, {})
-        return _outer_loops(outer, t, tile(_guard(edge, pre + [Store(st.tensor, target, val)]))), locals_
-    cell = (Var(ui) if u else Const(0), affine.simplify(lane))
+        pre, val = _Ctx(tiles.shapes, nest.ranges).value(value, {})
+        return nest.outer_loops(nest.tile(_guard(nest.edge, pre + [Store(st.tensor, target, val)]))), tiles.made
     top = win[0] if win else r  # the reduction the statement's expression holds
     for red in (top, r):
         for n, x in red.axes:
-            ranges[n] = (0, x - 1)
-    ctx = _Ctx(sh, ranges)
-    lane_vars = {vi, vk} | ({ui} if u else set())
+            nest.ranges[n] = (0, x - 1)
+    ctx = _Ctx(tiles.shapes, nest.ranges)
     # an argmax, or a max computed with its argmax companion, keeps the best value and where
     ranked = top.op == "argmax" or partner is not None
-    acc = local(f"{st.tensor}.acc{t.nth or ''}")
+    acc = tiles.local(nest.buffer)
     if win:  # acc: the inner sum at one window position; best: the window's running result
-        best, arg = local(f"{acc}.win"), (local(f"{acc}.arg") if ranked else None)
+        best, arg = tiles.local(f"{acc}.win"), (tiles.local(f"{acc}.arg") if ranked else None)
     elif top.op == "argmax":
-        best, arg = local(f"{acc}.best"), acc
+        best, arg = tiles.local(f"{acc}.best"), acc
     else:
-        best, arg = acc, (local(f"{acc}.arg") if ranked else None)
-
-    def accumulate(red: Reduce, into: str, term: Expr, pre: list[Stmt], guards: list[Expr]) -> list[Stmt]:
-        """Loops over red's axes updating tile `into` by one term; guards outside the lanes
-        skip whole iterations, those that depend on a lane mask the update."""
-        inner_g = [g for g in guards if free_vars(g) & lane_vars]
-        if ranked and red is top:  # the first maximum wins
-            flat: Expr = Const(0)
-            for n, x in red.axes:
-                flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
-            wins = Binary(">", term, Load(into, cell))
-            update = pre + [Store(arg, cell, Select(wins, affine.simplify(flat), Load(arg, cell))),
-                            Store(into, cell, Binary("max", Load(into, cell), term))]
-        else:
-            op = {"sum": "+", "max": "max", "min": "min"}[red.op]
-            update = pre + [Store(into, cell, Binary(op, Load(into, cell), term))]
-        return loops(red.axes, tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
-
+        best, arg = acc, (tiles.local(f"{acc}.arg") if ranked else None)
+    ranking = (top, arg) if ranked else None
     pre, term = ctx.value(r.body, {})
-    nest = accumulate(r, acc, term, pre, ctx.guards(r.body, {}))
+    body = _update_loops(nest, r, acc, term, pre, ctx.guards(r.body, {}), ranking)
     if win:  # at each window position: the inner sum from zero, then the window's update
-        at_acc = substitute(top.body, lambda x: Load(acc, cell) if x == r else None)
+        at_acc = substitute(top.body, lambda x: Load(acc, nest.cell) if x == r else None)
         pre_w, term_w = ctx.value(at_acc, {})
-        update = accumulate(top, best, term_w, pre_w, ctx.guards(top.body, {}))
-        nest = _wrap_window(top.axes, tile([Store(acc, cell, Const(0.0))]) + nest, update)
-    init = [Store(best, cell, Const(float("-inf") if ranked else INIT[top.op]))]
+        update = _update_loops(nest, top, best, term_w, pre_w, ctx.guards(top.body, {}), ranking)
+        body = _wrap_window(top.axes, nest.tile([Store(acc, nest.cell, Const(0.0))]) + body, update)
+    init = [Store(best, nest.cell, Const(float("-inf") if ranked else INIT[top.op]))]
     if ranked:
-        init.append(Store(arg, cell, Const(0.0)))
-    result = Load(arg, cell) if top.op == "argmax" else Load(best, cell)
-    pre2, val2 = _Ctx(sh, ranges).value(substitute(value, lambda x: result if x == top else None), {})
+        init.append(Store(arg, nest.cell, Const(0.0)))
+    result = Load(arg, nest.cell) if top.op == "argmax" else Load(best, nest.cell)
+    pre2, val2 = _Ctx(tiles.shapes, nest.ranges).value(substitute(value, lambda x: result if x == top else None), {})
     stores = pre2 + [Store(st.tensor, target, val2)]
     if partner is not None:
-        stores.append(Store(partner.tensor, target, Load(arg, cell)))
-    body = tile(init) + nest + tile(_guard(edge, stores))
-    return _outer_loops(outer, t, body), locals_
+        stores.append(Store(partner.tensor, target, Load(arg, nest.cell)))
+    return nest.outer_loops(nest.tile(init) + body + nest.tile(_guard(nest.edge, stores))), tiles.made
+
+
+class _Tiles:
+    """The local register tiles a nest declares, each [U, W*K], and the shapes it sees."""
+
+    def __init__(self, nest: _Nest, shapes: dict):
+        self.shape = (nest.t.factor if nest.t.unroll else 1, nest.t.width * nest.t.vectors)
+        self.shapes = dict(shapes)
+        self.made: list[Buffer] = []
+
+    def local(self, name: str) -> str:
+        self.shapes[name] = self.shape
+        self.made.append(Buffer(name, self.shape, "local"))
+        return name
+
+
+def _update_loops(nest: _Nest, red: Reduce, into: str, term: Expr, pre: list[Stmt], guards: list[Expr],
+                  ranking: tuple[Reduce, str] | None) -> list[Stmt]:
+    """Loops over red's axes updating tile `into` by one term; guards outside the lanes skip
+    whole iterations, those that depend on a lane mask the update. With `ranking` (the
+    ranked reduction, the tile of positions) the first maximum and its position win."""
+    cell = nest.cell
+    inner_g = [g for g in guards if free_vars(g) & nest.lane_vars]
+    if ranking is not None and red is ranking[0]:
+        arg = ranking[1]
+        flat: Expr = Const(0)
+        for n, x in red.axes:
+            flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
+        wins = Binary(">", term, Load(into, cell))
+        update = pre + [Store(arg, cell, Select(wins, affine.simplify(flat), Load(arg, cell))),
+                        Store(into, cell, Binary("max", Load(into, cell), term))]
+    else:
+        update = pre + [Store(into, cell, Binary(OPS[red.op], Load(into, cell), term))]
+    return loops(red.axes, nest.tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
 
 
 def _wrap_window(axes, before: list[Stmt], update: list[Stmt]) -> list[Stmt]:
@@ -159,117 +282,69 @@ def _wrap_window(axes, before: list[Stmt], update: list[Stmt]) -> list[Stmt]:
     `update` comes from `loops(axes, ...)`, so its outermost statements are the window loops
     around the update alone; the inner reduction is spliced in at the innermost window loop.
     """
-    def splice(stmts: list[Stmt], depth: int) -> list[Stmt]:
-        if depth == len(axes):
-            return before + stmts
-        out = []
-        for s in stmts:
-            if isinstance(s, Loop):
-                out.append(Loop(s.var, s.extent, tuple(splice(list(s.body), depth + 1)), s.kind))
-            elif isinstance(s, If):
-                out.append(If(s.cond, tuple(splice(list(s.then), depth)), s.orelse))
-            else:
-                out.append(s)
-        return out
-
-    return splice(update, 0)
+    return _splice(update, before, len(axes), 0)
 
 
-def _outer_loops(outer, t, body: list[Stmt]) -> list[Stmt]:
-    for k, (n, x) in reversed(list(enumerate(outer))):
-        body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
-    return body
+def _splice(stmts: list[Stmt], before: list[Stmt], depth: int, at: int) -> list[Stmt]:
+    if at == depth:
+        return before + stmts
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(Loop(s.var, s.extent, tuple(_splice(list(s.body), before, depth, at + 1)), s.kind))
+        elif isinstance(s, If):
+            out.append(If(s.cond, tuple(_splice(list(s.then), before, depth, at)), s.orelse))
+        else:
+            out.append(s)
+    return out
 
 
-def lower_across(st: TStmt, shapes: dict, t) -> tuple[list[Stmt], list[Buffer]]:
-    """A Tile step whose vector axis is the reduction's: lanes sum different terms.
-
-    Invariant: computes what lower_stmt(st) computes (up to the order of a sum's terms).
-    The reduction axis w becomes wo*W + wi with wi the vector lanes; output axis u is unrolled
-    into a register tile T.acc[U, W]; after the reduction each row's lanes are combined and
-    stored. For a weight gradient (`sum(n, i, j) dy[.., i, j] * x[.., i + r, j + s]`) the
-    lanes run along j, where both reads are contiguous, instead of along a 5-wide kernel axis.
-    """
-    from ..schedule.steps import single_reduce
-
-    r = single_reduce(st)
-    axes = dict(st.axes)
-    raxes = dict(r.axes) if r is not None else {}
-    if r is None or r.op not in ("sum", "max", "min") or t.vector not in raxes or (
-            t.unroll is not None and t.unroll not in axes):
-        raise DnncError(f"schedule step {t} names an axis that {st.tensor} does not have (axes: "
-                        f"{', '.join(axes)}; reduction axes: {', '.join(raxes) or 'none'})")
-    taken = set(axes) | set(raxes)
+def _across_body(nest: _Nest, shapes: dict) -> tuple[list[Stmt], list[Buffer]]:
+    """Lanes along a reduction axis w: the tile T.acc[U, W] sums different terms in each
+    lane, and after the reduction each row's lanes are combined and stored. For a weight
+    gradient (`sum(n, i, j) dy[.., i, j] * x[.., i + r, j + s]`) the lanes run along j, where
+    both reads are contiguous, instead of along a 5-wide kernel axis. With a block, the
+    output is zeroed first and each block adds its part."""
+    st, t, r, sub = nest.st, nest.t, nest.red, nest.sub
     w, W = t.vector, t.width
-    u, U = t.unroll, (t.factor if t.unroll else 1)
-    wo, wi = _fresh_name(w + "o", taken), _fresh_name(w + "i", taken)
-    sub: dict[str, Expr] = {w: affine.simplify(Binary("+", Binary("*", Var(wo), Const(W)), Var(wi)))}
-    outer = [(n, x) for n, x in st.axes if n != u and x > 1]
-    sub.update({n: Const(0) for n, x in st.axes if n != u and x == 1})
-    if u:
-        uo, ui = _fresh_name(u + "o", taken), _fresh_name(u + "i", taken)
-        sub[u] = affine.simplify(Binary("+", Binary("*", Var(uo), Const(U)), Var(ui)))
-        outer.append((uo, -(-axes[u] // U)))
-    red = [(wo, -(-raxes[w] // W)) if n == w else (n, x) for n, x in r.axes]
-    block = t.block if t.block and t.block[0] in raxes and t.block[0] != w else None
-    if t.block and block is None:
-        raise DnncError(f"schedule step {t}: block names {t.block[0]}, which is not a reduction axis of "
-                        f"{st.tensor} other than the lanes' ({', '.join(n for n in raxes if n != w)})")
-    if block and (st.value is not r or st.accumulate):
-        raise DnncError(f"schedule step {t}: only a statement that is one sum can take its reduction in blocks")
-    if block:  # axis b = bo*B + bi: bo runs just inside the outermost output loop
-        b_, B = block
-        bo, bi = _fresh_name(b_ + "o", taken), _fresh_name(b_ + "i", taken)
-        sub[b_] = affine.simplify(Binary("+", Binary("*", Var(bo), Const(B)), Var(bi)))
-        red = [(bi, B) if n == b_ else (n, x) for n, x in red]
-        outer.insert(1 if outer else 0, (bo, -(-raxes[b_] // B)))
-    ranges = {n: (0, x - 1) for n, x in outer + red}
-    ranges[wi] = (0, W - 1)
-    if u:
-        ranges[ui] = (0, U - 1)
-    edge = [Binary("<", sub[u], Const(axes[u]))] if u and axes[u] % U else []
-    body_e = affine.canon_loads(subst_vars(r.body, sub))
-    acc = f"{st.tensor}.acc{t.nth or ''}"
+    rename = {w: nest.names[w + "o"]}
+    if nest.block:
+        rename[nest.block[0]] = nest.block[2]
+    red = [(rename[n], nest.extents[rename[n]]) if n in rename else (n, x) for n, x in r.axes]
+    for n, x in red:
+        nest.ranges[n] = (0, x - 1)
+    acc = nest.buffer
     sh = dict(shapes)
-    sh[acc] = (U, W)
-    cell = (Var(ui) if u else Const(0), Var(wi))
-    ctx = _Ctx(sh, ranges)
+    sh[acc] = (t.factor if t.unroll else 1, W)
+    cell = (nest.row, Var(nest.names[w + "i"]))
+    ctx = _Ctx(sh, nest.ranges)
+    body_e = affine.canon_loads(subst_vars(r.body, sub))
     pre, val = ctx.value(body_e, {})
     guards = ctx.guards(body_e, {})
-    if raxes[w] % W:  # lanes past the reduction's end contribute nothing: a mask, like padding
-        guards.append(Binary("<", sub[w], Const(raxes[w])))
-    if block and raxes[block[0]] % block[1]:  # the last block is short
-        guards.append(Binary("<", sub[block[0]], Const(raxes[block[0]])))
-    lanes = {wi} | ({ui} if u else set())
-    inner_g = [g for g in guards if free_vars(g) & lanes]
-    op = {"sum": "+", "max": "max", "min": "min"}[r.op]
-
-    def tile(body: list[Stmt]) -> list[Stmt]:
-        nest: Stmt = Loop(wi, W, tuple(body), "vector")
-        if u:
-            nest = Loop(ui, U, (nest,), "unroll")
-        return [nest]
-
-    nest = loops(red, tile(_guard(inner_g, pre + [Store(acc, cell, Binary(op, Load(acc, cell), val))])),
-                 [g for g in guards if g not in inner_g])
-    prologue = tile([Store(acc, cell, Const(INIT[r.op]))])
+    if nest.raxes[w] % W:  # lanes past the reduction's end contribute nothing: a mask, like padding
+        guards.append(Binary("<", sub[w], Const(nest.raxes[w])))
+    if nest.block and nest.raxes[nest.block[0]] % nest.block[3]:  # the last block is short
+        guards.append(Binary("<", sub[nest.block[0]], Const(nest.raxes[nest.block[0]])))
+    inner_g = [g for g in guards if free_vars(g) & nest.lane_vars]
+    op = OPS[r.op]
+    update = pre + [Store(acc, cell, Binary(op, Load(acc, cell), val))]
+    body = loops(red, nest.tile(_guard(inner_g, update)), [g for g in guards if g not in inner_g])
+    prologue = nest.tile([Store(acc, cell, Const(INIT[r.op]))])
     # combine each row's lanes, then the statement's own expression around the reduction
     total = f"{acc}.lanes"
-    row = Load(acc, (Var(ui) if u else Const(0), Var(wi)))
+    wi = nest.names[w + "i"]
     combine = [Let(total, Const(INIT[r.op])),
-               Loop(wi, W, (Set(total, Binary(op, Scalar(total), row)),), "unroll")]
+               Loop(wi, W, (Set(total, Binary(op, Scalar(total), Load(acc, cell))),), "unroll")]
     value = affine.canon_loads(subst_vars(st.value, {k: e for k, e in sub.items() if k != w}))
-    if st.accumulate or block:  # with blocks, each adds its part to the zeroed output
-        value = Binary("+", Load(st.tensor, tuple(sub.get(n, Var(n)) for n, _ in st.axes)), value)
-    value = substitute(value, lambda x: Scalar(total) if isinstance(x, Reduce) else None)
-    pre2, val2 = _Ctx(sh, ranges).value(value, {})
     target = tuple(sub.get(n, Var(n)) for n, _ in st.axes)
-    epi: Stmt = Loop(ui, U, tuple(_guard(edge, combine + pre2 + [Store(st.tensor, target, val2)])), "unroll") \
-        if u else None
-    epilogue = [epi] if u else combine + pre2 + [Store(st.tensor, target, val2)]
-    body = prologue + nest + epilogue
-    for k, (n, x) in reversed(list(enumerate(outer))):
-        body = [Loop(n, x, tuple(body), "parallel" if k == 0 and t.parallel and x >= 2 else "serial")]
-    if block:
-        body = lower_stmt(TStmt(st.tensor, st.axes, Const(0.0), st.loc), shapes) + body
-    return body, [Buffer(acc, (U, W), "local")]
+    if st.accumulate or nest.block:  # with blocks, each adds its part to the zeroed output
+        value = Binary("+", Load(st.tensor, target), value)
+    value = substitute(value, lambda x: Scalar(total) if isinstance(x, Reduce) else None)
+    pre2, val2 = _Ctx(sh, nest.ranges).value(value, {})
+    epilogue = combine + pre2 + [Store(st.tensor, target, val2)]
+    if t.unroll:
+        epilogue = [Loop(nest.names[t.unroll + "i"], t.factor, tuple(_guard(nest.edge, epilogue)), "unroll")]
+    out = nest.outer_loops(prologue + body + epilogue)
+    if nest.block:
+        out = lower_stmt(TStmt(st.tensor, st.axes, Const(0.0), st.loc), shapes) + out
+    return out, [Buffer(acc, sh[acc], "local")]
