@@ -153,3 +153,31 @@ def walk(stmts):
         elif isinstance(s, If):
             yield from walk(s.then)
             yield from walk(s.orelse)
+
+
+def rewrite(stmts, on_loop, on_if=None, ranges=None, entries: int = 1) -> tuple[Stmt, ...]:
+    """stmts rebuilt bottom up, the one walk of the passes that rewrite loops and guards.
+
+    Each loop's body and each guard's branches are rebuilt first; then `on_loop(loop, ranges,
+    entries)` and `on_if(guard, ranges)` give the statements that replace the rebuilt loop or
+    guard (a list: none, itself, or several). Stores and registers are kept. `ranges` maps the
+    variables of the loops around a statement to (0, extent - 1) and `entries` is how many
+    times it runs (the product of those loops' extents), both as seen outside the loop or
+    guard being replaced. Without on_if, guards are kept.
+    """
+    ranges = {} if ranges is None else ranges
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            inner = dict(ranges)
+            inner[s.var] = (0, s.extent - 1)
+            body = rewrite(s.body, on_loop, on_if, inner, entries * s.extent)
+            out.extend(on_loop(Loop(s.var, s.extent, body, s.kind), ranges, entries))
+        elif isinstance(s, If):
+            then = rewrite(s.then, on_loop, on_if, ranges, entries)
+            orelse = rewrite(s.orelse, on_loop, on_if, ranges, entries)
+            rebuilt = If(s.cond, then, orelse)
+            out.extend(on_if(rebuilt, ranges) if on_if is not None else [rebuilt])
+        else:
+            out.append(s)
+    return tuple(out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...te import affine
 from ...te.expr import Binary, Expr
-from .. import If, Loop, Program, Stmt
+from .. import If, Loop, Program, Stmt, rewrite
 
 
 def fold_guards(p: Program) -> Program:
@@ -12,30 +12,20 @@ def fold_guards(p: Program) -> Program:
     A comparison in a guard that holds over every iteration is removed; a guard that never
     holds removes its body. Nothing else changes.
     """
-    return p.replace_kernels(k.__class__(k.name, _block(k.body, {}), k.layer) for k in p.kernels)
+    return p.replace_kernels(k.__class__(k.name, rewrite(k.body, _loop, _guard), k.layer) for k in p.kernels)
 
 
-def _block(stmts, ranges) -> tuple[Stmt, ...]:
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Loop):
-            inner = dict(ranges)
-            inner[s.var] = (0, s.extent - 1)
-            body = _block(s.body, inner)
-            if body:
-                out.append(Loop(s.var, s.extent, body, s.kind))
-        elif isinstance(s, If):
-            cond = _fold(s.cond, ranges)
-            then, orelse = _block(s.then, ranges), _block(s.orelse, ranges)
-            if cond is True:
-                out.extend(then)
-            elif cond is False:
-                out.extend(orelse)
-            else:
-                out.append(If(cond, then, orelse))
-        else:
-            out.append(s)
-    return tuple(out)
+def _loop(loop: Loop, ranges, entries) -> list[Stmt]:
+    return [loop] if loop.body else []  # every statement of its body was dead
+
+
+def _guard(s: If, ranges) -> list[Stmt]:
+    cond = _fold(s.cond, ranges)
+    if cond is True:
+        return list(s.then)
+    if cond is False:
+        return list(s.orelse)
+    return [If(cond, s.then, s.orelse)]
 
 
 def _fold(c: Expr, ranges):

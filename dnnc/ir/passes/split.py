@@ -9,8 +9,8 @@ arithmetic, and identical reads under different masks become one read.
 from __future__ import annotations
 
 from ...te import affine
-from ...te.expr import Binary, Const, Expr, Var, subst_vars
-from .. import If, Let, Loop, Program, Set, Stmt, Store
+from ...te.expr import Binary, Const, Expr, Var, free_vars, subst_vars
+from .. import If, Let, Loop, Program, Set, Stmt, Store, rewrite
 
 MAX_SPLIT = 512  # iterations examined one by one; longer loops are left alone
 
@@ -23,27 +23,16 @@ def split_edges(p: Program) -> Program:
     the middle one runs the iterations for which every such guard is true over all the inner
     loops' ranges.
     """
-    return p.replace_kernels(k.__class__(k.name, _block(k.body, {}, 1), k.layer) for k in p.kernels)
+    return p.replace_kernels(k.__class__(k.name, rewrite(k.body, _loop), k.layer) for k in p.kernels)
 
 
 MIN_ENTRIES = 64  # a loop entered fewer times than this saves too little for its extra code
 
 
-def _block(stmts, ranges, entries: int) -> tuple[Stmt, ...]:
-    """`entries`: how many times these statements run (the product of the loops around them)."""
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Loop):
-            inner = dict(ranges)
-            inner[s.var] = (0, s.extent - 1)
-            loop = Loop(s.var, s.extent, _block(s.body, inner, entries * s.extent), s.kind)
-            worth = s.kind == "serial" and entries >= MIN_ENTRIES
-            out.extend(_split(loop, ranges) if worth else [loop])
-        elif isinstance(s, If):
-            out.append(If(s.cond, _block(s.then, ranges, entries), _block(s.orelse, ranges, entries)))
-        else:
-            out.append(s)
-    return tuple(out)
+def _loop(loop: Loop, ranges, entries: int) -> list[Stmt]:
+    """`entries`: how many times the loop runs (the product of the loops around it)."""
+    worth = loop.kind == "serial" and entries >= MIN_ENTRIES
+    return _split(loop, ranges) if worth else [loop]
 
 
 def _masks(stmts, ranges, in_vector: bool, var: str):
@@ -54,7 +43,7 @@ def _masks(stmts, ranges, in_vector: bool, var: str):
             inner[s.var] = (0, s.extent - 1)
             yield from _masks(s.body, inner, in_vector or s.kind == "vector", var)
         elif isinstance(s, If):
-            if in_vector and var in _vars(s.cond):
+            if in_vector and var in free_vars(s.cond):
                 yield s.cond, ranges
             yield from _masks(s.then, ranges, in_vector, var)
             yield from _masks(s.orelse, ranges, in_vector, var)
@@ -122,16 +111,10 @@ def _shift(stmts, var: str, by: int) -> tuple[Stmt, ...]:
 
 
 def _canon(x: Expr) -> Expr:
-    from ...te.affine import canon_loads as _canon_loads
-
+    """x with canonical index forms: both sides of a comparison, the reads of anything else."""
     if isinstance(x, Binary) and x.op in ("<", "<=", ">", ">=", "==", "!="):
         return Binary(x.op, affine.simplify(x.a), affine.simplify(x.b))
     if isinstance(x, Binary) and x.op in ("and", "or"):
         return Binary(x.op, _canon(x.a), _canon(x.b))
-    return _canon_loads(x)
+    return affine.canon_loads(x)
 
-
-def _vars(e: Expr) -> set[str]:
-    from ...te.expr import free_vars
-
-    return free_vars(e)
