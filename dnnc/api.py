@@ -8,14 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .front import graph as graphmod
-from .base.errors import DnncError
+from .base.dtypes import NP_DTYPE
+from .base.errors import DnncError, did_you_mean
 from .base.fileio import no_such_file
-from .front.parse import Module, parse
-from .ir import Program
+from .base.host import available_memory
+from .base.units import human_bytes
+from .driver.compile import Built
 from .driver.programs import lower_graph
+from .driver.unit import Job
+from .front import graph as graphmod
+from .front.parse import Module, parse
+from .front.settings import optimizer_spec, settings_from
+from .io.checkpoint import read_checkpoint, use
+from .ir import Program
+from .runtime import cache
+from .schedule.steps import Schedule, as_schedule, from_settings
+from .target import get as get_target
+from .target.base import Target
+from .te.optim import HYPER
+from .te.sparse import ell, rows_needed
+from .te.stmt import RNG_SEED
 
-NP_DTYPE = {"f32": np.float32, "f64": np.float64}
 
 
 def load(path_or_source: str | Path, network: str | None = None) -> "Network":
@@ -52,9 +65,6 @@ class Network:
 
     def _check_settings(self) -> None:
         """The train { } and schedule { } blocks, checked when the file is, not when used."""
-        from .base.errors import did_you_mean
-        from .schedule.steps import from_settings
-        from .front.settings import settings_from
 
         settings_from(self)
         from_settings(self.graph.settings)
@@ -109,15 +119,17 @@ class Network:
         return lower_graph(self.at_batch(batch), with_loss=with_loss)
 
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
-                schedule: bool = True, overrides: list = (), sparse: dict[str, int] | None = None,
-                checks: bool | None = None) -> "Model":
-        """JIT-compile the forward pass for `batch` examples. schedule=False keeps the naive
-        loop nests; `overrides` are schedule steps (schedule.parse_step) replacing defaults;
+                schedule: Schedule | bool | list = True, sparse: dict[str, int] | None = None,
+                checks: bool | None = None, target: str = "cpu") -> "Model":
+        """JIT-compile the forward pass for `batch` examples on `target` (dnnc.target.names()).
+        `schedule`: True (the target's defaults), False (plain loop nests), a Schedule, or a
+        list of steps (or their printed forms, `tile(c1.conv, vector=j:16)`) over the defaults;
         `threads` (default: every core) run the parallel loops; `sparse` maps dense-layer
         weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse);
         `checks` builds the debug version, which tests every index at run time and aborts
         naming the buffer (default: on when the environment has DNNC_CHECKS=1)."""
-        return Model(self, batch, seed, dtype, schedule, tuple(overrides), threads, sparse=sparse, checks=checks)
+        return Model(self, batch, seed, dtype, as_schedule(schedule), threads, sparse=sparse, checks=checks,
+                     target=target)
 
 
 def checks_wanted(checks: bool | None = None) -> bool:
@@ -127,24 +139,9 @@ def checks_wanted(checks: bool | None = None) -> bool:
     return os.environ.get("DNNC_CHECKS", "0") not in ("", "0")
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux: MemAvailable), or None when unknown."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(g: graphmod.Graph, dtype: str) -> None:
     """Refuse, before allocating, a network whose buffers cannot fit: its inputs, outputs and
     parameters, plus its largest activation (a lower bound on what it needs)."""
-    from .base.units import human_bytes
 
     item = np.dtype(NP_DTYPE[dtype]).itemsize
     sizes = {n: int(np.prod(t.shape)) * item for n, t in g.tensors.items()}
@@ -243,15 +240,16 @@ class Model:
     compiled on first use. All share the parameter buffers.
     """
 
-    def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: bool = True,
-                 overrides: tuple = (), threads: int | None = None, share: dict[str, np.ndarray] | None = None,
-                 sparse: dict[str, int] | None = None, checks: bool | None = None):
+    def __init__(self, net: Network, batch: int, seed: int = 0, dtype: str = "f32", schedule: Schedule = Schedule(),
+                 threads: int | None = None, share: dict[str, np.ndarray] | None = None,
+                 sparse: dict[str, int] | None = None, checks: bool | None = None, target: str | Target = "cpu"):
         """`share`: arrays to use as this model's own buffers (by name), such as another
         model's parameters and optimizer state, so that replicas train one set of weights."""
         self.network = net
         self.checks = checks_wanted(checks)
         self.threads = max(int(threads), 1) if threads else (os.cpu_count() or 1)
-        self.schedule, self.overrides = schedule, overrides
+        self.schedule = as_schedule(schedule)
+        self.target = get_target(target)
         self.sparse = dict(sparse or {})
         self.batch = batch
         self.dtype = dtype
@@ -296,36 +294,27 @@ class Model:
     def llvm_ir(self) -> str:
         return self.executable("forward").llvm_ir
 
-    def executable(self, kind: str, optimizer=None):
+    def executable(self, kind: str, optimizer=None) -> Built:
         """The compiled program `forward`, `loss` (forward and loss), `grad` (loss and
         gradients), `train` (one step with `optimizer`) or `update` (the optimizer's step
         alone, from the gradients in the `.grad` buffers)."""
         key = (kind, optimizer)
         if key not in self._exec:
-            from .runtime import cache
-            from .runtime.executable import Executable
-            from .driver.programs import training_program, update_program
-
-            def build():
-                if kind in ("forward", "loss"):
-                    return lower_graph(self.graph, with_loss=kind == "loss", dtype=self.dtype,
-                                       schedule=self.schedule, overrides=self.overrides,
-                                       sparse=self.sparse if kind == "forward" else None)
+            if kind in ("forward", "loss"):
+                graph = self.graph
+            else:
                 if self._train_graph is None:
                     self._train_graph = self.network.at_batch(self.batch, training=True)
-                if kind == "update":
-                    return update_program(self._train_graph, optimizer, self.dtype)
-                return training_program(self._train_graph, optimizer if kind == "train" else None, self.dtype,
-                                        schedule=self.schedule, overrides=self.overrides)
-
+                graph = self._train_graph
+            job = Job(graph, self.target, kind, optimizer if kind in ("train", "update") else None, self.dtype,
+                      self.schedule, tuple(sorted(self.sparse.items())) if kind == "forward" else (), self.checks)
             ckey = None
             if self.network.source is not None:
                 ckey = cache.key(source=self.network.source, network=self.network.name, kind=kind,
-                                 optimizer=repr(optimizer if kind in ("train", "update") else None), batch=self.batch,
-                                 dtype=self.dtype, schedule=self.schedule, overrides=[str(o) for o in self.overrides],
-                                 sparse=sorted(self.sparse.items()) if kind == "forward" else None,
-                                 checks=self.checks)
-            self._exec[key] = Executable(build, self.buffers, self.dtype, ckey, self.threads, self.checks)
+                                 optimizer=repr(job.optimizer), batch=self.batch, dtype=self.dtype,
+                                 schedule=self.schedule.key(), sparse=list(job.sparse), checks=self.checks,
+                                 target=self.target.name)
+            self._exec[key] = Built(job, self.buffers, self.threads, ckey)
         return self._exec[key]
 
     @property
@@ -339,7 +328,6 @@ class Model:
     def fill_sparse(self) -> None:
         """Lay out the weights named in `sparse` in ELL form for the forward pass (call it
         after setting them; a row with more nonzeros than compiled for is refused)."""
-        from .te.sparse import ell, rows_needed
 
         for w, R in self.sparse.items():
             a = self.params[w]
@@ -355,7 +343,6 @@ class Model:
         checkpoint written by `dnnc train` (or of a weights .npz or a compressed .dnnz) and
         return the model: `net.compile(batch=64).load("lenet5.npz")`. A file of another network,
         or one whose arrays do not fit this one, is refused with a DnncError naming the file."""
-        from .io.checkpoint import read_checkpoint, use
 
         arrays, _, meta = read_checkpoint(path, self.network)
         use(self, arrays, meta)
@@ -373,7 +360,6 @@ class Model:
 
     def set_rng(self) -> None:
         """The seed of this step's random numbers (dropout): a function of the seed and step."""
-        from .te.stmt import RNG_SEED
 
         if RNG_SEED in self.buffers:
             self.buffers[RNG_SEED][0] = (self.seed * 1000003 + self.steps) % (1 << 24)
@@ -409,8 +395,6 @@ class Model:
         the model's buffers from step to step. `lr` overrides its learning rate for this step;
         `step` (1-based, default: the steps this model has taken, plus one) drives Adam's bias
         corrections. Returns the loss before the update."""
-        from .te.optim import HYPER
-        from .front.settings import optimizer_spec
 
         optimizer = optimizer_spec(optimizer)
         ex = self.executable("train", optimizer)

@@ -512,7 +512,7 @@ def test_the_count_of_an_unpadded_mean_is_a_constant():
     }
     """
     g = dnnc.load(src).at_batch(16, training=True)
-    _, groups = training_groups(g)
+    groups = training_groups(g).groups
     counted = {st.tensor for _, stmts in groups for st in stmts
                if any(isinstance(x, Reduce) and x.op == "count" for x in st.value.walk())}
     assert counted == set()

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import dnnc
-from dnnc.ir import passes
+from dnnc.driver.compile import loop_stages
+from dnnc.driver import stages as pipeline
 from dnnc.te.expr import Binary, Const, Load, Var, substitute
 from dnnc.ir import If, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.verify import VerifyError
@@ -104,7 +105,7 @@ CASES = [("drop_guards", "lenet5", "load from image[0, 0, -2, -2] (shape [2, 1, 
 
 def _scheduled(name: str) -> Program:
     net = dnnc.load(ROOT / "examples" / f"{name}.net")
-    return passes.run(lower_graph(net.at_batch(2)))[-1][1]
+    return loop_stages(lower_graph(net.at_batch(2)))[-1][1]
 
 
 @pytest.mark.parametrize("brk,net,_", CASES)
@@ -113,7 +114,7 @@ def test_the_verifier_refuses_each_broken_schedule(brk, net, _):
     bad = BREAKS[brk](good)
     assert bad != good, "the break changed nothing: the test could not fail"
     with pytest.raises(VerifyError, match="out of range|outside|may be"):
-        passes.verify(bad)
+        pipeline.verify(bad)
 
 
 CHILD = """
@@ -121,10 +122,13 @@ import sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 import dnnc
-from dnnc.ir import passes
+from dnnc.driver.compile import loop_stages
+from dnnc.driver import stages as pipeline
 from test_bounds import BREAKS
-passes.verify = lambda p: p  # the verifier off: only the run-time checks stand guard
-passes.PIPELINE = list(passes.PIPELINE) + [("broken", BREAKS[{brk!r}])]
+pipeline.verify = lambda p: p  # the verifier off: only the run-time checks stand guard
+last = pipeline.STAGES.index(pipeline.loop_passes()[-1])
+pipeline.STAGES.insert(last + 1, pipeline.Stage("broken", pipeline.LoopPass(BREAKS[{brk!r}]), pipeline.ALL, "loops",
+                                                "a broken pass"))
 m = dnnc.load({net!r}).compile(batch=2, checks=True)
 feed = {{n: np.ones((2,) + tuple(m.graph.tensors[n].shape[1:]), np.float32) for n in m.inputs}}
 m.forward(**feed)

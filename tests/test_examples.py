@@ -22,7 +22,8 @@ for p in (ROOT, HERE):
 import dnnc  # noqa: E402
 import reference as ref  # noqa: E402
 from dnnc.driver.programs import lower_graph  # noqa: E402
-from dnnc.runtime.executable import Executable  # noqa: E402
+from dnnc.driver import compile as driver  # noqa: E402
+from dnnc.target import CPU  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 BATCH = 3
@@ -193,7 +194,7 @@ def test_lenet5_on_real_digits_in_chunks():
 def jit_with_loss(graph):
     """The forward pass with its loss, compiled as api.Model compiles its own programs."""
     arrays: dict[str, np.ndarray] = {}
-    ex = Executable(lower_graph(graph, with_loss=True), arrays, "f32")
+    ex = driver.Built(driver.from_program(lower_graph(graph, with_loss=True), CPU), arrays)
 
     def run(values):
         for k, v in values.items():

@@ -314,7 +314,7 @@ def test_random_schedules_are_refused_or_agree_with_numpy(net: Net, data, seed: 
     steps = data.draw(schedule_steps(tiles))
     note(src + "\n" + "\n".join(steps))
     try:
-        model = network.compile(batch=2, overrides=[parse_step(s) for s in steps], threads=2)
+        model = network.compile(batch=2, schedule=[parse_step(s) for s in steps], threads=2)
     except DnncError as e:  # refused, with a reason: a user error, not a crash
         assert e.message, steps
         event("schedule refused")

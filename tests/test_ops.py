@@ -23,10 +23,12 @@ for p in (HERE.parent, HERE):
 
 import dnnc  # noqa: E402
 import reference as ref  # noqa: E402
-from dnnc.ir import passes  # noqa: E402
+from dnnc.driver.compile import loop_stages  # noqa: E402
+from dnnc.driver import stages as pipeline  # noqa: E402
 from dnnc.ir import interp  # noqa: E402
 from dnnc.driver.programs import lower_graph  # noqa: E402
-from dnnc.runtime.executable import Executable  # noqa: E402
+from dnnc.driver import compile as driver  # noqa: E402
+from dnnc.target import CPU  # noqa: E402
 
 RTOL = 1e-5
 
@@ -47,7 +49,7 @@ def randn(rng, shape, scale=1.0):
 def jit_program(prog):
     """Compile any program (here: the forward pass with its loss) as api.Model compiles its own."""
     arrays: dict[str, np.ndarray] = {}
-    ex = Executable(prog, arrays, "f32")
+    ex = driver.Built(driver.from_program(prog, CPU), arrays)
 
     def run(values):
         for k, v in values.items():
@@ -327,8 +329,8 @@ def test_interpreter_every_stage_matches_jit(case):
     b = built(case)
     out = b.model.forward(**b.inputs)
     graph = b.net.at_batch(case.batch)
-    stages = passes.run(lower_graph(graph))
-    assert [n for n, _ in stages] == ["loops"] + passes.names()
+    stages = loop_stages(lower_graph(graph))
+    assert [n for n, _ in stages] == ["loops"] + [s.name for s in pipeline.loop_passes()]
     arrays = dict(b.inputs, **{k: np.array(v) for k, v in b.model.params.items()},
                   **{k: np.array(v) for k, v in b.model.states.items()})
     for stage, prog in stages:
@@ -509,7 +511,7 @@ def test_loss_interpreter_every_stage(key, scale):
     n, g, arrays, want = _loss_setup(key, scale)
     prog = lower_graph(g, with_loss=True)
     assert prog.buffer("loss").shape == () and prog.buffer("loss").kind == "output"
-    for stage, p in passes.run(prog):
+    for stage, p in loop_stages(prog):
         got = interp.run(p, arrays)
         assert got["loss"].shape == ()
         assert_close(got["loss"], want, what=f"{key}, stage {stage}")

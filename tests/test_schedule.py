@@ -187,11 +187,11 @@ def test_overrides_replace_the_default_and_stay_correct():
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
     g = net.at_batch(2)
     step = Tile("c1.conv", "i", 8, "f", 3)
-    prog = lower_graph(g, overrides=[step])
+    prog = lower_graph(g, schedule=[step])
     assert step in prog.schedule
     assert not any(isinstance(s, Tile) and s.tensor == "c1.conv" and s != step for s in prog.schedule)
     x = np.random.default_rng(1).normal(size=(2, 1, 28, 28))
-    a = net.compile(batch=2, overrides=[step]).forward(image=x)["logits"]
+    a = net.compile(batch=2, schedule=[step]).forward(image=x)["logits"]
     b = net.compile(batch=2, schedule=False).forward(image=x)["logits"]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -199,9 +199,9 @@ def test_overrides_replace_the_default_and_stay_correct():
 def test_illegal_step_is_refused():
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
     with pytest.raises(DnncError, match="axis that c1.relu does not have"):
-        net.compile(batch=2, overrides=[Tile("c1.relu", "q", 8)])  # c1.relu: the conv fused with it
+        net.compile(batch=2, schedule=[Tile("c1.relu", "q", 8)])  # c1.relu: the conv fused with it
     with pytest.raises(DnncError, match="no statement writes c9"):
-        net.compile(batch=2, overrides=[Tile("c9", "j", 8)])
+        net.compile(batch=2, schedule=[Tile("c9", "j", 8)])
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", "examples/lenet5.net", "--schedule", "tile(bad"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--schedule" in r.stderr
@@ -294,7 +294,7 @@ def test_a_tile_on_a_scatter_is_refused():
     """flatten's gradient is a scatter (written at computed positions): lanes could collide."""
     g = dnnc.load(ROOT / "examples" / "lenet5.net").at_batch(2, training=True)
     with pytest.raises(DnncError, match=r"tile\(c2.grad#1, vector=k:16\): c2.grad cannot be tiled: .* scatter"):
-        training_program(g, Optimizer("sgd", 0.1), overrides=[parse_step("tile(c2.grad#1, vector=k:16)")])
+        training_program(g, Optimizer("sgd", 0.1), schedule=[parse_step("tile(c2.grad#1, vector=k:16)")])
 
 
 WIDE = """network t {
@@ -310,7 +310,7 @@ WIDE = """network t {
 def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypatch):
     """70-wide rows in vectors of 16: the first and last vectors keep their masks, the middle
     ones lose them; every stage computes what the lowered loops compute."""
-    from dnnc.ir import passes
+    from dnnc.driver.compile import loop_stages
     from dnnc.ir import If
     from dnnc.ir.passes import split
 
@@ -318,7 +318,7 @@ def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypa
 
     g = dnnc.load(WIDE).at_batch(3, training=training)
     prog = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64") if training else lower_graph(g, dtype="f64")
-    stages = dict(passes.run(prog))
+    stages = dict(loop_stages(prog))
 
     def guarded_vectors(p):
         return sum(1 for k in p.kernels for s in walk(k.body) if isinstance(s, Loop) and s.kind == "vector"
@@ -358,11 +358,12 @@ def test_a_pack_serves_the_statement_it_was_made_for():
     (a VerifyError that ResNet-18 hit at batch 16 and not at 8)."""
     net = dnnc.load(RESIDUAL)
     g = net.at_batch(16, training=True)
-    from dnnc.schedule.steps import Pack, default_schedule
     from dnnc.driver.programs import training_groups
+    from dnnc.schedule.steps import Pack
+    from dnnc.target import CPU
 
-    buffers, groups = training_groups(g)
-    steps = default_schedule([s for _, st in groups for s in st], {b.name: b.shape for b in buffers})
+    u = training_groups(g)
+    steps = CPU.default_schedule([s for _, st in u.groups for s in st], u.shapes, "f32")
     assert "pack(a.conv.grad, perm=[1, 2, 3, 0], for=x.grad#1)" in [str(s) for s in steps if isinstance(s, Pack)]
     rng = np.random.default_rng(0)
     feed = {"image": rng.normal(size=(16, 4, 4, 4)).astype(np.float32), "digit": rng.integers(0, 10, 16)}

@@ -1,4 +1,4 @@
-"""The verifier rejects unsafe hand-built IR and accepts the safe version; passes.run verifies
+"""The verifier rejects unsafe hand-built IR and accepts the safe version; the driver verifies
 after every pass, so a broken pass is a VerifyError (a compiler bug), never wrong code."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import dnnc
-from dnnc.ir import passes
+from dnnc.driver.compile import loop_stages
+from dnnc.driver import stages as pipeline
 from dnnc.base.errors import CompilerBug, DnncError
 from dnnc.te.expr import Binary, Const, Load, Reduce, Scalar, Select, Var
 from dnnc.ir import Buffer, If, Kernel, Let, Loop, Program, Set, Store
@@ -250,8 +251,8 @@ def test_serial_loop_may_store_to_one_element():
 @pytest.mark.parametrize("name", ["lenet5", "sobel", "custom_op", "blur"])
 def test_lowered_examples_verify_at_every_stage(name):
     net = dnnc.load(ROOT / "examples" / f"{name}.net")
-    stages = passes.run(lower_graph(net.at_batch(2)))
-    assert [s for s, _ in stages] == ["loops"] + passes.names()
+    stages = loop_stages(lower_graph(net.at_batch(2)))
+    assert [s for s, _ in stages] == ["loops"] + [s.name for s in pipeline.loop_passes()]
 
 
 def _drop_guards(p: Program) -> Program:
@@ -302,6 +303,15 @@ def _parallel_reduction_loops(p: Program) -> Program:
                       if any(isinstance(b, Set) for b in s.body) else None)
 
 
+def with_pass(monkeypatch, name: str, fn, position: str = "last") -> None:
+    """The driver's stage list with one more loop-IR pass, first or last among them."""
+    stages = list(pipeline.STAGES)
+    passes = pipeline.loop_passes()
+    at = stages.index(passes[0]) if position == "first" else stages.index(passes[-1]) + 1
+    stages.insert(at, pipeline.Stage(name, pipeline.LoopPass(fn), pipeline.ALL, "loops", name))
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+
+
 @pytest.mark.parametrize("broken,fragment", [
     (_drop_guards, "load from image"),
     (_grow_loops, "spans [0, 1], outside [0, 0]"),
@@ -309,13 +319,11 @@ def _parallel_reduction_loops(p: Program) -> Program:
 ])
 @pytest.mark.parametrize("position", ["first", "last"])
 def test_passes_run_verifies_after_every_pass(monkeypatch, broken, fragment, position):
-    pipeline = list(passes.PIPELINE)
-    pipeline = [("broken", broken)] + pipeline if position == "first" else pipeline + [("broken", broken)]
-    monkeypatch.setattr(passes, "PIPELINE", pipeline)
+    with_pass(monkeypatch, "broken", broken, position)
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
     prog = lower_graph(net.at_batch(1), schedule=False)  # scalar reductions: registers to race on
     with pytest.raises(VerifyError) as info:
-        passes.run(prog)
+        loop_stages(prog)
     assert fragment in str(info.value)
     # a verifier failure is a compiler bug, not a user error
     assert isinstance(info.value, CompilerBug) and not isinstance(info.value, DnncError)
@@ -328,16 +336,17 @@ def test_passes_run_stops_at_upto(monkeypatch):
         calls.append("spy")
         return p
 
-    monkeypatch.setattr(passes, "PIPELINE", list(passes.PIPELINE) + [("spy", spy), ("broken", _drop_guards)])
+    with_pass(monkeypatch, "spy", spy)
+    with_pass(monkeypatch, "broken", _drop_guards)
     prog = dnnc.load(ROOT / "examples" / "lenet5.net").program(batch=1)
-    stages = passes.run(prog, upto="spy")
+    stages = loop_stages(prog, upto="spy")
     assert [n for n, _ in stages][-1] == "spy" and calls == ["spy"]
     with pytest.raises(VerifyError):
-        passes.run(prog)
+        loop_stages(prog)
 
 
 def test_compile_refuses_a_broken_pass(monkeypatch):
-    monkeypatch.setattr(passes, "PIPELINE", list(passes.PIPELINE) + [("broken", _drop_guards)])
+    with_pass(monkeypatch, "broken", _drop_guards)
     net = dnnc.load(ROOT / "examples" / "lenet5.net")
     with pytest.raises(VerifyError):
         net.compile(batch=1)

@@ -18,19 +18,22 @@ from .parser import make_parser
 from ..base.errors import DnncError, UsageError, did_you_mean
 from ..base.fileio import no_such_file
 from ..base.units import human_seconds
-
-
-def _schedule_args(args) -> dict:
-    from ..schedule.steps import parse_step
-
-    try:
-        steps = tuple(parse_step(s) for s in args.schedule)
-    except DnncError as e:
-        raise UsageError(f"--schedule: {e.message}") from None
-    out = {"schedule": not args.no_schedule, "overrides": steps}
-    if getattr(args, "threads", None):
-        out["threads"] = args.threads
-    return out
+from .common import compile_options, load_network
+from .ir import cmd_ir
+from .. import load
+from ..base.fileio import atomic_write, load_npy, load_npz, save_npy, save_npz, writable_place
+from ..compression import compress
+from ..compression.compress import read
+from ..io import images
+from ..io.checkpoint import check_overwrite, compile_for, read_checkpoint
+from ..io.onnx_io import OPSET, export, import_model, weights_for
+from ..tools.aot import compile_object
+from ..tools.bench import bench, render
+from ..tools.drawing import svg
+from ..tools.footprint import planned, table
+from ..tools.plots import curves, filter_grid
+from ..training import retrain
+from ..training.train import evaluate, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,18 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-def _load(path: str):
-    from ..api import load
-
-    if not Path(path).exists():
-        raise no_such_file(path)
-    return load(Path(path))
-
-
 # ----------------------------------------------------------------------------- commands
 
 def cmd_check(args) -> int:
-    net = _load(args.net)  # the train { } and schedule { } blocks are checked too
+    net = load_network(args.net)  # the train { } and schedule { } blocks are checked too
     g = net.graph
     params = sum(int(np.prod(s)) for s in net.params.values())
     print(f"{args.net}: network {g.name}: ok")
@@ -93,25 +88,17 @@ def cmd_check(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ..compression import compress
-    from ..tools.footprint import table
-
     if compress.is_dnnz(args.net):
         header, _ = compress.read(args.net)
         print(compression_table(header))
         return 0
-    net = _load(args.net)
+    net = load_network(args.net)
     if args.graph:
-        from ..tools.drawing import svg
-        from ..base.fileio import atomic_write
-
         atomic_write(args.graph, svg(net).encode())
         print(f"drew {net.name} -> {args.graph}")
     print(f"network {net.name} (memory per example unless marked x{args.batch}; float32)")
     print(table(net.graph, args.batch))
     if args.training or args.plan:
-        from ..tools.footprint import planned
-
         if args.training and net.graph.loss is None:
             raise DnncError(f"network '{net.name}' has no loss, so no training program", path=args.net)
         print()
@@ -144,10 +131,7 @@ def compression_table(header: dict) -> str:
 
 
 def cmd_compress(args) -> int:
-    from ..training import retrain
-    from ..io.checkpoint import read_checkpoint
-
-    net = _load(args.net)
+    net = load_network(args.net)
     params, _, _ = read_checkpoint(args.weights, net)
     plan = retrain.defaults(net)
     if not plan:
@@ -156,7 +140,6 @@ def cmd_compress(args) -> int:
     _apply_clusters(plan, args.clusters)
     w, m, labels, books, acc0, acc, norm = retrain.run(net, params, plan, args.data, epochs=args.retrain)
     retrain.write(args.out, net, w, m, labels, books, plan, norm=norm)
-    from ..compression.compress import read
 
     header, _ = read(args.out)
     print(compression_table(header))
@@ -194,135 +177,6 @@ def _apply_clusters(plan: dict, spec: str | None) -> None:
                 cfg["clusters"] = int(k)
 
 
-def cmd_ir(args) -> int:
-    from ..ir import passes
-    from ..codegen.llvm import emit, kernel_symbol
-    from ..front.parse import parser
-    from ..ir import show_program
-    from ..driver.programs import lower_graph
-    from ..runtime import jit
-    from ..ir.memory import plan
-
-    stage = args.stage
-    valid = ["ast", "graph", "te", "schedule", "loops"] + passes.names() + ["llvm", "llvm-opt", "asm"]
-    if stage not in valid:
-        raise UsageError(f"unknown stage '{stage}'{did_you_mean(stage, valid)} (stages: {', '.join(valid)})")
-    if stage == "ast":
-        from ..front.parse import _terminate_statements
-
-        net = _load(args.net)  # reports errors with locations (and a missing, binary or directory path)
-        text = Path(args.net).read_text(encoding="utf-8")
-        print(parser().parse(_terminate_statements(text)).pretty(), end="")
-        return 0
-    net = _load(args.net)
-    g = net.at_batch(args.batch, training=args.grad)
-    layers = [l for l in g.layers if _match(l, args.layer)]
-    if args.layer and not layers and not (args.grad and args.layer == "loss"):
-        names = [l.name for l in g.layers]
-        raise UsageError(f"no layer '{args.layer}'{did_you_mean(args.layer, names)} (layers: {', '.join(names)})")
-    if args.grad:
-        return _ir_grad(args, net, g, stage)
-    if stage == "graph":
-        for l in layers:
-            shape = list(g.tensors[l.output].shape)
-            ins = ", ".join(f"{t}{list(g.tensors[t].shape)}" for t in l.inputs)
-            ps = "".join(f"\n    param {p}{list(g.tensors[p].shape)}" for p in l.params)
-            print(f"{l.name} = {l.op}({ins}) -> {l.output}{shape}{ps}")
-        return 0
-    if stage == "te":
-        for l in layers:
-            print(f"# {l.name}: {l.op}")
-            for s in l.inst.stmts:
-                print(s.show())
-        return 0
-    prog = lower_graph(g, **_schedule_args(args))
-    if stage == "schedule":
-        print("\n".join(str(s) for s in prog.schedule) or "(no schedule: plain loop nests)")
-        return 0
-    stages = dict(passes.run(prog))
-    if stage in stages:
-        print(show_program(stages[stage], args.layer), end="")
-        return 0
-    final = list(stages.values())[-1]
-    offsets, _ = plan(final)
-    text = emit(final, offsets)
-    if stage == "llvm":
-        out = text
-    elif stage == "llvm-opt":
-        out = jit.optimized_ir(text)
-    else:
-        out = jit.assembly(text)
-    if args.layer:
-        out = "\n\n".join(_extract(out, kernel_symbol(final.name, l.name), stage) for l in layers)
-    print(out)
-    return 0
-
-
-def _ir_grad(args, net, g, stage) -> int:
-    """The training program (SGD with the network's settings) at any stage, or one layer's part."""
-    from ..ir import passes
-    from ..codegen.llvm import emit, kernel_symbol
-    from ..ir import show_program
-    from ..lower.groups import lower_groups
-    from ..runtime import jit
-    from ..ir.memory import plan
-    from ..driver.programs import training_groups
-    from ..training.train import settings_from
-
-    if stage == "graph":
-        raise UsageError("--grad starts at the tensor-expression stage: use --stage te or later")
-    buffers, groups = training_groups(g, settings_from(net).optimizer)
-
-    def wanted(kname: str) -> bool:
-        if not args.layer:
-            return True
-        names = {l.name for l in g.layers if _match(l, args.layer)} | {args.layer}
-        return any(kname == n or kname.startswith(n + ".") for n in names)
-
-    if stage == "te":
-        for kname, stmts in groups:
-            if wanted(kname):
-                print(f"# {kname}")
-                for s in stmts:
-                    print(s.show())
-        return 0
-    from ..schedule.steps import from_settings
-
-    opts = _schedule_args(args)
-    prog = lower_groups(g.name, buffers, groups, opts["schedule"], "f32", from_settings(g.settings) + list(opts["overrides"]))
-    if stage == "schedule":
-        print("\n".join(str(s) for s in prog.schedule) or "(no schedule: plain loop nests)")
-        return 0
-    stages = dict(passes.run(prog))
-    if stage in stages:
-        p = stages[stage]
-        if args.layer:
-            p = p.replace_kernels(k for k in p.kernels if wanted(k.name))
-        print(show_program(p), end="")
-        return 0
-    final = list(stages.values())[-1]
-    offsets, _ = plan(final)
-    text = emit(final, offsets)
-    out = text if stage == "llvm" else jit.optimized_ir(text) if stage == "llvm-opt" else jit.assembly(text)
-    if args.layer:
-        out = "\n\n".join(_extract(out, kernel_symbol(final.name, k.name), stage) for k in final.kernels if wanted(k.name))
-    print(out)
-    return 0
-
-
-def _match(layer, name) -> bool:
-    return name is None or layer.name == name or layer.binding == name
-
-
-def _extract(text: str, sym: str, stage: str) -> str:
-    """One function's text from an LLVM module or an assembly listing."""
-    if stage == "asm":
-        m = re.search(rf"^{re.escape(sym)}:.*?(?=^\s*\.Lfunc_end|\Z)", text, re.S | re.M)
-    else:
-        m = re.search(rf'^define[^\n]*@"?{re.escape(sym)}"?\(.*?^\}}', text, re.S | re.M)
-    return m.group(0) if m else f"; {sym} was inlined or removed"
-
-
 def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -341,10 +195,7 @@ def _parse_named(items: list[str], names: tuple[str, ...], what: str) -> dict[st
 
 
 def cmd_run(args) -> int:
-    from ..io import images
-    from ..base.fileio import load_npy, save_npy
-
-    net = _load(args.net)
+    net = load_network(args.net)
     paths = _parse_named(args.input, net.graph.inputs, "input")
     missing = [n for n in net.graph.inputs if n not in paths]
     if missing:
@@ -383,10 +234,9 @@ def _model(args, net, batch: int):
     """The network compiled for `batch`, with the weights of --weights (and the training data's
     normalization, which its forward() applies to the inputs), else its initial weights."""
     if not args.weights:
-        return net.compile(batch=batch, **_schedule_args(args))
-    from ..io.checkpoint import compile_for
+        return net.compile(batch=batch, **compile_options(args))
 
-    return compile_for(net, args.weights, batch=batch, **_schedule_args(args))
+    return compile_for(net, args.weights, batch=batch, **compile_options(args))
 
 
 def _print_top(logits: np.ndarray, k: int = 3) -> None:
@@ -401,42 +251,34 @@ def _print_top(logits: np.ndarray, k: int = 3) -> None:
 
 
 def cmd_bench(args) -> int:
-    from ..tools.bench import bench, render
-
-    net = _load(args.net)
-    opts = _schedule_args(args)
+    net = load_network(args.net)
+    opts = compile_options(args)
     report = bench(net, args.batch, args.training, opts.pop("threads", None), args.repeat, args.per_layer, **opts)
     print(render(report))
     return 0
 
 
 def cmd_compile(args) -> int:
-    from ..tools.aot import compile_object
-
-    net = _load(args.net)
-    obj, header = compile_object(net, args.out, args.batch, **_schedule_args(args))
+    net = load_network(args.net)
+    obj, header = compile_object(net, args.out, args.batch, **compile_options(args))
     print(f"wrote {obj} and {header}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from ..training.train import train
-
-    net = _load(args.net)
+    net = load_network(args.net)
     for f in (args.data, args.resume):
         if f and not Path(f).exists():
             raise no_such_file(f, "no such file or directory")
     try:
         r = train(net, args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, out=args.out, resume=args.resume, mode=_train_mode(args),
-                  servers=args.servers, staleness=args.staleness, on_nan=args.on_nan, **_schedule_args(args))
+                  servers=args.servers, staleness=args.staleness, on_nan=args.on_nan, **compile_options(args))
     except KeyboardInterrupt:
         return 130
     if r.rank != 0:
         return 0
     if args.plot:
-        from ..tools.plots import curves
-
         curves(r.history, args.plot, f"{net.name}: {len(r.history)} epochs")
         print(f"curves -> {args.plot}")
     print(f"final test accuracy {100 * r.evaluation.accuracy:.2f}% ({r.evaluation.count:,} examples), "
@@ -454,7 +296,6 @@ def _train_mode(args) -> str:
 
 def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     """`dnnc run` on PNG pictures: a filter compiled for the picture's size, or a classifier."""
-    from ..io import images
 
     if len(paths) != 1 or not all(images.is_png(p) for p in paths.values()):
         raise UsageError("pictures go with a network of one input: --input PICTURE.png")
@@ -482,7 +323,7 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
     else:
         raise DnncError(f"the network takes {c} channels; the picture has {pic.shape[0]}", path=path)
     sized = net.with_inputs({name: (c,) + pic.shape[1:]})
-    model = sized.compile(batch=x.shape[0], **_schedule_args(args))
+    model = sized.compile(batch=x.shape[0], **compile_options(args))
     if args.weights:
         model.load(args.weights)
     result = model.forward(**{name: x})
@@ -493,8 +334,6 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
                 top = float(np.abs(pic_out).max())
                 images.write_png(outs[n], np.abs(pic_out) / top if top > 1 else pic_out)
             else:
-                from ..base.fileio import save_npy
-
                 save_npy(outs[n], pic_out)
             print(f"{n}: {list(pic_out.shape)} -> {outs[n]}")
         else:
@@ -503,9 +342,7 @@ def _run_pictures(args, net, paths: dict, outs: dict) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..io.onnx_io import OPSET, export
-
-    net = _load(args.net)
+    net = load_network(args.net)
     model = net.compile(batch=1, threads=1)
     if args.weights:
         model.load(args.weights)
@@ -517,11 +354,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .. import load
-    from ..io.checkpoint import check_overwrite
-    from ..base.fileio import atomic_write, save_npz, writable_place
-    from ..io.onnx_io import import_model, weights_for
-
     text, layer_params = import_model(args.model)
     net = load(text)
     weights = weights_for(net, layer_params)  # everything is checked before either file is written
@@ -535,10 +367,6 @@ def cmd_import(args) -> int:
 
 
 def cmd_filters(args) -> int:
-    from ..compression import compress
-    from ..base.fileio import load_npz
-    from ..tools.plots import filter_grid
-
     arrays = compress.read(args.weights)[1] if compress.is_dnnz(args.weights) else load_npz(args.weights)
     convs = [k for k, v in arrays.items() if getattr(v, "ndim", 0) == 4 and not k.startswith("state:")]
     name = args.layer if args.layer in arrays else f"{args.layer}.weight"
@@ -551,10 +379,8 @@ def cmd_filters(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..training.train import evaluate
-
-    net = _load(args.net)
-    ev = evaluate(net, args.weights, args.data, args.batch, **_schedule_args(args))
+    net = load_network(args.net)
+    ev = evaluate(net, args.weights, args.data, args.batch, **compile_options(args))
     k = len(ev.per_class)
     print(f"accuracy {100 * ev.accuracy:.2f}% on {ev.count} examples, mean loss {ev.loss:.4f}")
     print("per class: " + "  ".join(f"{c}:{100 * a:.1f}%" for c, a in enumerate(ev.per_class) if a == a))

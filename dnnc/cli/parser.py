@@ -10,6 +10,7 @@ import re
 
 from .. import __version__
 from ..base.errors import UsageError, did_you_mean
+from ..target import names as target_names
 
 
 class _Help(argparse.HelpFormatter):
@@ -113,9 +114,10 @@ def make_parser() -> argparse.ArgumentParser:
     z.add_argument("-o", "--out", required=True, metavar="MODEL.dnnz", help="the compressed model to write")
 
     r = sub.add_parser("ir", help="print a stage of the pipeline")
-    r.add_argument("net", help=NET_HELP)
+    r.add_argument("net", nargs="?", help=NET_HELP)
     r.add_argument("--stage", default="loops",
-                   help="ast, graph, te, schedule, loops, a pass name, llvm, llvm-opt or asm")
+                   help="a stage of the pipeline (dnnc ir --list-stages lists them; default: loops)")
+    r.add_argument("--list-stages", action="store_true", help="print the pipeline's stages in order, and exit")
     r.add_argument("--layer", help="only this layer (or binding)")
     r.add_argument("--batch", type=_positive, default=1, help="examples per batch")
     r.add_argument("--grad", action="store_true",
@@ -204,6 +206,8 @@ def make_parser() -> argparse.ArgumentParser:
                              "schedule` prints it: 'tile(c1.conv, vector=j:16, unroll=f:4)' or 'naive(c1.conv)' "
                              "(repeatable)")
         sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
+        sp.add_argument("--target", default="cpu", choices=target_names(),
+                        help="the machine to compile for (default: cpu, this host)")
     for sp in (u, t, e, bn):
         sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
     for sp in (u, t, e, o, bn):

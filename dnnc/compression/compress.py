@@ -25,6 +25,7 @@ import struct
 import numpy as np
 
 from ..base.errors import DnncError
+from ..base.fileio import atomic_write
 
 MAGIC = b"DNNZ"
 VERSION = 1
@@ -218,7 +219,6 @@ def write(path, network: str, layers: list[tuple[dict, bytes]], raw: dict[str, n
           extra: dict | None = None) -> None:
     """A .dnnz file: compressed layers, raw float32 arrays (biases), and a checksum; `extra`
     (such as the training data's normalization) goes into the header."""
-    from ..base.fileio import atomic_write
 
     header = {"format": "dnnz", "version": VERSION, "network": network, "layers": [m for m, _ in layers],
               "raw": [{"name": n, "shape": list(a.shape)} for n, a in raw.items()], **(extra or {})}

@@ -187,7 +187,7 @@ def _expected(names) -> str:
 _STMT_START = re.compile(r"\s*(param\b|state\b|update\b|require\b|\}|[A-Za-z_][\w.]*\s*\[[^\]\n]*\]\s*=(?!=))")
 
 
-def _terminate_statements(text: str) -> str:
+def terminate_statements(text: str) -> str:
     """Mark the end of each statement inside braces with ';'.
 
     A statement ends at a line break (outside parentheses and brackets) when the next line
@@ -224,9 +224,9 @@ def parse(text: str, file: str = "<string>") -> Module:
         return Loc(file, line, col, src)
 
     try:
-        tree = parser().parse(_terminate_statements(text))
+        tree = parser().parse(terminate_statements(text))
     except lark.UnexpectedCharacters as e:
-        # e.pos_in_stream counts the ';' that _terminate_statements inserts; the column does not
+        # e.pos_in_stream counts the ';' that terminate_statements inserts; the column does not
         ch = lines[e.line - 1][e.column - 1:e.column] if 0 < e.line <= len(lines) else ""
         raise DnncError(f"unexpected character {ch!r}", loc_at(e.line, e.column)) from None
     except lark.UnexpectedEOF as e:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from ..base.errors import DnncError, did_you_mean
 from ..base.fileio import beside_source, no_such_file
 from .parse import Arg, CallValue, NameRef
 from ..te.optim import Optimizer
 
-if TYPE_CHECKING:
-    from ..api import Network
 
 LR_DECAYS = ("constant", "step", "cosine")  # learning-rate decay; loop schedules are schedule { }
 

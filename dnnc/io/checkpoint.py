@@ -19,6 +19,9 @@ import numpy as np
 
 from ..base.errors import DnncError
 from ..base.fileio import check_weights, load_npz, save_npz, writable_place
+from ..compression import compress
+from ..target import get as get_target
+from ..te.sparse import choose
 
 META = "__meta__"
 STATE = "state:"
@@ -43,8 +46,6 @@ def save_checkpoint(path, model, s, seed: int, norm, progress) -> None:
 def read_checkpoint(path, net) -> tuple[dict, dict, dict | None]:
     """(parameters and running statistics, optimizer state, meta or None) from an .npz or a
     compressed .dnnz, checked against the network."""
-    from ..compression import compress
-
     expected = dict(net.params)
     expected.update({n: net.graph.state_specs[n].shape for n in net.graph.states})
     if compress.is_dnnz(path):
@@ -108,11 +109,9 @@ def compile_for(net, path, **options):
     """A model holding the checked weights of `path` and its normalization; a compressed
     model's sparse enough dense layers are read in ELL form (passes/sparse.py chooses by
     density)."""
-    from ..compression import compress
-    from ..te.sparse import choose
-
     arrays, _, meta = read_checkpoint(path, net)
-    sparse = choose(arrays, [p for p, s in net.params.items() if len(s) == 2]) if compress.is_dnnz(path) else {}
+    sparse = choose(arrays, [p for p, s in net.params.items() if len(s) == 2], get_target(options.get("target", "cpu")).machine.l2_bytes) \
+        if compress.is_dnnz(path) else {}
     model = net.compile(sparse=sparse, **options)
     use(model, arrays, meta)
     return model
@@ -124,8 +123,6 @@ def check_overwrite(path, net, flag: str = "--out") -> None:
     not replace. A checkpoint or weights file of the same network may be replaced; anything
     else (another network's checkpoint, a compressed model, a file that is no checkpoint) stays
     as it is."""
-    from ..compression import compress
-
     p = Path(path)
     writable_place(p)
     if not p.exists():

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..base.errors import DnncError
 from ..base.fileio import no_such_file
+from ..base.fileio import _NPY_MAGIC, _ZIP_MAGIC, _check_magic
 
 EMBEDDED = Path(__file__).resolve().parent.parent / "data"
 EMBEDDED_IMAGES = EMBEDDED / "mnist10k-images-idx3-ubyte.gz"
@@ -149,8 +150,6 @@ def _directory(d: Path) -> Dataset:
 
 
 def _npz(p: Path) -> Dataset:
-    from ..base.fileio import _NPY_MAGIC, _ZIP_MAGIC, _check_magic
-
     _check_magic(p, (_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive")  # numpy would call it pickled data
     try:
         z = np.load(p, allow_pickle=False)

@@ -14,6 +14,7 @@ import io
 import numpy as np
 
 from ..base.errors import DnncError
+from ..base.fileio import atomic_write
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +57,6 @@ def _palette_gray(img) -> bool:
 
 def write_png(path, a: np.ndarray) -> None:
     """[C, H, W] or [H, W] floats in [0, 1] (clipped) as an 8-bit PNG, written atomically."""
-    from ..base.fileio import atomic_write
 
     Image = _pil()
     a = np.asarray(a, dtype=np.float64)

@@ -10,6 +10,9 @@ import numpy as np
 
 from ..base.errors import DnncError
 from .onnx_import import _onnx
+from ..base.fileio import atomic_write
+from ..front.graph import prelude
+from ..te.expr import Binary, Const, Load, Reduce, Select, Unary, Var
 
 OPSET = 17  # LayerNormalization needs 17
 
@@ -18,7 +21,6 @@ def export(net, params: dict[str, np.ndarray], path, normalization: tuple[float,
     """The network's inference graph as an ONNX model, checked by onnx.checker. With
     normalization (mean, std), each input is first normalized as (x - mean) / std."""
     onnx, helper, numpy_helper = _onnx()
-    from ..base.fileio import atomic_write
 
     g = net.graph
     nodes, inits = [], []
@@ -101,8 +103,6 @@ def _nodes(helper, layer, a: dict, g) -> list:
 
 
 def _builtin_names() -> set[str]:
-    from ..front.graph import prelude
-
     return {o.name for o in prelude().ops}
 class _Translator:
     """A user-defined op's statements as ONNX nodes: every value a tensor over the statement's
@@ -156,8 +156,6 @@ class _Translator:
         return self.out
 
     def expr(self, e, axes: list[str]) -> str:
-        from ..te.expr import Binary, Const, Load, Reduce, Select, Unary
-
         if isinstance(e, Const):
             return self.const(np.float32(e.value), np.float32)
         if isinstance(e, Load):
@@ -180,7 +178,6 @@ class _Translator:
 
     def load(self, e, axes: list[str]) -> str:
         """tensor[index] as a tensor over `axes` (size 1 where it does not vary)."""
-        from ..te.expr import Const, Var
 
         t = e.tensor
         consts = [(d, int(ix.value)) for d, ix in enumerate(e.index) if isinstance(ix, Const) and ix.is_int]

@@ -25,6 +25,9 @@ import numpy as np
 from . import onnx_ops as ops
 from .onnx_nodes import PROBES, Nodes
 from ..base.errors import DnncError
+from ..base.host import available_memory
+from ..base.fileio import no_such_file
+from ..front.graph import prelude
 
 MAX_BYTES = 2**31 - 1  # protobuf's limit for one message; DNNC_MAX_ONNX_BYTES lowers or raises it
 MAX_ELEMENTS = 2**31 - 1  # in one tensor or one input example
@@ -50,8 +53,6 @@ def read_model(path):
     """The ONNX model in path, checked before anything else looks at it: its size bounded
     (and within the memory available), no external data files (they could name any file
     on disk), the ONNX checker passed, every tensor's data as long as its shape says."""
-    from ..api import available_memory
-    from ..base.fileio import no_such_file
 
     onnx, _, numpy_helper = _onnx()
     p = Path(path)
@@ -378,8 +379,6 @@ class _Importer(Nodes):
     # ------------------------------------------------------------------ the .net file
 
     def render(self, inputs, outs) -> tuple[str, list[tuple]]:
-        from ..front.graph import prelude
-
         reserved = KEYWORDS | {o.name for o in prelude().ops} | set(self.ops.values())
         taken: set[str] = set()
 

@@ -14,6 +14,7 @@ from ..te import affine
 from ..te.bounds import read_guards
 from ..te.expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars, rebuild
 from ..te.stmt import TStmt
+from ..te.expr import rebuild
 
 INIT = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "argmax": 0.0, "count": 0.0}
 
@@ -63,7 +64,6 @@ class _Ctx:
             p, v = self.value(k, facts)
             pre += p
             new.append(v)
-        from ..te.expr import rebuild
 
         return pre, rebuild(e, tuple(new))
 

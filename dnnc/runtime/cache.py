@@ -18,6 +18,7 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from .jit import target_machine
 
 FORMAT = 1
 
@@ -39,7 +40,6 @@ def _compiler_identity() -> str:
     import llvmlite
     import llvmlite.binding as llvm
 
-    from .jit import target_machine
 
     target_machine()  # initializes LLVM's native target
     h = hashlib.sha256()

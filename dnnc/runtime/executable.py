@@ -1,56 +1,33 @@
-"""A compiled program bound to buffers: one native call runs it.
+"""A loaded program bound to buffers: one native call runs it.
 
 Buffers passed as arguments (inputs, parameters, outputs, gradients, optimizer state) live
 in a dict of numpy arrays that several executables of one model share, so the forward pass
 and the training step see the same parameters. Temporaries live in the executable's own
-workspace, laid out by the memory planner.
-
-With a cache key, machine code comes from the disk cache when it holds the key, and the
-program is then lowered only if someone asks to see it.
+workspace, laid out by the memory planner. This module loads and runs; the driver compiles.
 """
 from __future__ import annotations
 
-import time
-from typing import Callable
+import ctypes
+import functools
+import weakref
 
 import numpy as np
 
-from ..codegen.llvm import emit, symbol
-from ..ir import Program
-from ..ir.passes import run as run_passes
-from . import cache, jit
-from ..ir.memory import plan
+from . import jit
 
-NP_DTYPE = {"f32": np.float32, "f64": np.float64}
+from ..base.dtypes import NP_DTYPE
 
 
 class Executable:
-    def __init__(self, program: Program | Callable[[], Program], arrays: dict[str, np.ndarray],
-                 dtype: str = "f32", key: str | None = None, threads: int = 1, checks: bool = False):
-        t0 = time.perf_counter()
-        self._build = program if callable(program) else (lambda: program)
-        self._lowered = None
-        self.dtype = dtype
-        self.checks = checks
-        hit = cache.load(key) if key else None
-        if hit is not None:
-            meta, obj = hit
-            self.entry, ws = meta["entry"], meta["workspace"]
-            self.args = [(n, tuple(s), k) for n, s, k in meta["args"]]
-            self.compiled = jit.jit_object(obj, self.entry, len(self.args) + 1)
-            self.seconds = {"front": 0.0, "llvm": time.perf_counter() - t0, "cached": True}
+    def __init__(self, obj: bytes | None, llvm_ir: str | None, entry: str, args: list, workspace: int,
+                 arrays: dict[str, np.ndarray], dtype: str = "f32", threads: int = 1):
+        """Load `obj` (object code), or JIT-compile `llvm_ir` when no object is given; `args`
+        are (name, shape, kind) in the entry point's order, `workspace` its size in elements."""
+        self.entry, self.args, self.dtype = entry, [(n, tuple(s), k) for n, s, k in args], dtype
+        if obj is not None:
+            self.compiled, self.obj = jit.jit_object(obj, entry, len(self.args) + 1), obj
         else:
-            prog = self.program
-            self.offsets, ws = plan(prog)
-            self._llvm_ir = emit(prog, self.offsets, dtype, checks=checks)
-            t1 = time.perf_counter()
-            self.entry = symbol(prog.name) + "_forward"
-            self.args = [(b.name, b.shape, b.kind) for b in prog.args]
-            self.compiled, obj = jit.jit(self._llvm_ir, self.entry, len(self.args) + 1)
-            self.seconds = {"front": t1 - t0, "llvm": time.perf_counter() - t1, "cached": False}
-            if key and obj:
-                cache.store(key, {"entry": self.entry, "workspace": ws,
-                                  "args": [[n, list(s), k] for n, s, k in self.args]}, obj)
+            self.compiled, self.obj = jit.jit(llvm_ir, entry, len(self.args) + 1)
         npd = NP_DTYPE[dtype]
         for name, shape, _ in self.args:
             if name not in arrays:
@@ -58,33 +35,13 @@ class Executable:
             elif arrays[name].shape != shape:
                 raise AssertionError(f"{name}: {arrays[name].shape} != {shape}")
         self.arrays = arrays
-        self.workspace = np.zeros(max(ws, 1), npd)
-        self.workspace_bytes = ws * np.dtype(npd).itemsize
+        self.workspace = np.zeros(max(workspace, 1), npd)
+        self.workspace_bytes = workspace * np.dtype(npd).itemsize
         self._addrs = [arrays[n].ctypes.data for n, _, _ in self.args] + [self.workspace.ctypes.data]
         self.set_threads(threads)
 
-    @property
-    def stages(self) -> list[tuple[str, Program]]:
-        """The program after lowering and after each pass (lowered again if it came from the cache)."""
-        if self._lowered is None:
-            self._lowered = run_passes(self._build())
-        return self._lowered
-
-    @property
-    def program(self) -> Program:
-        return self.stages[-1][1]
-
-    @property
-    def llvm_ir(self) -> str:
-        if not hasattr(self, "_llvm_ir"):
-            self._llvm_ir = emit(self.program, plan(self.program)[0], self.dtype, checks=self.checks)
-        return self._llvm_ir
-
     def set_threads(self, n: int) -> None:
         """How many threads the program's parallel loops use (results do not depend on it)."""
-        import ctypes
-        import weakref
-
         stem = self.entry[: -len("_forward")]
         engine = self.compiled.engine
         ctypes.CFUNCTYPE(None, ctypes.c_int64)(engine.get_function_address(stem + "_set_threads"))(max(int(n), 1))
@@ -95,6 +52,17 @@ class Executable:
 
     def run(self) -> None:
         self.compiled.fn(*self._addrs)
+
+    def kernel(self, symbol: str, buffers: list[str], offsets: dict[str, int]):
+        """One kernel as a call of no arguments on this program's buffers (for timing it
+        alone), or None where it was inlined."""
+        addr = self.compiled.engine.get_function_address(symbol)
+        if not addr:
+            return None
+        item = self.workspace.itemsize
+        ptrs = [self.arrays[n].ctypes.data if n in self.arrays else self.workspace.ctypes.data + offsets[n] * item
+                for n in buffers]
+        return functools.partial(ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(ptrs)))(addr), *ptrs)
 
 
 def stop_pool(stop, engine) -> None:

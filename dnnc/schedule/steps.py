@@ -7,24 +7,20 @@ outside both, accumulating into registers (a local `T.acc[factor, width]`), so e
 loaded is used `factor` or `width` times. A `Pack` step copies a tensor with its dimensions
 permuted, so that a read which would stride across lanes becomes stride-1.
 
-`default_schedule` chooses steps from shapes and the host's vector width alone, with no search.
-Steps can be replayed from their text (`parse_step`), given in a `schedule { }` block, and
+The target's default schedule (schedule/default.py) fills in the statements the user's steps
+leave; `Schedule` holds the user's steps and is merged with the defaults in one place. Steps can be replayed from their text (`parse_step`), given in a `schedule { }` block, and
 printed with `dnnc ir NET --stage schedule`.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
-from ..te import affine
 from ..base.errors import DnncError, Loc
 from ..te.conv import ALGORITHMS, Algorithm
-from ..te.expr import Binary, Const, Expr, Load, Reduce, Var, free_vars, substitute
-from ..te.stmt import TStmt, count_flops
+from ..front.parse import CallValue, NameRef
+from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
 
-VECTOR_BITS = 512  # AVX-512; the lowering masks ragged edges, so any extent works
-PARALLEL_FLOPS = 2_000_000  # below this a statement is not worth starting threads for (~30 us)
 
 
 @dataclass(frozen=True)
@@ -128,9 +124,6 @@ def parse_step(text: str, loc: Loc | None = None):
 def from_settings(settings: dict) -> list:
     """Tile steps from a network's `schedule { T = tile(vector=j, width=16, unroll=f, factor=4) }`
     block; `T = naive` keeps T's plain loop nest."""
-    from ..front.parse import CallValue, NameRef
-from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
-
     out: list = []
     for key, (value, loc) in settings.items():
         if not key.startswith("schedule."):
@@ -199,256 +192,47 @@ def algorithm(tensor: str, name: str, loc: Loc | None = None) -> Algorithm:
     return Algorithm(tensor, name)
 
 
-def lanes(dtype: str = "f32") -> int:
-    return VECTOR_BITS // (32 if dtype == "f32" else 64)
+@dataclass(frozen=True)
+class Schedule:
+    """The one schedule of a compilation, from the `.net` file and the command line to its use.
 
-
-# ----------------------------------------------------------------------------- analysis
-
-def single_reduce(st: TStmt) -> Reduce | None:
-    """The statement's one reduction, if it has exactly one and nothing nests in it."""
-    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
-    if len(reds) != 1 or any(isinstance(x, Reduce) for x in reds[0].body.walk() if x is not reds[0]):
-        return None
-    return reds[0]
-
-
-def window_reduce(st: TStmt) -> tuple[Reduce, Reduce] | None:
-    """(window, inner) for a pool window over a fused conv: max(p, q) f(sum(k, r, s) ...),
-    a max, min or argmax whose body holds exactly one sum with nothing nested in it."""
-    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
-    if len(reds) != 2 or reds[0].op not in ("max", "min", "argmax") or reds[1].op != "sum":
-        return None
-    outer, inner = reds
-    if not any(x is inner for x in outer.body.walk()):
-        return None
-    return outer, inner
-
-
-def inner_reduce(st: TStmt) -> Reduce | None:
-    """The reduction whose loops are innermost: the single one, or a window's inner sum."""
-    w = window_reduce(st)
-    return w[1] if w else single_reduce(st)
-
-
-def _stride_kind(load: Load, v: str) -> str:
-    """How a read moves with axis v: 'none', 'unit' (last dimension, +1) or 'other'."""
-    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
-    if not uses:
-        return "none"
-    last = len(load.index) - 1
-    if uses == [last]:
-        form = affine.affine(load.index[last])
-        if form is not None and form.get(v) == 1 and not any(
-                not isinstance(k, str) and k != 1 and v in free_vars(k) for k in form):
-            return "unit"
-    return "other"
-
-
-def _strided(load: Load, v: str) -> bool:
-    """v moves only the last index of the read, by a constant stride (a pool window's conv)."""
-    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
-    form = affine.affine(load.index[-1]) if uses == [len(load.index) - 1] else None
-    return form is not None and isinstance(form.get(v), int) and all(
-        isinstance(k, str) or k == 1 for k in form)
-
-
-def _packable(load: Load, v: str) -> bool:
-    """v is one whole index of the read, not its last: a permuted copy makes it stride-1."""
-    uses = [k for k, ix in enumerate(load.index) if v in free_vars(ix)]
-    return len(uses) == 1 and load.index[uses[0]] == Var(v) and uses[0] != len(load.index) - 1
-
-
-def _across_axis(r: Reduce, hot: list[Load], W: int):
-    """A reduction axis along which every read is stride-1 or constant, long enough for lanes."""
-    best = None
-    for w, ext_w in r.axes:
-        kinds = [_stride_kind(ld, w) for ld in hot]
-        if ext_w >= W and "other" not in kinds and "unit" in kinds:
-            best = (w, ext_w) if best is None or ext_w > best[1] else best
-    return best
-
-
-L2_BYTES = 1 << 20  # this machine's L2 per core; an operand larger than it is read in panels
-
-
-def axes_extent(st: TStmt, axis: str) -> int:
-    return dict(st.axes)[axis]
-
-
-MIN_PACK_REUSE = 8  # a packed copy read fewer times than this costs more than it saves
-
-
-def _pack_reuse(st: TStmt, hot: list[Load], v: str) -> int:
-    """How many times each element of a copy packed for lanes along v would be read: the
-    extent of the output axes it does not depend on (a weight at batch 1: once)."""
-    reuse = [math.prod(x for n, x in st.axes if n not in set().union(*[free_vars(i) for i in ld.index]))
-             for ld in hot if _packable(ld, v)]
-    return min(reuse) if reuse else MIN_PACK_REUSE
-
-
-BLOCK_TERMS = 1 << 14  # a reduction longer than this streams more than L1 holds per output
-
-
-def _block(st: TStmt, r: Reduce, lanes: str) -> tuple[str, int] | None:
-    """For a long reduction that is the whole statement (a weight gradient): blocks of 8 along
-    its longest other axis, so the rows of one block are reused from cache by every output."""
-    if st.value is not r or st.accumulate or math.prod(x for _, x in r.axes) < BLOCK_TERMS:
-        return None
-    axis, ext = max(((n, x) for n, x in r.axes if n != lanes), key=lambda a: a[1], default=(None, 0))
-    return (axis, 8) if ext >= 32 else None
-
-
-def _hot_loads(st: TStmt) -> list[Load]:
-    r = inner_reduce(st)
-    src = r.body if r is not None else st.value
-    return [x for x in src.walk() if isinstance(x, Load)]
-
-
-def reshape(st: TStmt, shapes: dict) -> bool:
-    """st writes every element once, its index a row-major reshape of its one axis (so it can
-    be tiled like a statement over the tensor's own axes)."""
-    if st.index is None or st.accumulate or len(st.axes) != 1:
-        return False
-    flat: Expr = Const(0)
-    for ix, x in zip(st.index, shapes[st.tensor], strict=True):
-        flat = Binary("+", Binary("*", flat, Const(x)), ix)
-    return affine.simplify(flat) == Var(st.axes[0][0]) and st.axes[0][1] == math.prod(shapes[st.tensor])
-
-
-def schedulable(st: TStmt, shapes: dict | None = None) -> bool:
-    if not st.axes or (st.index is not None and not (shapes and reshape(st, shapes))):
-        return False
-    reds = [x for x in st.value.walk() if isinstance(x, Reduce)]
-    if not reds or window_reduce(st) is not None:
-        return True
-    r = single_reduce(st)
-    return r is not None and r.op in ("sum", "max", "min", "argmax")
-
-
-def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], dtype: str = "f32",
-                     pack: bool = True) -> list:
-    """Tile (and Pack) steps for the statements worth vectorizing, from shapes alone."""
-    steps: list = []
-    W = lanes(dtype)
-    packed: set[tuple[str, str]] = set()
-    seen: dict[str, int] = {}
-    for st in stmts:
-        nth = seen.get(st.tensor, 0)
-        seen[st.tensor] = nth + 1
-        if not schedulable(st, shapes):
-            continue
-        v, ext_v = st.axes[-1]
-        hot = _hot_loads(st)
-        window = window_reduce(st) is not None
-        r = inner_reduce(st)
-        if pack and r is not None and ext_v <= W // 2 and (window or (
-                math.prod(x for _, x in r.axes) >= 1024 and not _across_axis(r, hot, W))):
-            # a short last axis and no reduction axis to put lanes on: lanes on an output axis
-            # that fills whole vectors, its reads packed (a conv's weight gradient along
-            # filters; a fused conv+pool whose pooled rows are short)
-            cands = [(sum(math.prod(shapes[ld.tensor]) for ld in hot if _packable(ld, n)), k, n, x)
-                     for k, (n, x) in enumerate(st.axes[:-1])
-                     if x >= W and x % W == 0 and any(_packable(ld, n) for ld in hot)
-                     and all(_stride_kind(ld, n) in ("none", "unit") or _packable(ld, n) for ld in hot)]
-            if cands:  # the axis whose packed copies are smallest (weights rather than activations)
-                _, _, v, ext_v = min(cands)
-        if (not window and r is not None and r.op in ("sum", "max", "min") and _across_axis(r, hot, W)
-                and (ext_v <= W // 2 or _pack_reuse(st, hot, v) < MIN_PACK_REUSE)):
-            # a short output axis (a kernel's width): put the lanes on a reduction axis along
-            # which every read is contiguous, and the short axis in a register tile
-            w, ext_w = _across_axis(r, hot, W)
-            steps.append(Tile(st.tensor, w, W, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
-                              nth, count_flops(st) >= PARALLEL_FLOPS, 1, _block(st, r, w)))
-            continue
-        if pack and r is not None:
-            for ld in hot:  # a read across lanes: pack it so the lanes are contiguous
-                if _packable(ld, v) and (st.tensor, ld.tensor) not in packed:
-                    d = next(k for k, ix in enumerate(ld.index) if ix == Var(v))
-                    perm = tuple(k for k in range(len(ld.index)) if k != d) + (d,)
-                    steps.append(Pack(ld.tensor, perm, st.tensor, nth))
-                    packed.add((st.tensor, ld.tensor))
-        width = W if ext_v > W // 2 else max(4, W // 2 if ext_v > W // 4 else W // 4)
-        unroll, factor = None, 1
-        if r is not None:
-            best = None
-            for u, ext_u in st.axes:
-                if ext_u < 2 or u == v:
-                    continue
-                reuse = sum(1 for ld in hot if (_stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed
-                                                or (window and _strided(ld, v)))
-                            and u not in set().union(*[free_vars(i) for i in ld.index]))
-                key = (reuse, ext_u)
-                if reuse and (best is None or key > best[0]):  # unrolling without reuse only adds code
-                    best = (key, u, ext_u)
-            # vectors per row (1, 2 or 4): the most that waste at most one vector of masked lanes
-            # beyond what one vector at a time would (a short row, like LeNet's 28 pixels, gets 1)
-            least = -(-ext_v // width) * width
-            vectors = max((k for k in (1, 2, 4) if -(-ext_v // (width * k)) * width * k <= least + width),
-                          default=1) if width == W and ext_v >= 3 * W else 1
-            if best is not None:
-                unroll = best[1]
-                ext_u = best[2]
-                # a register tile of at most 16 accumulators (AVX-512 has 32 registers); a pool
-                # window also keeps its running maximum and argmax in registers
-                cap = 12 if window else 16
-                fits = [f for f in (8, 6, 4, 3, 2) if f * vectors <= cap and f <= ext_u]
-                factor = next((f for f in fits if ext_u % f == 0), fits[0] if fits else 1)
-        else:
-            vectors = 1
-        panel = unroll is not None and axes_extent(st, unroll) > factor and any(
-            unroll not in set().union(*[free_vars(i) for i in ld.index]) and math.prod(shapes[ld.tensor]) * 4 > L2_BYTES
-            for ld in hot if _stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
-        steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= PARALLEL_FLOPS, vectors,
-                          None, panel))
-    return steps
-
-
-# ----------------------------------------------------------------------------- packing
-
-def apply_packs(stmts: list[TStmt], steps: list, shapes: dict,
-                seen: dict[str, int] | None = None) -> tuple[list[TStmt], list[tuple[str, tuple]]]:
-    """Statements that read packed copies; the copies are computed right before first use.
-
-    Invariant: computes the same values (a packed copy is a permutation of its tensor).
-    `seen` counts the statements that wrote each tensor in earlier groups, so a pack for the
-    nth writer of a tensor finds it; it is updated.
+    `steps` are the user's, in order (a network's `schedule { }` block, then `--schedule`
+    flags; a later step for a tensor wins). With `defaults` the target's default schedule
+    and algorithms fill in every statement the user's steps leave, and the tensor-expression
+    fusions run; without (`--no-schedule`) statements keep plain loop nests, unfused.
     """
-    seen = {} if seen is None else seen
-    packs: dict[tuple[str, int], dict[str, Pack]] = {}
-    for s in steps:
-        if isinstance(s, Pack):
-            packs.setdefault(s.key, {})[s.tensor] = s
-    if not packs:
-        return stmts, []
-    out: list[TStmt] = []
-    temps: list[tuple[str, tuple]] = []
-    done: set[str] = set()
-    for st in stmts:
-        nth = seen.get(st.tensor, 0)
-        seen[st.tensor] = nth + 1
-        mine = packs.get((st.tensor, nth), {})
-        if not mine:
-            out.append(st)
-            continue
-        for t, p in mine.items():
-            if p.packed not in done:
-                shape = shapes[t]
-                new_shape = tuple(shape[k] for k in p.perm)
-                axes = tuple((f"p{k}", x) for k, x in enumerate(new_shape))
-                inv = [0] * len(p.perm)
-                for k, old in enumerate(p.perm):
-                    inv[old] = k
-                src = Load(t, tuple(Var(f"p{inv[d]}") for d in range(len(shape))))
-                out.append(TStmt(p.packed, axes, src, st.loc))
-                temps.append((p.packed, new_shape))
-                done.add(p.packed)
 
-        def repl(x, mine=mine):
-            if isinstance(x, Load) and x.tensor in mine:
-                p = mine[x.tensor]
-                return Load(p.packed, tuple(x.index[k] for k in p.perm), x.loc)
-            return None
+    steps: tuple = ()
+    defaults: bool = True
 
-        out.append(TStmt(st.tensor, st.axes, substitute(st.value, repl), st.loc, st.index, st.accumulate))
-    return out, temps
+    @staticmethod
+    def parse(texts, defaults: bool = True) -> "Schedule":
+        return Schedule(tuple(parse_step(t) for t in texts), defaults)
+
+    def then(self, steps) -> "Schedule":
+        """This schedule with more steps after its own."""
+        return Schedule(self.steps + tuple(steps), self.defaults)
+
+    def forward(self) -> "Schedule":
+        """The steps a program without a backward pass can use (steps for gradients belong to
+        the training program: one --schedule list serves both)."""
+        return Schedule(tuple(s for s in self.steps if ".grad" not in s.tensor), self.defaults)
+
+    def key(self) -> list:
+        """What a cache key needs of it."""
+        return [self.defaults] + [str(s) for s in self.steps]
+
+    def __str__(self) -> str:
+        return "\n".join(map(str, self.steps)) or ("(defaults)" if self.defaults else "(none)")
+
+
+def as_schedule(schedule, steps=()) -> Schedule:
+    """A Schedule from what the API accepts: a Schedule, True (the defaults), False (plain
+    loop nests), or a list of steps or their printed forms over the defaults; then `steps`."""
+    if isinstance(schedule, Schedule):
+        base = schedule
+    elif schedule is True or schedule is False:
+        base = Schedule((), schedule)
+    else:
+        base = Schedule(tuple(parse_step(s) if isinstance(s, str) else s for s in schedule))
+    return base.then(parse_step(s) if isinstance(s, str) else s for s in steps)

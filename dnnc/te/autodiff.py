@@ -32,6 +32,7 @@ from .expr import (Binary, Const, Expr, Load, Reduce, Select, Unary, Var, free_v
                    subst_vars)
 from .bounds import read_guards
 from .stmt import TStmt
+from .expr import is_int, substitute
 
 ZERO = Const(0.0)
 ONE = Const(1.0)
@@ -322,7 +323,6 @@ def _subst(e: Expr, solution: dict[str, Expr]) -> Expr:
 
 def _canon(e: Expr) -> Expr:
     """Canonical index expressions in every load and comparison of e."""
-    from .expr import substitute, is_int
 
     def fix(x):
         if isinstance(x, Load):

@@ -15,6 +15,7 @@ import numpy as np
 
 from .expr import Binary, Const, Expr, Load, Unary, Var
 from .stmt import TStmt
+from . import affine
 
 HYPER = "opt.hyper"
 HYPER_SIZE = 4
@@ -87,7 +88,6 @@ class Optimizer:
 
 def flat_index(a: Expr, shape: tuple[int, ...]) -> tuple[Expr, ...]:
     """The row-major index of element number a of a tensor of this shape."""
-    from . import affine
 
     out = []
     inner = math.prod(shape)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from .expr import Load, Reduce, Unary, Var, substitute
-from ..schedule.steps import L2_BYTES
 from .stmt import TStmt
 
 
@@ -37,15 +36,16 @@ def ell(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 SPARSE_BELOW_LARGE, SPARSE_BELOW_SMALL = 0.10, 0.03
 
 
-def choose(params: dict[str, np.ndarray], candidates) -> dict[str, int]:
-    """The dense-layer weights worth reading in ELL form, with their rows' longest length."""
+def choose(params: dict[str, np.ndarray], candidates, cache_bytes: int) -> dict[str, int]:
+    """The dense-layer weights worth reading in ELL form, with their rows' longest length;
+    `cache_bytes` is the target's cache per core (a weight larger than it streams from memory)."""
     out = {}
     for w in candidates:
         a = params[w]
         if a.ndim != 2:
             continue
         density = np.count_nonzero(a) / a.size
-        if density <= (SPARSE_BELOW_LARGE if a.nbytes > L2_BYTES else SPARSE_BELOW_SMALL):
+        if density <= (SPARSE_BELOW_LARGE if a.nbytes > cache_bytes else SPARSE_BELOW_SMALL):
             out[w] = rows_needed(a)
     return out
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..api import Network, checks_wanted
-from ..codegen.llvm import emit, symbol
 from ..base.errors import DnncError
 from ..base.fileio import atomic_write
-from ..driver.programs import lower_graph
-from ..ir.passes import run as run_passes
-from ..runtime import jit
+from ..codegen.llvm import symbol
+from ..driver.compile import run
+from ..driver.programs import job_for
 from ..ir.memory import plan
 
 
@@ -39,15 +38,16 @@ def header_text(net: Network, prog, batch: int, workspace: int) -> str:
     return "\n".join(lines)
 
 
-def compile_object(net: Network, output: str, batch: int = 1, schedule: bool = True,
-                   overrides: tuple = (), checks: bool | None = None) -> tuple[str, str]:
+def compile_object(net: Network, output: str, batch: int = 1, schedule=True, checks: bool | None = None,
+                   target: str = "cpu") -> tuple[str, str]:
+    """The forward program through the driver's stages, then the target's compiler."""
     out = Path(output)
     if out.suffix != ".o":
         raise DnncError("the object file name must end in .o", path=output)
-    prog = run_passes(lower_graph(net.at_batch(batch), schedule=schedule, overrides=overrides))[-1][1]
-    offsets, ws = plan(prog)
-    obj = jit.object_code(emit(prog, offsets, checks=checks_wanted(checks)))
+    job = job_for(net.at_batch(batch), "forward", schedule=schedule, target=target, checks=checks_wanted(checks))
+    u = run(job)
+    obj = job.target.compile(u.llvm_ir)
     header = out.with_suffix(".h")
     atomic_write(out, obj)
-    atomic_write(header, header_text(net, prog, batch, ws).encode())
+    atomic_write(header, header_text(net, u.program, batch, u.workspace).encode())
     return str(out), str(header)

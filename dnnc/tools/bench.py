@@ -6,7 +6,6 @@ arithmetic of the kernel's tensor expressions (te.count_flops).
 """
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..api import Model, Network
-from ..codegen.llvm import kernel_args, kernel_symbol
+from ..front.settings import settings_from
 from ..te.optim import HYPER
 from ..te.stmt import count_flops
 from ..base.units import human_seconds
@@ -47,30 +46,12 @@ def _median(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def _flops_by_kernel(model: Model, training: bool, optimizer) -> dict[str, int]:
-    from ..driver.programs import needed_layers, training_groups
-
-    if training:
-        _, groups = training_groups(model.network.at_batch(model.batch, training=True), optimizer)
-        return {name: sum(count_flops(s) for s in stmts) for name, stmts in groups}
-    flops = {layer.name: layer.inst.flops for layer in needed_layers(model.graph, model.graph.outputs, False)}
-    out = dict(flops)
-    for k in model.executable("forward").program.kernels:  # fused kernels: c1.conv+relu
-        if "+" in k.name:
-            base, *rest = k.name.split("+")
-            prefix = base.rsplit(".", 1)[0]
-            out[k.name] = flops.get(base, 0) + sum(flops.get(f"{prefix}.{r}", 0) for r in rest)
-    return out
-
-
 def bench(net: Network, batch: int = 64, training: bool = False, threads: int | None = None,
           repeat: int = 20, per_layer: bool = True, **compile_options) -> Report:
     t0 = time.perf_counter()
     model = net.compile(batch=batch, threads=threads, **compile_options)
     optimizer = None
     if training:
-        from ..front.settings import settings_from
-
         optimizer = settings_from(net).optimizer
         ex = model.executable("train", optimizer)
         model.buffers[HYPER][...] = optimizer.hyper(1, 0.0)  # lr 0: timing must not train
@@ -87,25 +68,12 @@ def bench(net: Network, batch: int = 64, training: bool = False, threads: int | 
             model.buffers[n][...] = rng.integers(0, k, shape) if k else rng.normal(size=shape)
     step = _median(ex.run, repeat)
     kernels: list[KernelTime] = []
-    if per_layer:
-        prog = ex.program
-        from ..ir.memory import plan
-
-        offsets, _ = plan(prog)
-        if getattr(ex, "offsets", None) is not None and ex.offsets != offsets:
-            raise AssertionError("memory plan changed")
-        flops = _flops_by_kernel(model, training, optimizer)
-        item = ex.workspace.itemsize
-        for k in prog.kernels:
-            names = kernel_args(prog, k)
-            addr = ex.compiled.engine.get_function_address(kernel_symbol(prog.name, k.name))
-            if not addr:
-                continue
-            ptrs = [ex.arrays[n].ctypes.data if n in ex.arrays else ex.workspace.ctypes.data + offsets[n] * item
-                    for n in names]
-            fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(ptrs)))(addr)
-            kernels.append(KernelTime(k.name, _median(lambda fn=fn, ptrs=ptrs: fn(*ptrs), repeat),
-                                      flops.get(k.name, 0)))
+    if per_layer:  # each kernel alone, with the FLOPs of the statements it computes
+        u = ex.unit
+        for k, (name, stmts) in zip(u.program.kernels, u.groups, strict=True):
+            call = model.target.kernel(ex.exe, u.program, k, u.offsets)
+            if call is not None:
+                kernels.append(KernelTime(k.name, _median(call, repeat), sum(count_flops(s) for s in stmts)))
     return Report(step, kernels, batch, compile_s, training, model.threads)
 
 

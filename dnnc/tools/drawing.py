@@ -7,14 +7,13 @@ conv's epilogue) share a shaded band labelled with the kernel's name.
 from __future__ import annotations
 
 from html import escape
+from ..driver.programs import lower_graph
 
 BOX_W, BOX_H, GAP, MARGIN = 300, 44, 22, 30
 COLORS = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3", "#e0e7ff", "#ccfbf1"]
 
 
 def svg(net) -> str:
-    from ..driver.programs import lower_graph
-
     g = net.graph
     kernels = [k.name for k in lower_graph(g).kernels]
     kernel_of = {}

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from ..base.units import human_bytes
 from ..te.expr import Reduce
 from ..front.graph import DTYPE_BYTES, Graph, Layer
+from ..driver.programs import lower_graph, training_program
+from ..ir.memory import lifetimes, plan
+from ..training.train import settings_from
 
 
 @dataclass
@@ -114,10 +117,6 @@ def planned(net, batch: int, training: bool) -> str:
     the planner lays out in one workspace, shared by liveness, so their total is the
     workspace's size, not the sum of the layers' own.
     """
-    from ..driver.programs import lower_graph
-    from ..ir.memory import lifetimes, plan
-    from ..driver.programs import training_program
-    from ..training.train import settings_from
 
     g = net.at_batch(batch, training=training)
     prog = training_program(g, settings_from(net).optimizer) if training else lower_graph(g)

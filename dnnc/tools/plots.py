@@ -7,6 +7,8 @@ import io
 import numpy as np
 
 from ..base.errors import DnncError
+from ..base.fileio import atomic_write
+from ..io.images import write_png
 
 
 def curves(history: list[dict], path, title: str) -> None:
@@ -18,7 +20,6 @@ def curves(history: list[dict], path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise DnncError("--plot needs matplotlib: pip install 'dnnc[plot]'") from None
-    from ..base.fileio import atomic_write
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -49,7 +50,6 @@ def filter_grid(w: np.ndarray, path, scale: int = 8, gap: int = 2) -> tuple[int,
     """A conv weight [filters, channels, k, k] as a grid of tiles, one per filter: colour when
     it has 3 input channels, else one tile per (filter, channel) pair in gray. Each tile is
     scaled to its own range (like the lecture's first-layer filter pictures)."""
-    from ..io.images import write_png
 
     if w.ndim != 4:
         raise DnncError(f"a filter grid needs a conv weight [filters, channels, k, k]; this one is {list(w.shape)}")

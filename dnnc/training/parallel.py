@@ -48,7 +48,7 @@ class Single:
 
 
 def _replica(master: Model, batch: int, share: dict, seed: int) -> Model:
-    return Model(master.network, batch, seed, master.dtype, master.schedule, master.overrides, 1, share=share,
+    return Model(master.network, batch, seed, master.dtype, master.schedule, 1, share=share, target=master.target,
                  checks=master.checks)
 
 

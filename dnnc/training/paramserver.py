@@ -21,10 +21,14 @@ import time
 import numpy as np
 
 from ..api import Model, init_values
+from ..driver.compile import Built, from_statements
+from ..ir import Buffer
+from ..target.cpu import CPU
 from .distributed import flat_views
 from ..base.errors import DnncError
 from ..te.optim import HYPER, HYPER_SIZE, lr_at
 from ..base.units import human_seconds
+from . import distributed
 
 PULL, PARAMS, PUSH, DONE, FINAL, BYE = 11, 12, 13, 14, 15, 16
 FAILURE_SECONDS = float(os.environ.get("DNNC_PS_FAILURE_SECONDS", "10"))
@@ -48,18 +52,14 @@ class ShardUpdate:
     """The optimizer's compiled update over one flat shard: `shard -= step(shard.grad)`."""
 
     def __init__(self, theta: np.ndarray, optimizer):
-        from ..ir import Buffer
-        from ..lower.groups import lower_groups
-        from ..runtime.executable import Executable
-
         n = theta.size
         buffers = [Buffer(HYPER, (HYPER_SIZE,), "hyper"), Buffer("shard", (n,), "param"),
                    Buffer("shard.grad", (n,), "grad")]
         buffers += [Buffer(s, (n,), "state") for s in optimizer.state("shard")]
-        prog = lower_groups("shard_update", buffers, [("shard.update", optimizer.stmts("shard", (n,)))])
+        job = from_statements("shard_update", buffers, [("shard.update", optimizer.stmts("shard", (n,)))], CPU)
         self.grad = np.zeros(n, np.float32)
         self.arrays = {"shard": theta, "shard.grad": self.grad}
-        self.ex = Executable(prog, self.arrays, "f32", None, 1)
+        self.ex = Built(job, self.arrays)
 
     def apply(self, grad: np.ndarray, hyper: np.ndarray) -> None:
         self.grad[...] = grad
@@ -125,8 +125,6 @@ def _worker(net, s, names, sizes, ranges, steps, x, y, comm, servers, seed, thre
     lost = np.zeros(1, np.int64)
     comm.Recv(lost, source=0, tag=BYE)  # how many workers died: then MPI cannot be finalized
     if lost[0]:
-        from . import distributed
-
         distributed.SKIP_FINALIZE = True
 
 
@@ -217,8 +215,6 @@ def _server(net, s, g, names, sizes, ranges, steps, comm, staleness, seed, log, 
                 answer(w)
     lost = size - servers - len(finished)
     if lost:
-        from . import distributed
-
         distributed.SKIP_FINALIZE = True
     if rank == 0:  # tell the workers that finished whether any died (so they skip MPI_Finalize)
         for w in sorted(finished):

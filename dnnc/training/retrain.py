@@ -17,6 +17,7 @@ from ..io import data as datamod
 from ..api import Network
 from ..base.errors import DnncError
 from ..te.optim import HYPER, Optimizer
+from .train import Evaluator, data_path, settings_from
 
 
 def defaults(net: Network) -> dict[str, dict]:
@@ -38,11 +39,9 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
         stages: int = 3, seed: int = 0, log=print, lr_scale: float = 1.0):
     """Prune, retrain, quantize and fine-tune; returns (weights, masks, labels, codebooks,
     accuracy before, accuracy after, the data's normalization)."""
-    from .train import Evaluator, settings_from
 
     s = settings_from(net)
     g = net.graph
-    from .train import data_path
 
     ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     mean, std = datamod.normalization(ds.x_train)

@@ -22,11 +22,14 @@ from ..api import Model, Network
 from ..io.checkpoint import (META, STATE, check_overwrite, compile_for, read_checkpoint,  # noqa: F401 (also read
                          restore, save_checkpoint)  # as train.META, train.read_checkpoint, ...)
 from ..base.errors import DnncError
+from ..schedule.steps import as_schedule
 from ..te.optim import Optimizer, lr_at
 from .parallel import Hogwild, Replicas, Single
 from ..front.settings import (LR_DECAYS, Settings, data_path, optimizer_spec,  # noqa: F401 (also read as
                        settings_from)  # train.settings_from, ...)
 from ..base.units import human_seconds
+from . import distributed, paramserver
+from .distributed import Distributed
 
 # ----------------------------------------------------------------------------- a run's progress
 
@@ -64,7 +67,7 @@ class Evaluator:
             return self.model
         if n not in self._tail:
             self._tail[n] = self.model.network.compile(batch=n, dtype=self.model.dtype, schedule=self.model.schedule,
-                                                       overrides=self.model.overrides, threads=self.model.threads)
+                                                       threads=self.model.threads, target=self.model.target)
         m = self._tail[n]
         m.params.update_from(self.model.params)
         m.states.update_from(self.model.states)
@@ -174,8 +177,8 @@ def _count(n: int, word: str) -> str:
 
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
           lr: float | None = None, optimizer: str | None = None, seed: int = 0, out: str | None = None,
-          resume: str | None = None, log=print, progress: bool | None = None, schedule: bool = True,
-          overrides: tuple = (), threads: int | None = None, mode: str = "single", servers: int = 1,
+          resume: str | None = None, log=print, progress: bool | None = None, schedule=True,
+          target: str = "cpu", threads: int | None = None, mode: str = "single", servers: int = 1,
           staleness: int = 4, on_nan: str = "stop") -> Result:
     """Train `net` on a data set (default: the embedded digits) and evaluate it every epoch.
 
@@ -203,11 +206,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         raise DnncError(f"unknown training mode '{mode}' (modes: {', '.join(MODES)})")
     comm = None
     if mode in ("distributed", "ps"):
-        from . import distributed
-
         comm = distributed.world()
         distributed.check_same_run(comm, net.source or "", repr((data, epochs, batch, lr, optimizer, seed, resume,
-                                                                  schedule, [str(o) for o in overrides],
+                                                                  as_schedule(schedule).key(), target,
                                                                   mode, servers, staleness)))
         if comm.Get_rank() != 0:  # rank 0 speaks and writes for the run
             log, progress = (lambda *a, **k: None), False
@@ -227,13 +228,11 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         return _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start)
     dist = None
     if comm is not None:
-        from .distributed import Distributed
-
-        dist = Distributed(net, s.batch, s.optimizer, comm, seed, schedule=schedule, overrides=overrides,
+        dist = Distributed(net, s.batch, s.optimizer, comm, seed, schedule=schedule, target=target,
                            threads=threads or 1)
         model = dist.master
     else:
-        model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
+        model = net.compile(batch=s.batch, seed=seed, schedule=schedule, threads=threads, target=target)
     if resume:
         params, state, meta = read_checkpoint(resume, net)
         if meta is None:
@@ -252,7 +251,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         except (KeyError, TypeError, ValueError):
             raise DnncError("corrupt checkpoint metadata (cannot resume from it)", path=resume) from None
         if model.batch != s.batch and dist is None:
-            model = net.compile(batch=s.batch, seed=seed, schedule=schedule, overrides=overrides, threads=threads)
+            model = net.compile(batch=s.batch, seed=seed, schedule=schedule, threads=threads, target=target)
             restore(model, params)
         model.executable("update" if mode in ("data", "distributed") else "train", s.optimizer)
         for k, v in state.items():
@@ -393,8 +392,6 @@ MODES = ("single", "data", "async", "distributed", "ps")
 
 
 def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start) -> Result:
-    from . import paramserver
-
     if resume:
         raise DnncError("--resume is not available with --distributed=ps (the servers hold the optimizer state)")
     g = net.graph
@@ -492,13 +489,13 @@ def _check_finite(loss: float, epoch: int, step: int) -> None:
         raise DnncError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; try a lower learning rate (--lr)")
 
 
-def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 256, schedule: bool = True,
-             overrides: tuple = (), threads: int | None = None) -> Evaluation:
+def evaluate(net: Network, weights: str, data: str | None = None, batch: int = 256, schedule=True,
+             threads: int | None = None, target: str = "cpu") -> Evaluation:
     g = net.graph
     if g.loss is None or len(g.labels) != 1:
         raise DnncError(f"network '{g.name}' needs a label and a loss to be evaluated")
     ds = datamod.fit(datamod.load(data_path(net, data)), net.inputs[g.inputs[0]], g.classes[g.labels[0]])
     model = compile_for(net, weights, batch=min(batch, max(len(ds.x_test), 1)), schedule=schedule,
-                        overrides=overrides, threads=threads)
+                        threads=threads, target=target)
     mean, std = model.normalization or (0.0, 1.0)  # the Evaluator feeds the buffers as they are
     return Evaluator(model).run((ds.x_test - mean) / std, ds.y_test, g.classes[g.labels[0]])

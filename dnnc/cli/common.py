@@ -1,0 +1,32 @@
+"""What the dnnc command's subcommands share: loading a network and the compile flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..api import load
+from ..base.errors import DnncError, UsageError
+from ..base.fileio import no_such_file
+from ..schedule.steps import Schedule, parse_step
+
+
+def load_network(path: str):
+    if not Path(path).exists():
+        raise no_such_file(path)
+    return load(Path(path))
+
+
+def schedule_of(args) -> Schedule:
+    """The schedule the flags ask for: --schedule steps over the defaults, or --no-schedule."""
+    try:
+        steps = tuple(parse_step(s) for s in args.schedule)
+    except DnncError as e:
+        raise UsageError(f"--schedule: {e.message}") from None
+    return Schedule(steps, not args.no_schedule)
+
+
+def compile_options(args) -> dict:
+    """Keyword arguments for Network.compile and the commands built on it."""
+    out = {"schedule": schedule_of(args), "target": args.target}
+    if getattr(args, "threads", None):
+        out["threads"] = args.threads
+    return out

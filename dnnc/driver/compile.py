@@ -1,0 +1,137 @@
+"""The driver: a Job through the stage list, then the target's compiler and loader.
+
+`lower` gives every stage's output (what `dnnc ir` prints); `build` gives a loaded program,
+from the disk cache when it holds the job's key (the program is then lowered again only if
+someone asks to see it).
+"""
+from __future__ import annotations
+
+import time
+
+from ..ir import Buffer, Program
+from ..runtime import cache
+from ..target.base import Target
+from . import stages as pipeline
+from .stages import Stage
+from .unit import Job, Unit
+
+
+def lower(job: Job, upto: str | None = None, stages: list[Stage] | None = None) -> list[tuple[str, Unit]]:
+    """The unit after each stage that belongs to the job's kind of program, up to `upto`."""
+    u, out = (Unit(job) if job.given is None else job.given.but(job=job)), []
+    started = job.start is None
+    for stage in stages if stages is not None else pipeline.STAGES:
+        started = started or stage.name == job.start
+        if not started or job.kind not in stage.kinds:
+            continue
+        u = stage.run(u)
+        out.append((stage.name, u))
+        if stage.name == upto:
+            break
+    return out
+
+
+def run(job: Job) -> Unit:
+    """The job through every stage: its program planned and its LLVM IR emitted."""
+    return lower(job)[-1][1]
+
+
+def from_statements(name: str, buffers: list[Buffer], groups, target: Target, dtype: str = "f32") -> Job:
+    """A job for statements given directly, not a graph's (a parameter server's shard update):
+    it starts at the `schedule` stage."""
+    return Job(None, target, "statements", dtype=dtype, name=name, start="schedule",
+               given=Unit(None, groups=list(groups), buffers=tuple(buffers), shapes={b.name: b.shape for b in buffers}))
+
+
+def from_program(program: Program, target: Target, dtype: str = "f32", checks: bool = False) -> Job:
+    """A job for a program already lowered to loop nests (or built by hand): it starts at
+    the loop-IR stages after `loops`."""
+    after = pipeline.loop_passes()[0].name
+    return Job(None, target, "statements", dtype=dtype, checks=checks, name=program.name, start=after,
+               given=Unit(None, program=pipeline.verify(program)))
+
+
+def loop_stages(program: Program, upto: str | None = None) -> list[tuple[str, Program]]:
+    """A loop-nest program (lowered, or built by hand) after `loops` and after each loop-IR
+    stage that follows it, verified at every one."""
+    u = Unit(Job(None, None, "statements"), program=pipeline.verify(program))
+    out = [("loops", u.program)]
+    for stage in pipeline.loop_passes():
+        u = stage.run(u)
+        out.append((stage.name, u.program))
+        if stage.name == upto:
+            break
+    return out
+
+
+class Built:
+    """A compiled program loaded for a target: `run()` runs it on the shared arrays."""
+
+    def __init__(self, job: Job, arrays: dict, threads: int = 1, key: str | None = None):
+        t0 = time.perf_counter()
+        self.job = job
+        self._unit: Unit | None = None
+        target = job.target
+        hit = cache.load(key) if key else None
+        if hit is not None:
+            meta, obj = hit
+            self.exe = target.load(obj, None, meta["entry"], meta["args"], meta["workspace"], arrays,
+                                   job.dtype, threads)
+            self.seconds = {"front": 0.0, "llvm": time.perf_counter() - t0, "cached": True}
+        else:
+            u = self._unit = run(job)
+            t1 = time.perf_counter()
+            args = [(b.name, b.shape, b.kind) for b in u.program.args]
+            self.exe = target.load(None, u.llvm_ir, target.entry(u.program.name), args, u.workspace, arrays,
+                                   job.dtype, threads)
+            self.seconds = {"front": t1 - t0, "llvm": time.perf_counter() - t1, "cached": False}
+            if key and self.exe.obj:
+                cache.store(key, {"entry": self.exe.entry, "workspace": u.workspace,
+                                  "args": [[n, list(s), k] for n, s, k in args]}, self.exe.obj)
+
+    @property
+    def unit(self) -> Unit:
+        if self._unit is None:
+            self._unit = run(self.job)
+        return self._unit
+
+    @property
+    def stages(self):
+        """The loop-nest program after each loop-IR stage."""
+        return [(name, u.program) for name, u in lower(self.job) if u.program is not None and name != "plan"
+                and name != "llvm"]
+
+    @property
+    def program(self):
+        return self.unit.program
+
+    @property
+    def llvm_ir(self) -> str:
+        return self.unit.llvm_ir
+
+    # the loaded program
+    @property
+    def arrays(self):
+        return self.exe.arrays
+
+    @property
+    def args(self):
+        return self.exe.args
+
+    @property
+    def entry(self) -> str:
+        return self.exe.entry
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self.exe.workspace_bytes
+
+    @property
+    def threads(self) -> int:
+        return self.exe.threads
+
+    def set_threads(self, n: int) -> None:
+        self.exe.set_threads(n)
+
+    def run(self) -> None:
+        self.exe.run()

@@ -1,0 +1,54 @@
+"""Pack steps applied to tensor expressions: a read across lanes becomes a read of a permuted copy."""
+from __future__ import annotations
+
+from ..te.expr import Load, Var, substitute
+from ..te.stmt import TStmt
+from .steps import Pack
+
+
+def apply_packs(stmts: list[TStmt], steps: list, shapes: dict,
+                seen: dict[str, int] | None = None) -> tuple[list[TStmt], list[tuple[str, tuple]]]:
+    """Statements that read packed copies; the copies are computed right before first use.
+
+    Invariant: computes the same values (a packed copy is a permutation of its tensor).
+    `seen` counts the statements that wrote each tensor in earlier groups, so a pack for the
+    nth writer of a tensor finds it; it is updated.
+    """
+    seen = {} if seen is None else seen
+    packs: dict[tuple[str, int], dict[str, Pack]] = {}
+    for s in steps:
+        if isinstance(s, Pack):
+            packs.setdefault(s.key, {})[s.tensor] = s
+    if not packs:
+        return stmts, []
+    out: list[TStmt] = []
+    temps: list[tuple[str, tuple]] = []
+    done: set[str] = set()
+    for st in stmts:
+        nth = seen.get(st.tensor, 0)
+        seen[st.tensor] = nth + 1
+        mine = packs.get((st.tensor, nth), {})
+        if not mine:
+            out.append(st)
+            continue
+        for t, p in mine.items():
+            if p.packed not in done:
+                shape = shapes[t]
+                new_shape = tuple(shape[k] for k in p.perm)
+                axes = tuple((f"p{k}", x) for k, x in enumerate(new_shape))
+                inv = [0] * len(p.perm)
+                for k, old in enumerate(p.perm):
+                    inv[old] = k
+                src = Load(t, tuple(Var(f"p{inv[d]}") for d in range(len(shape))))
+                out.append(TStmt(p.packed, axes, src, st.loc))
+                temps.append((p.packed, new_shape))
+                done.add(p.packed)
+
+        def repl(x, mine=mine):
+            if isinstance(x, Load) and x.tensor in mine:
+                p = mine[x.tensor]
+                return Load(p.packed, tuple(x.index[k] for k in p.perm), x.loc)
+            return None
+
+        out.append(TStmt(st.tensor, st.axes, substitute(st.value, repl), st.loc, st.index, st.accumulate))
+    return out, temps
