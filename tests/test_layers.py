@@ -26,8 +26,6 @@ LAYERS = ("base", "te", "ir", "front", "schedule", "lower", "codegen", "runtime"
           "compression", "io", "api", "training", "tools", "cli")
 MAX_LINES = 500
 
-PENDING = pytest.mark.xfail(strict=False, reason="the driver issue is removing these")
-
 
 @dataclass(frozen=True)
 class Import:
@@ -260,25 +258,21 @@ def test_the_graph_sees_imports(graph):
     assert ("dnnc.te.stmt", "dnnc.te.affine") in edges
 
 
-@PENDING
 def test_no_import_cycle(graph):
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
-@PENDING
 def test_no_import_from_a_lower_layer_to_a_higher_one(graph):
     found = upward(graph)
     assert not found, f"imports against the layers ({' < '.join(LAYERS)}):\n" + "\n".join(found)
 
 
-@PENDING
 def test_no_module_over_the_line_limit():
     found = long_modules(ROOT, PACKAGE)
     assert not found, f"modules over {MAX_LINES} lines:\n" + "\n".join(found)
 
 
-@PENDING
 def test_no_function_local_import_of_a_dnnc_module(graph):
     found = local_imports(graph)
     assert not found, "function-local imports of dnnc modules:\n" + "\n".join(found)

@@ -17,10 +17,10 @@ import numpy as np
 from .parser import make_parser
 from ..base.errors import DnncError, UsageError, did_you_mean
 from ..base.fileio import no_such_file
+from ..api import load
 from ..base.units import human_seconds
 from .common import compile_options, load_network
 from .ir import cmd_ir
-from .. import load
 from ..base.fileio import atomic_write, load_npy, load_npz, save_npy, save_npz, writable_place
 from ..compression import compress
 from ..compression.compress import read
@@ -108,9 +108,7 @@ def cmd_info(args) -> int:
 
 def compression_table(header: dict) -> str:
     """Deep Compression's per-layer table (Han et al., Tables 2-3) for a .dnnz header."""
-    from ..compression.compress import table
-
-    rows = table(header)
+    rows = compress.table(header)
     head = ["layer", "#weights", "weights% (P)", "weight bits (P+Q)", "weight bits (P+Q+H)", "index bits (P+Q)",
             "index bits (P+Q+H)", "compress rate (P+Q)", "compress rate (P+Q+H)"]
     lines = [[r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%", f"{r['weight_bits_pq']:.1f}",

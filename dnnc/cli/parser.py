@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .. import __version__
+from ..base.version import __version__
 from ..base.errors import UsageError, did_you_mean
 from ..target import names as target_names
 

@@ -8,8 +8,9 @@ loaded is used `factor` or `width` times. A `Pack` step copies a tensor with its
 permuted, so that a read which would stride across lanes becomes stride-1.
 
 The target's default schedule (schedule/default.py) fills in the statements the user's steps
-leave; `Schedule` holds the user's steps and is merged with the defaults in one place. Steps can be replayed from their text (`parse_step`), given in a `schedule { }` block, and
-printed with `dnnc ir NET --stage schedule`.
+leave; `Schedule` holds the user's steps, merged with the defaults in one place (the driver's
+`schedule` stage). Steps can be replayed from their text (`parse_step`), given in a
+`schedule { }` block, and printed with `dnnc ir NET --stage schedule`.
 """
 from __future__ import annotations
 

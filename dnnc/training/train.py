@@ -29,7 +29,6 @@ from ..front.settings import (LR_DECAYS, Settings, data_path, optimizer_spec,  #
                        settings_from)  # train.settings_from, ...)
 from ..base.units import human_seconds
 from . import distributed, paramserver
-from .distributed import Distributed
 
 # ----------------------------------------------------------------------------- a run's progress
 
@@ -228,7 +227,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         return _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start)
     dist = None
     if comm is not None:
-        dist = Distributed(net, s.batch, s.optimizer, comm, seed, schedule=schedule, target=target,
+        dist = distributed.Distributed(net, s.batch, s.optimizer, comm, seed, schedule=schedule, target=target,
                            threads=threads or 1)
         model = dist.master
     else:
