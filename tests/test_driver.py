@@ -15,7 +15,7 @@ from dnnc.driver import stages as pipeline
 from dnnc.driver.compile import lower, run
 from dnnc.driver.unit import Job
 from dnnc.schedule.machine import Machine
-from dnnc.schedule.steps import Schedule, Tile
+from dnnc.schedule.steps import Schedule, Tile, parse_step
 from dnnc.target import CPU, get
 from dnnc.target.cpu import CpuTarget
 from dnnc.te.optim import Optimizer
@@ -117,3 +117,13 @@ def test_no_schedule_is_one_schedule_object():
 def test_a_step_for_a_tensor_no_statement_writes_is_refused():
     with pytest.raises(DnncError, match="no statement writes c9"):
         run(job(schedule=Schedule((Tile("c9", "j", 8),))))
+
+
+def test_the_printed_schedule_shows_each_tile_as_primitives_and_replays():
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "ir", str(LENET), "--stage", "schedule", "--batch", "4"],
+                       capture_output=True, text=True, cwd=ROOT)
+    tiles = [line for line in r.stdout.splitlines() if line.startswith("tile(")]
+    assert tiles and all("  # = split(" in line and "vectorize(" in line for line in tiles)
+    steps = tuple(parse_step(line) for line in tiles)
+    replayed = run(job(batch=4, schedule=Schedule(steps)))
+    assert [s for s in replayed.schedule if isinstance(s, Tile)] == list(steps)

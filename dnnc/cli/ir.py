@@ -12,6 +12,8 @@ from ..driver.unit import Job
 from ..front.parse import parser, terminate_statements
 from ..front.settings import settings_from
 from ..ir import show_program
+from ..schedule.primitives import show_composition
+from ..schedule.steps import Tile
 from ..target import get as get_target
 from .common import load_network, schedule_of
 
@@ -75,8 +77,9 @@ def cmd_ir(args) -> int:
                 for s in stmts:
                     print(s.show())
         return 0
-    if level == "schedule":
-        print("\n".join(str(s) for s in u.schedule) or "(no schedule: plain loop nests)")
+    if level == "schedule":  # each Tile with the primitives it is made of, as a comment
+        lines = [f"{s}  # = {show_composition(s)}" if isinstance(s, Tile) else str(s) for s in u.schedule]
+        print("\n".join(lines) or "(no schedule: plain loop nests)")
         return 0
     if level == "loops":
         p = u.program.replace_kernels(k for k in u.program.kernels if wanted(k.name))

@@ -106,8 +106,10 @@ _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<
 
 
 def parse_step(text: str, loc: Loc | None = None):
-    """A Tile from its printed form: tile(c1.conv, vector=j:16, unroll=f:4)."""
-    text = text.strip()
+    """A step from its printed form: tile(c1.conv, vector=j:16, unroll=f:4), naive(T) or
+    algorithm(T, winograd); a trailing ` # comment` (how `dnnc ir` shows a Tile's primitives)
+    is ignored."""
+    text = re.sub(r"\s+#\s.*$", "", text.strip())
     n = re.match(r"naive\((?P<t>[\w.]+)\)$", text)
     if n:
         return Naive(n["t"])
