@@ -28,6 +28,7 @@ from .target.base import Target
 from .te.optim import HYPER
 from .te.sparse import ell, rows_needed
 from .te.stmt import RNG_SEED
+from .te.names import grad_name
 
 
 
@@ -382,7 +383,7 @@ class Model:
         ex.run()
         # a layer the loss does not depend on is not in the program: its gradient is zero
         # (fixed weights, given in the source, have none)
-        grads = {n: self.buffers[n + ".grad"].copy() if n + ".grad" in self.buffers
+        grads = {n: self.buffers[grad_name(n)].copy() if grad_name(n) in self.buffers
                  else np.zeros_like(self.buffers[n]) for n in self.graph.params if n not in self.graph.fixed}
         return float(self.buffers["loss"]), grads
 

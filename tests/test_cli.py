@@ -18,6 +18,7 @@ from test_errors import assert_clean_failure, dnnc_cli, dnnc_cli_many
 from test_train import LENET300, LENET300_ARG, quiet, write_npz
 
 trainmod = importlib.import_module("dnnc.training.train")
+statusmod = importlib.import_module("dnnc.training.status")
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -93,7 +94,7 @@ def test_training_log_header_and_epoch_lines(tmp_path):
 def test_status_lines_off_a_terminal(monkeypatch, capsys, tmp_path):
     from dnnc.io import data as datamod
 
-    monkeypatch.setattr(trainmod, "STATUS_SECONDS", 0.0)  # a line every step, not every 10 s
+    monkeypatch.setattr(statusmod, "STATUS_SECONDS", 0.0)  # a line every step, not every 10 s
     small = write_npz(tmp_path / "small.npz", datamod.embedded())
     trainmod.train(dnnc.load(LENET300), str(small), epochs=2, batch=32, out=str(tmp_path / "s.npz"), log=quiet)
     lines = capsys.readouterr().err.splitlines()  # pytest's stderr is no terminal: lines, not a bar
@@ -104,7 +105,7 @@ def test_status_lines_off_a_terminal(monkeypatch, capsys, tmp_path):
         assert m and (int(m.group(1)), int(m.group(2))) == (k // 10 + 1, k % 10 + 1), line
     assert lines[-1].endswith("ETA 0 s")
     # and with the default interval, a short run prints none
-    monkeypatch.setattr(trainmod, "STATUS_SECONDS", 10.0)
+    monkeypatch.setattr(statusmod, "STATUS_SECONDS", 10.0)
     trainmod.train(dnnc.load(LENET300), str(small), epochs=1, batch=32, out=str(tmp_path / "s.npz"), log=quiet)
     assert capsys.readouterr().err == ""
 

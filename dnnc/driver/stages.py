@@ -22,10 +22,11 @@ from ..ir.verify import verify
 from ..lower.groups import lower_groups
 from ..schedule.pack import apply_packs
 from ..schedule.steps import Tile, from_settings, merge
-from ..te.autodiff import backward, grad_name, normalize
+from ..te.autodiff import backward, normalize
 from ..te.conv import Algorithm, apply_algorithms
 from ..te.expr import Const, Load
 from ..te.fuse import fuse_elementwise
+from ..te.names import grad_name, grad_of, names_gradient
 from ..te.optim import HYPER, HYPER_SIZE
 from ..te.pool import fuse_pool, pool_first
 from ..te.sparse import sparsify
@@ -108,7 +109,7 @@ def tensor_expressions(u: Unit) -> Unit:
     steps = list(from_settings(g.settings)) + list(job.schedule.steps)
     groups = [(layer.name, list(layer.inst.stmts)) for layer in layers]
     if not job.training:  # steps for gradients belong to the training program
-        steps = [s for s in steps if ".grad" not in s.tensor]
+        steps = [s for s in steps if not names_gradient(s.tensor)]
         used = _reads(groups)
         buffers = tuple(Buffer(t.name, t.shape, _kind(t.name, t.kind, finals), dtype)
                         for t in g.tensors.values() if t.name in used)
@@ -196,12 +197,12 @@ def differentiate(u: Unit) -> Unit:
     adj, grads, unreached = backward(list(u.forward), shapes, trainable, "loss")
     back: dict[str, list[TStmt]] = {}
     for st, stmts in adj:  # one group per layer's backward, named after the layer
-        back.setdefault(u.owner[st.tensor] + ".grad", []).extend(stmts)
+        back.setdefault(grad_name(u.owner[st.tensor]), []).extend(stmts)
     groups = list(u.groups) + [("loss.grad.seed", [TStmt(grad_name("loss"), (), Const(1.0))])]
     groups += list(back.items())
     for gname, s in grads:
         shapes[gname] = s
-        kinds[gname] = "grad" if gname[: -len(".grad")] in params else "temp"
+        kinds[gname] = "grad" if grad_of(gname) in params else "temp"
     shapes[grad_name("loss")] = ()
     kinds.setdefault(grad_name("loss"), "temp")
     for p in unreached:

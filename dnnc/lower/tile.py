@@ -21,6 +21,7 @@ from ..te import affine
 from ..te.expr import Binary, Const, Expr, Load, Reduce, Scalar, Select, Var, free_vars, substitute, subst_vars
 from ..te.stmt import TStmt
 from .nest import INIT, _Ctx, _guard, lower_stmt, loops
+from ..te.names import argmax_name
 
 OPS = {"sum": "+", "max": "max", "min": "min"}
 
@@ -32,7 +33,7 @@ def _argmax_partner(st: TStmt, rest: list[TStmt]) -> TStmt | None:
     if not rest or not isinstance(v, Reduce) or v.op != "max" or st.accumulate or st.index is not None:
         return None
     other = rest[0]
-    same = other.tensor == f"{st.tensor}.arg" and other.axes == st.axes and other.index is None
+    same = other.tensor == argmax_name(st.tensor) and other.axes == st.axes and other.index is None
     return other if same and other.value == Reduce("argmax", v.axes, v.body, v.loc) else None
 
 

@@ -21,6 +21,7 @@ from ..base.errors import DnncError, Loc
 from ..te.conv import ALGORITHMS, Algorithm
 from ..front.parse import CallValue, NameRef
 from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
+from ..te.names import names_gradient
 
 
 
@@ -219,7 +220,7 @@ class Schedule:
     def forward(self) -> "Schedule":
         """The steps a program without a backward pass can use (steps for gradients belong to
         the training program: one --schedule list serves both)."""
-        return Schedule(tuple(s for s in self.steps if ".grad" not in s.tensor), self.defaults)
+        return Schedule(tuple(s for s in self.steps if not names_gradient(s.tensor)), self.defaults)
 
     def key(self) -> list:
         """What a cache key needs of it."""

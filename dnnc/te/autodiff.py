@@ -28,18 +28,14 @@ import math
 
 from . import affine
 from ..base.errors import CompilerBug
-from .expr import (Binary, Const, Expr, Load, Reduce, Select, Unary, Var, free_vars, rebuild,
-                   subst_vars)
 from .bounds import read_guards
+from .expr import (Binary, Const, Expr, Load, Reduce, Select, Unary, Var, free_vars, is_int, rebuild,
+                   subst_vars, substitute)
+from .names import argmax_name, grad_name
 from .stmt import TStmt
-from .expr import is_int, substitute
 
 ZERO = Const(0.0)
 ONE = Const(1.0)
-
-
-def grad_name(tensor: str) -> str:
-    return f"{tensor}.grad"
 
 
 # ----------------------------------------------------------------------------- normalize
@@ -98,7 +94,7 @@ def _normalize_stmt(st: TStmt, temps) -> list[TStmt]:
     out = pre + [body]
     if isinstance(value, Reduce) and value.op in ("max", "min"):
         arg_body = value.body if value.op == "max" else Unary("neg", value.body)
-        name = f"{st.tensor}.arg"
+        name = argmax_name(st.tensor)
         temps.append((name, tuple(x for _, x in st.axes)))
         out.append(TStmt(name, st.axes, Reduce("argmax", value.axes, arg_body, value.loc), st.loc))
     return out
@@ -195,7 +191,7 @@ class Backward:
                     flat: Expr = Const(0)
                     for n, x in e.axes:
                         flat = Binary("+", Binary("*", flat, Const(x)), Var(n))
-                    arg = Load(f"{st.tensor}.arg", tuple(Var(n) for n, _ in st.axes))
+                    arg = Load(argmax_name(st.tensor), tuple(Var(n) for n, _ in st.axes))
                     yield from visit(e.body, Select(Binary("==", affine.simplify(flat), arg), g, ZERO), inner, c2)
                 return  # argmax and count have no derivative
             if isinstance(e, Select):

@@ -16,6 +16,7 @@ import numpy as np
 from .expr import Binary, Const, Expr, Load, Unary, Var
 from .stmt import TStmt
 from . import affine
+from .names import grad_name
 
 HYPER = "opt.hyper"
 HYPER_SIZE = 4
@@ -60,7 +61,7 @@ class Optimizer:
         axes = (("a", math.prod(shape)),)
         idx = flat_index(Var("a"), shape)
         w = Load(param, idx)
-        g: Expr = Load(f"{param}.grad", idx)
+        g: Expr = Load(grad_name(param), idx)
         if param in self.masked:
             g = Binary("*", g, Load(f"{param}.mask", idx))
         if self.weight_decay:

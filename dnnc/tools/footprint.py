@@ -15,6 +15,7 @@ from ..front.graph import DTYPE_BYTES, Graph, Layer
 from ..driver.programs import lower_graph, training_program
 from ..ir.memory import lifetimes, plan
 from ..training.train import settings_from
+from ..te.names import grad_name
 
 
 @dataclass
@@ -129,7 +130,7 @@ def planned(net, batch: int, training: bool) -> str:
     for layer in g.layers:
         params = [p for p in layer.params if p in sizes]
         w = sum(sizes[p] for p in params)
-        gr = sum(sizes.get(p + ".grad", 0) for p in params)
+        gr = sum(sizes.get(grad_name(p), 0) for p in params)
         st = sum(sizes[n] for n in sizes if kinds[n] == "state" and any(n.startswith(p + ".") for p in params))
         k = kernel_of.get(layer.name)
         # what this layer's forward leaves in the workspace for later kernels (saved for the backward)

@@ -16,6 +16,7 @@ import numpy as np
 from ..api import Model
 from ..base.errors import DnncError
 from ..te.optim import HYPER, Optimizer
+from ..te.names import grad_name
 
 
 SKIP_FINALIZE = False  # set when a peer died: MPI_Finalize would wait for it forever
@@ -82,13 +83,13 @@ class Distributed:
         sizes = [int(np.prod(g.tensors[p].shape)) for p in trainable]
         # the gradients, then the loss: one buffer for one Allreduce
         self.flat = np.zeros(sum(sizes) + 1, np.float32)
-        share = {p + ".grad": v for p, v in flat_views(self.flat, g, trainable, sizes).items()}
+        share = {grad_name(p): v for p, v in flat_views(self.flat, g, trainable, sizes).items()}
         self.master = Model(net, self.shard, seed, share=share, **compile_options)
         self.master.seed = seed * self.size + self.rank  # dropout: different masks per shard
         self.grad = self.master.executable("grad")
         self.update = self.master.executable("update", optimizer)
         for p in trainable:
-            assert self.master.buffers[p + ".grad"] is share[p + ".grad"]
+            assert self.master.buffers[grad_name(p)] is share[grad_name(p)]
 
     def step(self, x: np.ndarray, y: np.ndarray, hyper: np.ndarray, step: int) -> float:
         m = self.master

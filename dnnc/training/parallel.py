@@ -24,6 +24,7 @@ import numpy as np
 from ..api import Model
 from ..base.errors import DnncError
 from ..te.optim import HYPER, Optimizer
+from ..te.names import grad_name
 
 
 class Single:
@@ -63,7 +64,7 @@ class Replicas:
             raise DnncError(f"the batch ({master.batch}) must divide evenly among {n} threads")
         self.master, self.n = master, n
         self.update = master.executable("update", optimizer)
-        self.trainable = [p for p in master.graph.params if p + ".grad" in master.buffers]
+        self.trainable = [p for p in master.graph.params if grad_name(p) in master.buffers]
         share = {p: master.buffers[p] for p in master.graph.params}
         self.models = [_replica(master, master.batch // n, share, master.seed * n + k) for k in range(n)]
         self.grads = [m.executable("grad") for m in self.models]
@@ -79,10 +80,10 @@ class Replicas:
             m.set_rng()
         list(self.pool.map(lambda ex: ex.run(), self.grads))
         for p in self.trainable:  # the mean of the replicas' gradients, summed in replica order
-            g = self.master.buffers[p + ".grad"]
-            np.copyto(g, self.models[0].buffers[p + ".grad"])
+            g = self.master.buffers[grad_name(p)]
+            np.copyto(g, self.models[0].buffers[grad_name(p)])
             for m in self.models[1:]:
-                g += m.buffers[p + ".grad"]
+                g += m.buffers[grad_name(p)]
             g /= self.n
         for s in self.master.graph.states:  # running statistics: the replicas' mean, then shared
             st = self.master.buffers[s]

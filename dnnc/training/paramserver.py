@@ -29,6 +29,7 @@ from ..base.errors import DnncError
 from ..te.optim import HYPER, HYPER_SIZE, lr_at
 from ..base.units import human_seconds
 from . import distributed
+from ..te.names import grad_name
 
 PULL, PARAMS, PUSH, DONE, FINAL, BYE = 11, 12, 13, 14, 15, 16
 FAILURE_SECONDS = float(os.environ.get("DNNC_PS_FAILURE_SECONDS", "10"))
@@ -92,7 +93,7 @@ def _worker(net, s, names, sizes, ranges, steps, x, y, comm, servers, seed, thre
     theta = np.zeros(sum(sizes), np.float32)
     grads = np.zeros(sum(sizes) + 1, np.float32)  # the gradient, then the loss
     share = flat_views(theta, g, names, sizes)
-    share.update({p + ".grad": v for p, v in flat_views(grads, g, names, sizes).items()})
+    share.update({grad_name(p): v for p, v in flat_views(grads, g, names, sizes).items()})
     model = Model(net, s.batch, seed, share=share, threads=threads)
     model.seed = seed * size + rank
     ex = model.executable("grad")

@@ -18,6 +18,7 @@ from ..api import Network
 from ..base.errors import DnncError
 from ..te.optim import HYPER, Optimizer
 from .train import Evaluator, data_path, settings_from
+from ..te.names import grad_name
 
 
 def defaults(net: Network) -> dict[str, dict]:
@@ -96,12 +97,12 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
             model.buffers[lab][...] = yt[idx]
             grad.run()
             for p in plan:  # a centroid's gradient: the sum of its members' gradients
-                cg = np.bincount(labels[p].reshape(-1), weights=model.buffers[p + ".grad"].reshape(-1),
+                cg = np.bincount(labels[p].reshape(-1), weights=model.buffers[grad_name(p)].reshape(-1),
                                  minlength=len(books[p]))
                 cg[0] = 0.0  # the zero stays zero
                 books[p] -= lr * cg
             for p in others:
-                model.buffers[p] -= lr * model.buffers[p + ".grad"]
+                model.buffers[p] -= lr * model.buffers[grad_name(p)]
             _share(model, plan, books, labels, masks)
     acc = evaluate.run(xs, ds.y_test, classes).accuracy
     log(f"centroids fine-tuned: accuracy {100 * acc:.2f}%")

@@ -17,18 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import data as datamod
 from ..api import Model, Network
-from ..io.checkpoint import (META, STATE, check_overwrite, compile_for, read_checkpoint,  # noqa: F401 (also read
-                         restore, save_checkpoint)  # as train.META, train.read_checkpoint, ...)
 from ..base.errors import DnncError
-from ..schedule.steps import as_schedule
-from ..te.optim import Optimizer, lr_at
-from .parallel import Hogwild, Replicas, Single
-from ..front.settings import (LR_DECAYS, Settings, data_path, optimizer_spec,  # noqa: F401 (also read as
-                       settings_from)  # train.settings_from, ...)
 from ..base.units import human_seconds
+from ..front.settings import LR_DECAYS, Settings, data_path, optimizer_spec, settings_from  # noqa: F401 (read here)
+from ..io import data as datamod
+from ..io.checkpoint import (META, STATE, check_overwrite, compile_for, read_checkpoint,  # noqa: F401 (also
+                             restore, save_checkpoint)  # read as train.META, train.read_checkpoint, ...)
+from ..schedule.steps import as_schedule
+from ..te.names import grad_name
+from ..te.optim import Optimizer, lr_at
 from . import distributed, paramserver
+from .parallel import Hogwild, Replicas, Single
+from .status import Status, count, status_mode
+
 
 # ----------------------------------------------------------------------------- a run's progress
 
@@ -107,71 +109,6 @@ class Result:
     checkpoint: str | None = None  # the file the run wrote
 
 
-STATUS_SECONDS = 10.0  # the longest wait between status lines when the output is not a terminal
-
-
-class _Status:
-    """How far the current epoch has got, on stderr: on a terminal one line rewritten in place;
-    elsewhere (a log file, a pipe) a line at least every STATUS_SECONDS, so that a long epoch
-    still shows it is alive. `mode` is "bar", "lines" or None (silent)."""
-
-    def __init__(self, mode: str | None, epochs: int, steps: int, batch: int, stream=None):
-        self.mode, self.epochs, self.steps, self.batch = mode, epochs, steps, batch
-        self.stream = stream or sys.stderr
-        self.epoch_seconds = None  # of the last whole epoch, evaluation and checkpoint included
-        self.whole = False  # whether the epoch under way started at its first step
-        self.t0 = self.last = time.perf_counter()
-        self.shown = 0  # the length of the line a terminal shows now
-
-    def start_epoch(self, epoch: int, done: int) -> None:
-        now = time.perf_counter()
-        if self.whole:
-            self.epoch_seconds = now - self.t0
-        self.epoch, self.first, self.t0, self.last = epoch, done, now, now
-        self.whole = done == 0
-
-    def step(self, done: int, loss_sum: float) -> None:
-        """`done` steps of this epoch are done; `loss_sum` is the sum of their losses."""
-        if self.mode is None:
-            return
-        now = time.perf_counter()
-        if self.mode == "bar" and done % 5 and done != self.steps:
-            return
-        if self.mode == "lines" and now - self.last < STATUS_SECONDS:
-            return
-        self.last = now
-        per_step = (now - self.t0) / max(done - self.first, 1)
-        left = (self.steps - done) * per_step
-        later = self.epochs - self.epoch - 1
-        left += later * (self.epoch_seconds if self.epoch_seconds else self.steps * per_step)
-        text = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  loss {loss_sum / done:.4f}  "
-                f"{self.batch / per_step:,.0f} images/s  ETA {human_seconds(left)}")
-        if self.mode == "bar":
-            self.stream.write("\r  " + text.ljust(self.shown))
-            self.shown = len(text)
-        else:
-            self.stream.write("  " + text + "\n")
-        self.stream.flush()
-
-    def end_steps(self) -> None:
-        if self.mode == "bar" and self.shown:
-            self.stream.write("\r" + " " * (self.shown + 2) + "\r")
-            self.stream.flush()
-            self.shown = 0
-
-
-def _status_mode(progress) -> str | None:
-    if progress is None:
-        return "bar" if sys.stderr.isatty() else "lines"
-    if progress is True:
-        return "bar"
-    if progress in ("bar", "lines"):
-        return progress
-    return None
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def train(net: Network, data: str | None = None, *, epochs: int | None = None, batch: int | None = None,
@@ -271,9 +208,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     steps = len(xt) // s.batch
     if steps == 0:
         raise DnncError(f"the batch ({s.batch}) is larger than the training set ({len(xt)} examples)")
-    status = _Status(_status_mode(progress), s.epochs, steps, s.batch)
+    status = Status(status_mode(progress), s.epochs, steps, s.batch)
     log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
-        f"{_count(s.epochs, 'epoch')}, {s.optimizer.kind} lr {s.optimizer.lr}"
+        f"{count(s.epochs, 'epoch')}, {s.optimizer.kind} lr {s.optimizer.lr}"
         + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
         + f", lr_decay {s.lr_decay}, seed {seed}{_mode_text(mode, n, comm)}; "
         f"compiled in {human_seconds(time.perf_counter() - t_start)}")
@@ -400,7 +337,7 @@ def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log
     classes = g.classes[g.labels[0]]
     size = comm.Get_size()
     log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
-        f"{_count(s.epochs, 'epoch')}, "
+        f"{count(s.epochs, 'epoch')}, "
         f"{s.optimizer.kind} lr {s.optimizer.lr}; parameter servers: {servers} server(s), {size - servers} "
         f"worker(s), staleness {staleness}")
     prog = Progress()
@@ -471,8 +408,8 @@ class _Snapshot:
 def _first_bad(model: Model, loss: float) -> str | None:
     """What went non-finite in the last step: the first parameter (in source order) whose
     gradient, then whose updated value, did, else the loss; None when all is finite."""
-    grads = [p for p in model.graph.params if p + ".grad" in model.buffers]
-    arrays = [(p, "gradient", model.buffers[p + ".grad"]) for p in grads]
+    grads = [p for p in model.graph.params if grad_name(p) in model.buffers]
+    arrays = [(p, "gradient", model.buffers[grad_name(p)]) for p in grads]
     arrays += [(p, "value", model.buffers[p]) for p in model.graph.params]  # an update can overflow
     if np.isfinite(loss) and all(np.isfinite(a).all() for _, _, a in arrays):
         return None
