@@ -22,7 +22,7 @@ from .front.settings import optimizer_spec, settings_from
 from .io.checkpoint import read_checkpoint, use
 from .ir import Program
 from .runtime import cache
-from .schedule.steps import Schedule, as_schedule, from_settings
+from .schedule.steps import Schedule, as_schedule, from_block
 from .target import get as get_target
 from .target.base import Target
 from .te.optim import HYPER
@@ -68,11 +68,10 @@ class Network:
         """The train { } and schedule { } blocks, checked when the file is, not when used."""
 
         settings_from(self)
-        from_settings(self.graph.settings)
+        from_block(self.graph.schedule)
         kernels = [n for n, t in self.graph.tensors.items() if t.kind == "act"]
-        for key, (_, loc) in self.graph.settings.items():
-            tensor = key[len("schedule."):]
-            if key.startswith("schedule.") and tensor not in self.graph.tensors:
+        for tensor, (_, loc) in self.graph.schedule.items():
+            if tensor not in self.graph.tensors:
                 raise DnncError(f"schedule: no tensor '{tensor}'{did_you_mean(tensor, kernels)} in this network", loc)
 
     def with_inputs(self, shapes: dict[str, tuple[int, ...]]) -> "Network":

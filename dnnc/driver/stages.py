@@ -21,7 +21,7 @@ from ..ir.passes.split import split_edges
 from ..ir.verify import verify
 from ..lower.groups import lower_groups
 from ..schedule.pack import apply_packs
-from ..schedule.steps import Tile, from_settings, merge
+from ..schedule.steps import Tile, from_block, merge
 from ..te.autodiff import backward, normalize
 from ..te.conv import Algorithm, apply_algorithms
 from ..te.expr import Const, Load
@@ -106,7 +106,7 @@ def tensor_expressions(u: Unit) -> Unit:
     with_loss = job.kind != "forward"
     layers = _layers(u)
     finals = frozenset(outputs) | ({"loss"} if with_loss and g.loss else set())
-    steps = list(from_settings(g.settings)) + list(job.schedule.steps)
+    steps = list(from_block(g.schedule)) + list(job.schedule.steps)
     groups = [(layer.name, list(layer.inst.stmts)) for layer in layers]
     if not job.training:  # steps for gradients belong to the training program
         steps = [s for s in steps if not names_gradient(s.tensor)]

@@ -65,7 +65,8 @@ class Graph:
     state_specs: dict[str, ParamSpec] = field(default_factory=dict, repr=False)
     training: bool = False
     fixed: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # inline weights
-    settings: dict = field(default_factory=dict, repr=False)
+    train: dict = field(default_factory=dict, repr=False)  # the train { } block: name -> (value, loc)
+    schedule: dict = field(default_factory=dict, repr=False)  # the schedule { } block: tensor -> (value, loc)
 
 
 def op_table(module: Module) -> dict[str, OpDef]:
@@ -204,12 +205,11 @@ class _Builder:
                 raise DnncError(f"the loss must be a single number, but '{first.op}' gives shape "
                                 f"{list(self.tensors['loss'].shape)}", first.loc)
             self.check_classes(loss, classes)
-        settings = {s.name: (s.value, s.loc) for s in net.train}
-        settings.update({f"schedule.{s.name}": (s.value, s.loc) for s in net.schedule})
         return Graph(net.name, self.batch, dict(self.tensors), tuple(self.layers), tuple(inputs),
                      tuple(labels), classes, tuple(outputs), loss, tuple(self.params),
                      dict(self.param_specs), tuple(self.states), dict(self.state_specs), self.training,
-                     dict(self.fixed), settings)
+                     dict(self.fixed), {s.name: (s.value, s.loc) for s in net.train},
+                     {s.name: (s.value, s.loc) for s in net.schedule})
 
     def check_classes(self, loss: Layer, classes: dict[str, int]) -> None:
         """A loss that reads class labels scores as many classes as the label has: a class

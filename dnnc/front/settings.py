@@ -29,16 +29,14 @@ def settings_from(net: Network, **overrides) -> Settings:
     """The train { } block of the network, then the given overrides (None means not given)."""
     s = Settings()
     opt = s.optimizer
-    for name, (value, loc) in net.graph.settings.items():
-        if name.startswith("schedule."):
-            continue
+    for name, (value, loc) in net.graph.train.items():
         if name == "optimizer":
             opt = _optimizer(value, loc)
         elif name == "lr_decay":
             if isinstance(value, NameRef):
                 s = replace(s, lr_decay=_lr_decay_name(value.name, loc))
             elif isinstance(value, CallValue):
-                kw = _kwargs(value, {"size": int, "gamma": float}, loc)
+                kw = keyword_args(value, {"size": int, "gamma": float})
                 s = replace(s, lr_decay=_lr_decay_name(value.name, loc), step_size=kw.get("size", 0),
                             gamma=kw.get("gamma", 0.1))
             else:
@@ -76,9 +74,9 @@ def data_path(net: Network, given: str | None = None) -> str | None:
     `data = "DIR_OR.npz"` (beside the .net file), else None for the embedded digits."""
     if given is not None:
         return given
-    if "data" not in net.graph.settings:
+    if "data" not in net.graph.train:
         return None
-    value, loc = net.graph.settings["data"]
+    value, loc = net.graph.train["data"]
     if not isinstance(value, str):
         raise DnncError('data is a file or directory name in quotes: data = "digits/"', loc)
     path = beside_source(value, loc)
@@ -112,16 +110,27 @@ def _number(v, what, loc) -> float:
     return float(v)
 
 
-def _kwargs(call: CallValue, allowed: dict, loc) -> dict:
+AXIS = "axis"  # a keyword argument whose value is a name (a loop axis), not a number
+
+
+def keyword_args(call: CallValue, allowed: dict, takes: str | None = None) -> dict:
+    """The keyword arguments of a call in a `train { }` or `schedule { }` block, each checked
+    against its kind: int (a whole number of at least 1), float, bool or AXIS (a name).
+    `takes` describes the arguments in the error for one that is not allowed."""
     out = {}
     for a in call.args:
         if a.key is None or a.key not in allowed:
-            raise DnncError(f"{call.name}(...) takes {', '.join(k + '=' for k in allowed)}", a.loc)
-        conv = allowed[a.key]
-        if conv is bool:
+            got = f"; got {a.key or 'a positional argument'}" if takes else ""
+            raise DnncError(f"{call.name}(...) takes {takes or ', '.join(k + '=' for k in allowed)}{got}", a.loc)
+        kind = allowed[a.key]
+        if kind is AXIS:
+            if not isinstance(a.value, NameRef):
+                raise DnncError(f"{a.key} must name an axis", a.loc)
+            out[a.key] = a.value.name
+        elif kind is bool:
             out[a.key] = bool(a.value)
-        elif conv is int:
-            if not isinstance(a.value, int) or a.value < 1:
+        elif kind is int:
+            if not isinstance(a.value, int) or isinstance(a.value, bool) or a.value < 1:
                 raise DnncError(f"{a.key} must be a whole number of at least 1", a.loc)
             out[a.key] = a.value
         else:
@@ -132,13 +141,13 @@ def _kwargs(call: CallValue, allowed: dict, loc) -> dict:
 def _optimizer(value, loc) -> Optimizer:
     name = value.name if isinstance(value, (NameRef, CallValue)) else None
     if name == "sgd":
-        kw = _kwargs(value, {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}, loc) \
+        kw = keyword_args(value, {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}) \
             if isinstance(value, CallValue) else {}
         return Optimizer("sgd", kw.get("lr", 0.01), kw.get("momentum", 0.0), kw.get("nesterov", False),
                          kw.get("weight_decay", 0.0))
     if name == "adam":
-        kw = _kwargs(value, {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float},
-                     loc) if isinstance(value, CallValue) else {}
+        adam = {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float}
+        kw = keyword_args(value, adam) if isinstance(value, CallValue) else {}
         return Optimizer("adam", kw.get("lr", 0.001), 0.0, False, kw.get("weight_decay", 0.0),
                          kw.get("beta1", 0.9), kw.get("beta2", 0.999), kw.get("eps", 1e-8))
     raise DnncError("optimizer is sgd(lr=..., momentum=..., nesterov=..., weight_decay=...) or "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..base.errors import DnncError, Loc
 from ..te.conv import ALGORITHMS, Algorithm
 from ..front.parse import CallValue, NameRef
+from ..front.settings import AXIS, keyword_args
 from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
 from ..te.names import names_gradient
 
@@ -125,14 +126,11 @@ def parse_step(text: str, loc: Loc | None = None):
                       int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None, bool(m["panel"])), loc)
 
 
-def from_settings(settings: dict) -> list:
-    """Tile steps from a network's `schedule { T = tile(vector=j, width=16, unroll=f, factor=4) }`
-    block; `T = naive` keeps T's plain loop nest."""
+def from_block(block: dict) -> list:
+    """The steps of a network's `schedule { T = tile(vector=j, width=16, unroll=f, factor=4) }`
+    block (tensor -> (value, location)); `T = naive` keeps T's plain loop nest."""
     out: list = []
-    for key, (value, loc) in settings.items():
-        if not key.startswith("schedule."):
-            continue
-        tensor = key[len("schedule."):]
+    for tensor, (value, loc) in block.items():
         if isinstance(value, NameRef) and value.name == "naive":
             out.append(Naive(tensor))
             continue
@@ -142,17 +140,8 @@ def from_settings(settings: dict) -> list:
         if not (isinstance(value, CallValue) and value.name == "tile"):
             raise DnncError("a schedule entry is T = tile(vector=AXIS, width=N, unroll=AXIS, factor=N), "
                             "T = naive, or T = direct|im2col|winograd", loc)
-        kw: dict = {}
-        for a in value.args:
-            if a.key in ("vector", "unroll") and isinstance(a.value, NameRef):
-                kw[a.key] = a.value.name
-            elif a.key in ("width", "factor") and isinstance(a.value, int) and a.value >= 1:
-                kw[a.key] = a.value
-            elif a.key == "parallel" and a.value in (0, 1):
-                kw[a.key] = bool(a.value)
-            else:
-                raise DnncError(f"tile(...) takes vector=AXIS, width=N, unroll=AXIS, factor=N, parallel=0|1; got "
-                                f"{a.key or 'a positional argument'}", a.loc)
+        kw = keyword_args(value, {"vector": AXIS, "width": int, "unroll": AXIS, "factor": int, "parallel": bool},
+                          "vector=AXIS, width=N, unroll=AXIS, factor=N, parallel=0|1")
         if "vector" not in kw:
             raise DnncError("tile(...) needs vector=AXIS", loc)
         out.append(check(Tile(tensor, kw["vector"], kw.get("width", 16), kw.get("unroll"),
