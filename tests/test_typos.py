@@ -10,7 +10,7 @@ COMMANDS = [
     "check examples/lenet5.net",
     "info examples/vgg16.net --batch 2 --training",
     "info examples/lenet5.net --graph docs/x.svg",
-    "ir examples/lenet5.net --grad --stage te --layer c1",
+    "ir examples/lenet5.net --grad --stage fuse_pool --layer c1",
     "run examples/lenet5.net --weights lenet5.npz --input examples/digits.npy",
     "run examples/blur.net --input docs/digits.png --out docs/x.png",
     "train examples/lenet5.net --epochs 3 --lr 0.05 --optimizer adam --seed 1 --out run.npz",
