@@ -15,30 +15,40 @@ def lifetimes(p: Program) -> dict[str, tuple[int, int]]:
             a, b = life.get(name, (k, k))
             life[name] = (min(a, k), max(b, k))
 
-    def block(stmts, k):
+    for k, kern in enumerate(p.kernels):
+        for name in buffers_touched(kern.body):
+            touch(name, k)
+    return life
+
+
+def buffers_touched(stmts) -> list[str]:
+    """The buffers that statements read or write, in order of first use; a store's buffer
+    comes after the buffers its index and value read."""
+    seen: dict[str, None] = {}
+
+    def reads(e):
+        for x in e.walk():
+            if isinstance(x, Load):
+                seen.setdefault(x.tensor)
+
+    def block(stmts):
         for s in stmts:
             if isinstance(s, Loop):
-                block(s.body, k)
+                block(s.body)
             elif isinstance(s, If):
-                for x in s.cond.walk():
-                    if isinstance(x, Load):
-                        touch(x.tensor, k)
-                block(s.then, k)
-                block(s.orelse, k)
+                reads(s.cond)
+                block(s.then)
+                block(s.orelse)
+            elif isinstance(s, Store):
+                for i in s.index:
+                    reads(i)
+                reads(s.value)
+                seen.setdefault(s.buffer)
             else:
-                if isinstance(s, Store):
-                    touch(s.buffer, k)
-                    exprs = list(s.index) + [s.value]
-                else:
-                    exprs = [s.value]
-                for e in exprs:
-                    for x in e.walk():
-                        if isinstance(x, Load):
-                            touch(x.tensor, k)
+                reads(s.value)
 
-    for k, kern in enumerate(p.kernels):
-        block(kern.body, k)
-    return life
+    block(stmts)
+    return list(seen)
 
 
 def plan(p: Program, align: int = 16) -> tuple[dict[str, int], int]:
