@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..te import affine
-from ..te.expr import Binary, Const, Expr, Var
+from ..te.expr import Binary, Const, Expr, free_vars
 
 SMALL_STRIDES = (2, 3, 4)
 
@@ -49,7 +49,7 @@ def access_kind(shape: tuple[int, ...], index, vector_var: str | None) -> Access
     v = vector_var
     form = affine.affine(lin, split=True)
     # v inside a nonlinear atom (a division, a modulo) rules out a fixed stride
-    atoms_use_v = form is None or any(not isinstance(t, str) and t != 1 and v in _vars(t) for t in form)
+    atoms_use_v = form is None or any(not isinstance(t, str) and t != 1 and v in free_vars(t) for t in form)
     coef = 0 if form is None else form.get(v, 0)
     if not atoms_use_v and coef == 0:
         return Access("scalar", lin, lin)
@@ -72,7 +72,7 @@ def _without(form: dict, term) -> Expr:
 
 def _repeat(form: dict, v: str):
     """(atom, s, k) when v enters the offset only as the atom (v + k) / s, 0 <= k < s."""
-    found = [t for t in form if not isinstance(t, str) and t != 1 and v in _vars(t)]
+    found = [t for t in form if not isinstance(t, str) and t != 1 and v in free_vars(t)]
     if len(found) != 1 or form[found[0]] != 1:
         return None
     atom = found[0]
@@ -82,7 +82,3 @@ def _repeat(form: dict, v: str):
     if inner is None or set(inner) - {v, 1} or inner.get(v) != 1 or not 0 <= inner.get(1, 0) < atom.b.value:
         return None
     return atom, atom.b.value, inner.get(1, 0)
-
-
-def _vars(e: Expr) -> set[str]:
-    return {x.name for x in e.walk() if isinstance(x, Var)}
