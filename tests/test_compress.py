@@ -165,4 +165,5 @@ def test_density_chooses_sparse_kernels():
     small = rng.normal(size=(300, 784)).astype(np.float32)
     params = {"a": big * compress.prune_mask(big, 0.08), "b": small * compress.prune_mask(small, 0.08),
               "c": small * compress.prune_mask(small, 0.02)}
-    assert set(choose(params, ["a", "b", "c"])) == {"a", "c"}
+    assert set(choose(params, ["a", "b", "c"], 1 << 20)) == {"a", "c"}  # a cache of 1 MiB per core
+    assert set(choose(params, ["a", "b", "c"], 8 << 20)) == {"c"}  # 8 MiB: the big weight fits, stays dense
