@@ -127,3 +127,19 @@ def test_the_printed_schedule_shows_each_tile_as_primitives_and_replays():
     steps = tuple(parse_step(line) for line in tiles)
     replayed = run(job(batch=4, schedule=Schedule(steps)))
     assert [s for s in replayed.schedule if isinstance(s, Tile)] == list(steps)
+
+
+def test_compile_profile_times_every_stage_and_the_load():
+    from dnnc.driver.compile import profile
+    from dnnc.runtime import jit
+
+    memo = dict(jit._objects)
+    times = profile(job("train"))
+    assert [n for n, _ in times] == [n for n, _ in lower(job("train"))] + ["load"]
+    assert all(t >= 0 for _, t in times) and dict(times)["load"] > 0
+    assert dict(jit._objects) == memo  # the process's memo of machine code is left as it was
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "bench", str(LENET), "--batch", "4", "--compile-profile"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines()[2:]]
+    assert rows == [n for n, _ in lower(job("forward", batch=4))] + ["load", "total"]

@@ -28,7 +28,7 @@ from ..io import images
 from ..io.checkpoint import check_overwrite, compile_for, read_checkpoint
 from ..io.onnx_io import OPSET, export, import_model, weights_for
 from ..tools.aot import compile_object
-from ..tools.bench import bench, render
+from ..tools.bench import bench, compile_profile, render
 from ..tools.drawing import svg
 from ..tools.footprint import planned, table
 from ..tools.plots import curves, filter_grid
@@ -251,6 +251,9 @@ def _print_top(logits: np.ndarray, k: int = 3) -> None:
 def cmd_bench(args) -> int:
     net = load_network(args.net)
     opts = compile_options(args)
+    if args.compile_profile:
+        print(compile_profile(net, args.batch, args.training, **opts))
+        return 0
     report = bench(net, args.batch, args.training, opts.pop("threads", None), args.repeat, args.per_layer, **opts)
     print(render(report))
     return 0

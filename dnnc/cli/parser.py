@@ -194,6 +194,8 @@ def make_parser() -> argparse.ArgumentParser:
     bn.add_argument("--batch", type=_positive, default=64, help="examples per step")
     bn.add_argument("--training", action="store_true", help="the training step: forward, backward, update")
     bn.add_argument("--per-layer", action="store_true", help="also time every kernel on its own")
+    bn.add_argument("--compile-profile", action="store_true",
+                    help="instead, the seconds of each compiler stage, cold (no disk cache)")
     bn.add_argument("--repeat", type=_positive, default=20, help="runs per measurement; medians are shown")
 
     o = sub.add_parser("compile", help="ahead-of-time object file and C header")

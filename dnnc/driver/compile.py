@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..ir import Buffer, Program
-from ..runtime import cache
+from ..runtime import cache, jit
 from ..target.base import Target
 from . import stages as pipeline
 from .stages import Stage
@@ -28,6 +28,27 @@ def lower(job: Job, upto: str | None = None, stages: list[Stage] | None = None) 
         out.append((stage.name, u))
         if stage.name == upto:
             break
+    return out
+
+
+def profile(job: Job) -> list[tuple[str, float]]:
+    """Seconds in each stage of the job, then in loading (the target's compiler making machine
+    code from the LLVM IR, as a model's first compile does), measured once: what
+    `dnnc bench --compile-profile` prints. The process's memo of machine code is bypassed."""
+    u = (Unit(job) if job.given is None else job.given.but(job=job))
+    started, out = job.start is None, []
+    for stage in pipeline.STAGES:
+        started = started or stage.name == job.start
+        if not started or job.kind not in stage.kinds:
+            continue
+        t0 = time.perf_counter()
+        u = stage.run(u)
+        out.append((stage.name, time.perf_counter() - t0))
+    args = [(b.name, b.shape, b.kind) for b in u.program.args]
+    t0 = time.perf_counter()
+    with jit.fresh():
+        job.target.load(None, u.llvm_ir, job.target.entry(u.program.name), args, u.workspace, {}, job.dtype, 1)
+    out.append(("load", time.perf_counter() - t0))
     return out
 
 

@@ -5,6 +5,7 @@ pass manager, MCJIT for execution. Each stage is a function, so `dnnc ir` can pr
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import threading
@@ -22,6 +23,17 @@ _lock = threading.Lock()
 # cannot go stale, whatever produced the text.
 _objects: OrderedDict[str, bytes] = OrderedDict()
 MAX_OBJECTS = 64
+
+
+@contextlib.contextmanager
+def fresh():
+    """Within it, LLVM IR is compiled afresh, as in a new process (the memo is set aside)."""
+    global _objects
+    kept, _objects = _objects, OrderedDict()
+    try:
+        yield
+    finally:
+        _objects = kept
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..api import Model, Network
+from ..driver.compile import profile
+from ..driver.programs import job_for
 from ..front.settings import settings_from
 from ..te.optim import HYPER
 from ..te.stmt import count_flops
@@ -93,4 +95,21 @@ def render(r: Report) -> str:
     lines.append(f"whole step: {human_seconds(r.step_seconds)} (median), {r.batch / r.step_seconds:,.0f} images/s"
                  + (f", {flops / r.step_seconds / 1e9:.2f} GFLOP/s" if flops else ""))
     lines.append(f"compile: {human_seconds(r.compile_seconds)}")
+    return "\n".join(lines)
+
+
+def compile_profile(net: Network, batch: int = 64, training: bool = False, schedule=True,
+                    target: str = "cpu", threads: int | None = None) -> str:
+    """The seconds of each stage of the step's program, compiled cold, as a table."""
+    g = net.at_batch(batch, training=training)
+    optimizer = settings_from(net).optimizer if training else None
+    job = job_for(g, "train" if training else "forward", optimizer, schedule=schedule, target=target)
+    times = profile(job)
+    total = sum(t for _, t in times)
+    width = max(len(n) for n, _ in times)
+    lines = [f"compile profile: {'training step' if training else 'forward pass'} of {net.name}, batch {batch}",
+             f"{'stage'.ljust(width)}  {'time':>10}   share"]
+    for name, t in times:
+        lines.append(f"{name.ljust(width)}  {human_seconds(t):>10}  {100 * t / total:5.1f}%")
+    lines.append(f"{'total'.ljust(width)}  {human_seconds(total):>10}")
     return "\n".join(lines)
