@@ -38,7 +38,7 @@ def test_training_adds_stages_by_name_and_never_reorders_them():
     for ran in (forward, train):
         assert ran == [n for n in order if n in ran]  # a subsequence of THE list
     assert set(train) - set(forward) == {"normalize", "state_updates", "backward", "update"}
-    assert set(forward) - set(train) == {"sparsify", "fuse_elementwise"}
+    assert set(forward) - set(train) == {"sparsify", "copies", "fuse_elementwise"}
     assert forward[-1] == train[-1] == "llvm"
 
 
@@ -143,3 +143,34 @@ def test_compile_profile_times_every_stage_and_the_load():
     assert r.returncode == 0, r.stderr
     rows = [line.split()[0] for line in r.stdout.splitlines()[2:]]
     assert rows == [n for n, _ in lower(job("forward", batch=4))] + ["load", "total"]
+
+
+BN_NET = """
+network bn {
+    input image: [3, 10, 10]
+    a = conv(image, filters=8, kernel=3, pad=1, bias=false) |> batchnorm |> relu
+    b = conv(a, filters=8, kernel=3, pad=1, bias=false) |> batchnorm
+    r = add(a, b) |> relu
+    p = global_avgpool(r)
+    logits = dense(p, 5)
+}
+"""
+
+
+def test_batchnorm_and_a_residual_add_run_in_the_convolutions_epilogue():
+    """Inference: the running statistics' copies are dropped (the `copies` stage), so the
+    batchnorm, the residual add and the ReLU fuse into the conv that feeds them, and the
+    program computes what the plain nests compute."""
+    net = dnnc.load(BN_NET)
+    fused = net.compile(batch=3, threads=1)
+    names = [k.name for k in fused.program.kernels]
+    assert "a.conv+batchnorm+relu" in names and any(n.startswith("b.conv+batchnorm") and "add" in n for n in names)
+    rng = np.random.default_rng(1)
+    for n in fused.states:
+        fused.states[n] = rng.uniform(0.5, 1.5, fused.states[n].shape)  # running statistics other than 0 and 1
+    plain = net.compile(batch=3, threads=1, schedule=False)
+    plain.params.update_from(fused.params)
+    plain.states.update_from(fused.states)
+    x = rng.normal(size=(3, 3, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(fused.forward(image=x)["logits"], plain.forward(image=x)["logits"], rtol=1e-4,
+                               atol=1e-5)

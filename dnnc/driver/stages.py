@@ -25,7 +25,7 @@ from ..schedule.steps import Tile, from_block, merge
 from ..te.autodiff import backward, normalize
 from ..te.conv import Algorithm, apply_algorithms
 from ..te.expr import Const, Load
-from ..te.fuse import fuse_elementwise
+from ..te.fuse import fuse_elementwise, propagate_copies
 from ..te.names import grad_name, grad_of, names_gradient
 from ..te.optim import HYPER, HYPER_SIZE
 from ..te.pool import fuse_pool, pool_first
@@ -235,6 +235,14 @@ def optimizer_update(u: Unit) -> Unit:
     return u.but(groups=groups, shapes=shapes, kinds=kinds)
 
 
+def drop_copies(u: Unit) -> Unit:
+    """Copies of tensors nothing writes are dropped and their readers read the source
+    (te/fuse.py). Invariant: every kept tensor has the same values."""
+    if not u.job.schedule.defaults:
+        return u
+    return u.but(groups=propagate_copies(u.groups, u.keep))
+
+
 def fuse_activations(u: Unit) -> Unit:
     """Elementwise statements move into their producer's epilogue (te/fuse.py).
 
@@ -369,6 +377,8 @@ STAGES: list[Stage] = [
           "the backward pass, by reverse-mode differentiation of the statements"),
     Stage("update", optimizer_update, ("train", "update"), "te",
           "the optimizer's step for every trainable parameter"),
+    Stage("copies", drop_copies, INFERENCE, "te",
+          "copies of unwritten tensors dropped (an inference batchnorm's statistics)"),
     Stage("fuse_elementwise", fuse_activations, INFERENCE, "te",
           "elementwise statements in their producer's epilogue"),
     Stage("fuse_pool", fuse_pools, PROGRAMS, "te",

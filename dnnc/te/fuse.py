@@ -1,5 +1,8 @@
 """Fusion of elementwise statements into their producer (inference programs).
 
+Copies go first: `T[I] = S[I]` of a tensor nothing writes (an inference batchnorm's running
+statistics) is dropped and T's readers read S, so that the statement after it can fuse.
+
 `T2[I] = f(T1[I])` right after `T1[J] = e` over the same domain, where T1 is read by nothing
 else and is not an output, becomes `T2[J] = f(e)`: a ReLU computed in the epilogue of the
 convolution that feeds it, with no full-size intermediate written and read back.
@@ -64,3 +67,38 @@ def _fusable(producer: TStmt, consumer: TStmt, readers: dict, keep: set[str]) ->
     own = [x for x in reads if x.tensor == producer.tensor]
     identity = tuple(Var(n) for n, _ in consumer.axes)
     return bool(own) and all(x.index == identity for x in own)
+
+
+def propagate_copies(groups: list[tuple[str, list[TStmt]]], keep: set[str]) -> list[tuple[str, list[TStmt]]]:
+    """Invariant: computes the same values for every tensor in `keep`.
+
+    `T[I] = S[I]`, T written by this statement alone and not kept, S written by no statement
+    (a parameter, a running statistic, an input), is dropped; every read of T reads S at the
+    same index. A group left empty disappears."""
+    writers: dict[str, int] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            writers[st.tensor] = writers.get(st.tensor, 0) + 1
+    copies: dict[str, str] = {}
+    for _, stmts in groups:
+        for st in stmts:
+            v = st.value
+            if (isinstance(v, Load) and st.index is None and not st.accumulate and st.tensor not in keep
+                    and writers[st.tensor] == 1 and v.tensor not in writers
+                    and v.index == tuple(Var(n) for n, _ in st.axes)):
+                copies[st.tensor] = v.tensor
+    if not copies:
+        return groups
+
+    def read_source(x):
+        if isinstance(x, Load) and x.tensor in copies:
+            return Load(copies[x.tensor], x.index, x.loc)
+        return None
+
+    out = []
+    for name, stmts in groups:
+        kept = [TStmt(st.tensor, st.axes, substitute(st.value, read_source), st.loc, st.index, st.accumulate)
+                for st in stmts if st.tensor not in copies]
+        if kept:
+            out.append((name, kept))
+    return out
