@@ -1,6 +1,6 @@
 """The driver: a Job through the stage list, then the target's compiler and loader.
 
-`lower` gives every stage's output (what `dnnc ir` prints); `build` gives a loaded program,
+`lower` gives every stage's output (what `dnnc ir` prints); `Built` is a loaded program,
 from the disk cache when it holds the job's key (the program is then lowered again only if
 someone asks to see it).
 """
@@ -16,14 +16,25 @@ from .stages import Stage
 from .unit import Job, Unit
 
 
-def lower(job: Job, upto: str | None = None, stages: list[Stage] | None = None) -> list[tuple[str, Unit]]:
-    """The unit after each stage that belongs to the job's kind of program, up to `upto`."""
-    u, out = (Unit(job) if job.given is None else job.given.but(job=job)), []
-    started = job.start is None
-    for stage in stages if stages is not None else pipeline.STAGES:
+def stages_of(job: Job) -> list[Stage]:
+    """The stages the job runs, in the list's order: those of its kind of program, from its
+    start (the first stage, unless the job starts from a given unit)."""
+    out, started = [], job.start is None
+    for stage in pipeline.STAGES:
         started = started or stage.name == job.start
-        if not started or job.kind not in stage.kinds:
-            continue
+        if started and job.kind in stage.kinds:
+            out.append(stage)
+    return out
+
+
+def _first(job: Job) -> Unit:
+    return Unit(job) if job.given is None else job.given.but(job=job)
+
+
+def lower(job: Job, upto: str | None = None) -> list[tuple[str, Unit]]:
+    """The unit after each stage that belongs to the job's kind of program, up to `upto`."""
+    u, out = _first(job), []
+    for stage in stages_of(job):
         u = stage.run(u)
         out.append((stage.name, u))
         if stage.name == upto:
@@ -35,12 +46,8 @@ def profile(job: Job) -> list[tuple[str, float]]:
     """Seconds in each stage of the job, then in loading (the target's compiler making machine
     code from the LLVM IR, as a model's first compile does), measured once: what
     `dnnc bench --compile-profile` prints. The process's memo of machine code is bypassed."""
-    u = (Unit(job) if job.given is None else job.given.but(job=job))
-    started, out = job.start is None, []
-    for stage in pipeline.STAGES:
-        started = started or stage.name == job.start
-        if not started or job.kind not in stage.kinds:
-            continue
+    u, out = _first(job), []
+    for stage in stages_of(job):
         t0 = time.perf_counter()
         u = stage.run(u)
         out.append((stage.name, time.perf_counter() - t0))
@@ -92,6 +99,7 @@ class Built:
         t0 = time.perf_counter()
         self.job = job
         self._unit: Unit | None = None
+        self._stages: list | None = None
         target = job.target
         hit = cache.load(key) if key else None
         if hit is not None:
@@ -118,9 +126,12 @@ class Built:
 
     @property
     def stages(self):
-        """The loop-nest program after each loop-IR stage."""
-        return [(name, u.program) for name, u in lower(self.job) if u.program is not None and name != "plan"
-                and name != "llvm"]
+        """The loop-nest program after each loop-IR stage (lowered again, once, on first use)."""
+        if self._stages is None:
+            units = lower(self.job)
+            self._unit = units[-1][1]
+            self._stages = [(name, u.program) for name, u in units if name in pipeline.loop_stage_names()]
+        return self._stages
 
     @property
     def program(self):
@@ -129,27 +140,6 @@ class Built:
     @property
     def llvm_ir(self) -> str:
         return self.unit.llvm_ir
-
-    # the loaded program
-    @property
-    def arrays(self):
-        return self.exe.arrays
-
-    @property
-    def args(self):
-        return self.exe.args
-
-    @property
-    def entry(self) -> str:
-        return self.exe.entry
-
-    @property
-    def workspace_bytes(self) -> int:
-        return self.exe.workspace_bytes
-
-    @property
-    def threads(self) -> int:
-        return self.exe.threads
 
     def set_threads(self, n: int) -> None:
         self.exe.set_threads(n)

@@ -64,6 +64,13 @@ def _layers(u: Unit) -> list[Layer]:
     return needed_layers(job.graph, job.outputs or job.graph.outputs, job.kind != "forward")
 
 
+def _params(u: Unit) -> tuple[list[str], list[str]]:
+    """The parameters of the layers the program needs, and those of them that train."""
+    g, layers = u.job.graph, _layers(u)
+    params = [p for p in g.params if any(p in layer.params for layer in layers)]
+    return params, [p for p in params if p not in g.fixed]
+
+
 def _reads(groups, writes_first: bool = False) -> dict[str, None]:
     """Every tensor the statements read or write, in order of first use (a statement's own
     tensor before or after its reads)."""
@@ -151,15 +158,6 @@ def choose_algorithms(u: Unit) -> Unit:
     return u.but(groups=groups, steps=tuple(steps), kinds=kinds)
 
 
-def activation_after_pool(u: Unit) -> Unit:
-    """`R = f(C); Y = maxpool(R)` becomes `Y = f(maxpool(C))` where f is monotone (te/pool.py).
-
-    Invariant: every kept tensor has the same values."""
-    if not u.job.schedule.defaults:
-        return u
-    return u.but(groups=pool_first(u.groups, u.keep))
-
-
 def normalize_forward(u: Unit) -> Unit:
     """The forward statements in the form the backward differentiates: reductions hoisted,
     argmax companions `T.arg` added (te/autodiff.py).
@@ -189,10 +187,7 @@ def state_updates(u: Unit) -> Unit:
 def differentiate(u: Unit) -> Unit:
     """The backward pass, derived from the forward statements: d loss / d param in `param.grad`
     for every trainable parameter (zero for one the loss does not depend on)."""
-    g = u.job.graph
-    layers = _layers(u)
-    params = [p for p in g.params if any(p in layer.params for layer in layers)]
-    trainable = [p for p in params if p not in g.fixed]
+    params, trainable = _params(u)
     shapes, kinds = dict(u.shapes), dict(u.kinds)
     adj, grads, unreached = backward(list(u.forward), shapes, trainable, "loss")
     back: dict[str, list[TStmt]] = {}
@@ -221,8 +216,7 @@ def optimizer_update(u: Unit) -> Unit:
     if job.kind == "update":
         trainable = [p for p in g.params if p not in g.fixed]
         return u.but(groups=[(p + ".update", job.optimizer.stmts(p, u.shapes[p])) for p in trainable])
-    layers = _layers(u)
-    trainable = [p for p in g.params if any(p in layer.params for layer in layers) and p not in g.fixed]
+    _, trainable = _params(u)
     shapes, kinds = dict(u.shapes), dict(u.kinds)
     shapes[HYPER] = (HYPER_SIZE,)
     kinds[HYPER] = "hyper"
@@ -235,29 +229,26 @@ def optimizer_update(u: Unit) -> Unit:
     return u.but(groups=groups, shapes=shapes, kinds=kinds)
 
 
-def drop_copies(u: Unit) -> Unit:
-    """Copies of tensors nothing writes are dropped and their readers read the source
-    (te/fuse.py). Invariant: every kept tensor has the same values."""
-    if not u.job.schedule.defaults:
-        return u
-    return u.but(groups=propagate_copies(u.groups, u.keep))
+@dataclass(frozen=True)
+class Fusion:
+    """A tensor-expression fusion (te/pool.py, te/fuse.py) as a stage: groups and the tensors
+    to keep (and, `with_shapes`, the shapes) to new groups. It runs only with the schedule's
+    defaults; `--no-schedule` keeps every statement in its own nest.
 
+    Invariant of every fusion: each kept tensor gets the same values."""
 
-def fuse_activations(u: Unit) -> Unit:
-    """Elementwise statements move into their producer's epilogue (te/fuse.py).
+    fn: Callable
+    with_shapes: bool = False
 
-    Invariant: every kept tensor has the same values."""
-    if not u.job.schedule.defaults:
-        return u
-    return u.but(groups=fuse_elementwise(u.groups, u.keep))
+    def __call__(self, u: Unit) -> Unit:
+        if not u.job.schedule.defaults:
+            return u
+        shapes = (u.shapes,) if self.with_shapes else ()
+        return u.but(groups=self.fn(u.groups, u.keep, *shapes))
 
-
-def fuse_pools(u: Unit) -> Unit:
-    """Each pool window computed straight from the convolution before it, which is then never
-    stored (te/pool.py). Invariant: every kept or still-read tensor has the same values."""
-    if not u.job.schedule.defaults:
-        return u
-    return u.but(groups=fuse_pool(u.groups, u.keep, u.shapes))
+    @property
+    def __doc__(self) -> str:
+        return self.fn.__doc__ or ""
 
 
 def collect_buffers(u: Unit) -> Unit:
@@ -265,7 +256,7 @@ def collect_buffers(u: Unit) -> Unit:
 
     An inference program keeps the graph's order of tensors; a training program lists its
     parameters in source order and the rest as first used."""
-    job, used = u.job, _reads(u.groups)
+    job = u.job
     if job.kind == "update":
         return u
     if not job.training:
@@ -275,7 +266,7 @@ def collect_buffers(u: Unit) -> Unit:
             Buffer(n, made.get(n, ()), "temp", job.dtype) for n in used if n not in known]
         return u.but(buffers=tuple(buffers), shapes={b.name: b.shape for b in buffers})
     rank = {p: k for k, p in enumerate(job.graph.params)}
-    names = sorted(used, key=lambda n: rank.get(n, -1))  # parameters in source order, the rest as first used
+    names = sorted(_reads(u.groups), key=lambda n: rank.get(n, -1))  # parameters in source order, the rest as first used
     buffers = tuple(Buffer(n, u.shapes[n], _kind(n, u.kinds.get(n, "temp"), u.finals), job.dtype) for n in names)
     return u.but(buffers=buffers, shapes={b.name: b.shape for b in buffers})
 
@@ -367,7 +358,7 @@ STAGES: list[Stage] = [
           "sparse dense-layer weights read in ELL form"),
     Stage("algorithms", choose_algorithms, PROGRAMS, "te",
           "convolutions as im2col or Winograd where a step (or the target) says"),
-    Stage("pool_first", activation_after_pool, PROGRAMS, "te",
+    Stage("pool_first", Fusion(pool_first), PROGRAMS, "te",
           "a monotone activation moved after its max pool"),
     Stage("normalize", normalize_forward, TRAINING, "te",
           "reductions hoisted and argmax companions added, for the backward"),
@@ -377,11 +368,11 @@ STAGES: list[Stage] = [
           "the backward pass, by reverse-mode differentiation of the statements"),
     Stage("update", optimizer_update, ("train", "update"), "te",
           "the optimizer's step for every trainable parameter"),
-    Stage("copies", drop_copies, INFERENCE, "te",
+    Stage("copies", Fusion(propagate_copies), INFERENCE, "te",
           "copies of unwritten tensors dropped (an inference batchnorm's statistics)"),
-    Stage("fuse_elementwise", fuse_activations, INFERENCE, "te",
+    Stage("fuse_elementwise", Fusion(fuse_elementwise), INFERENCE, "te",
           "elementwise statements in their producer's epilogue"),
-    Stage("fuse_pool", fuse_pools, PROGRAMS, "te",
+    Stage("fuse_pool", Fusion(fuse_pool, with_shapes=True), PROGRAMS, "te",
           "each pool window computed straight from the convolution"),
     Stage("buffers", collect_buffers, GRAPHS, "te",
           "the program's buffers: inputs, parameters, outputs, temporaries"),
@@ -412,3 +403,8 @@ def loop_passes() -> list[Stage]:
     """The loop-IR stages after `loops`, in order."""
     k = next(i for i, s in enumerate(STAGES) if s.name == "loops")
     return [s for s in STAGES[k + 1:] if s.level == "loops"]
+
+
+def loop_stage_names() -> set[str]:
+    """`loops` and the loop-IR stages after it: the stages whose output is a loop-nest program."""
+    return {"loops"} | {s.name for s in loop_passes()}

@@ -22,7 +22,6 @@ from ..te.conv import ALGORITHMS, Algorithm
 from ..front.parse import CallValue, NameRef
 from ..front.settings import AXIS, keyword_args
 from .primitives import Accumulate, Block, Parallel, Reorder, Split, Unroll, Vectorize
-from ..te.names import names_gradient
 
 
 
@@ -189,27 +188,15 @@ def algorithm(tensor: str, name: str, loc: Loc | None = None) -> Algorithm:
 class Schedule:
     """The one schedule of a compilation, from the `.net` file and the command line to its use.
 
-    `steps` are the user's, in order (a network's `schedule { }` block, then `--schedule`
-    flags; a later step for a tensor wins). With `defaults` the target's default schedule
+    `steps` are the user's, from `--schedule` flags or the API, in order; the driver's `te`
+    stage puts the network's `schedule { }` block before them (a later step for a tensor
+    wins). With `defaults` the target's default schedule
     and algorithms fill in every statement the user's steps leave, and the tensor-expression
     fusions run; without (`--no-schedule`) statements keep plain loop nests, unfused.
     """
 
     steps: tuple = ()
     defaults: bool = True
-
-    @staticmethod
-    def parse(texts, defaults: bool = True) -> "Schedule":
-        return Schedule(tuple(parse_step(t) for t in texts), defaults)
-
-    def then(self, steps) -> "Schedule":
-        """This schedule with more steps after its own."""
-        return Schedule(self.steps + tuple(steps), self.defaults)
-
-    def forward(self) -> "Schedule":
-        """The steps a program without a backward pass can use (steps for gradients belong to
-        the training program: one --schedule list serves both)."""
-        return Schedule(tuple(s for s in self.steps if not names_gradient(s.tensor)), self.defaults)
 
     def key(self) -> list:
         """What a cache key needs of it."""
@@ -219,13 +206,11 @@ class Schedule:
         return "\n".join(map(str, self.steps)) or ("(defaults)" if self.defaults else "(none)")
 
 
-def as_schedule(schedule, steps=()) -> Schedule:
+def as_schedule(schedule) -> Schedule:
     """A Schedule from what the API accepts: a Schedule, True (the defaults), False (plain
-    loop nests), or a list of steps or their printed forms over the defaults; then `steps`."""
+    loop nests), or a list of steps or their printed forms over the defaults."""
     if isinstance(schedule, Schedule):
-        base = schedule
-    elif schedule is True or schedule is False:
-        base = Schedule((), schedule)
-    else:
-        base = Schedule(tuple(parse_step(s) if isinstance(s, str) else s for s in schedule))
-    return base.then(parse_step(s) if isinstance(s, str) else s for s in steps)
+        return schedule
+    if schedule is True or schedule is False:
+        return Schedule((), schedule)
+    return Schedule(tuple(parse_step(s) if isinstance(s, str) else s for s in schedule))

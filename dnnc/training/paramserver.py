@@ -55,11 +55,11 @@ class ShardUpdate:
     def __init__(self, theta: np.ndarray, optimizer):
         n = theta.size
         buffers = [Buffer(HYPER, (HYPER_SIZE,), "hyper"), Buffer("shard", (n,), "param"),
-                   Buffer("shard.grad", (n,), "grad")]
+                   Buffer(grad_name("shard"), (n,), "grad")]
         buffers += [Buffer(s, (n,), "state") for s in optimizer.state("shard")]
         job = from_statements("shard_update", buffers, [("shard.update", optimizer.stmts("shard", (n,)))], CPU)
         self.grad = np.zeros(n, np.float32)
-        self.arrays = {"shard": theta, "shard.grad": self.grad}
+        self.arrays = {"shard": theta, grad_name("shard"): self.grad}
         self.ex = Built(job, self.arrays)
 
     def apply(self, grad: np.ndarray, hyper: np.ndarray) -> None:
