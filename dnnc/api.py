@@ -13,7 +13,7 @@ from .base.errors import DnncError, did_you_mean
 from .base.fileio import no_such_file
 from .base.host import available_memory
 from .base.units import human_bytes
-from .driver.compile import Built
+from .driver.compile import WEIGHTS_STAMP, Built, weights_changed
 from .driver.programs import lower_graph
 from .driver.unit import Job
 from .front import graph as graphmod
@@ -203,12 +203,18 @@ def _draw(sample, shape, out: np.ndarray | None = None, chunk: int = 1 << 20) ->
 
 
 class Params(MutableMapping):
-    """Parameters by name, in source order. Assignment copies into the compiled buffers."""
+    """Parameters by name, in source order. Assignment copies into the compiled buffers.
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    Any access may change them (an array read can be written in place), so each one tells
+    the model's forward pass to recompute its weight-only results (`changed`) before its
+    next run; that costs one pass over the weights, not one per call."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], changed=lambda: None):
         self._a = arrays
+        self._changed = changed
 
     def __getitem__(self, k):
+        self._changed()
         return self._a[k]
 
     def __setitem__(self, k, v):
@@ -218,6 +224,7 @@ class Params(MutableMapping):
         if v.shape != self._a[k].shape:
             raise DnncError(f"parameter {k} has shape {list(self._a[k].shape)}, got {list(v.shape)}")
         self._a[k][...] = v
+        self._changed()
 
     def __delitem__(self, k):
         raise TypeError("parameters cannot be removed")
@@ -259,7 +266,8 @@ class Model:
         for n in self.graph.params:
             if n not in self.buffers:
                 self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
-        self.params = Params({n: self.buffers[n] for n in self.graph.params})
+        self.buffers.setdefault(WEIGHTS_STAMP, np.zeros(1, np.int64))
+        self.params = Params({n: self.buffers[n] for n in self.graph.params}, self.weights_changed)
         own = {n: self.buffers[n] for n in self.graph.params if n not in (share or {})}
         if own:  # drawn in source order for every parameter; shared ones keep their values
             for n, v in init_values(self.graph, seed, into=own):
@@ -270,7 +278,7 @@ class Model:
             if n not in self.buffers:
                 self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
                                           NP_DTYPE[dtype])
-        self.states = Params({n: self.buffers[n] for n in self.graph.states})
+        self.states = Params({n: self.buffers[n] for n in self.graph.states}, self.weights_changed)
         self.seed = seed
         self.steps = 0  # training steps taken, for the random numbers of dropout
         # (mean, std) of the training data, which forward(), loss_and_grad() and train_step()
@@ -280,6 +288,11 @@ class Model:
         self._exec: dict = {}
         fwd = self.executable("forward")
         self.compile_seconds = fwd.seconds
+
+    def weights_changed(self) -> None:
+        """Say that parameters or running statistics were written directly in `buffers`, so
+        the forward pass recomputes its folded and transformed weights before its next run."""
+        weights_changed(self.buffers)
 
     @property
     def program(self):
@@ -337,6 +350,7 @@ class Model:
             pad = R - vals.shape[0]
             self.buffers[w + ".ell"][...] = np.pad(vals, ((0, pad), (0, 0)))
             self.buffers[w + ".cols"][...] = np.pad(cols, ((0, pad), (0, 0)))
+        self.weights_changed()
 
     def load(self, path) -> "Model":
         """Take the parameters, running statistics (batchnorm's) and input normalization of a

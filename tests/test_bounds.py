@@ -127,7 +127,8 @@ from dnnc.driver import stages as pipeline
 from test_bounds import BREAKS
 pipeline.verify = lambda p: p  # the verifier off: only the run-time checks stand guard
 last = pipeline.STAGES.index(pipeline.loop_passes()[-1])
-pipeline.STAGES.insert(last + 1, pipeline.Stage("broken", pipeline.LoopPass(BREAKS[{brk!r}]), pipeline.ALL, "loops",
+# the forward pass's code broken, not its prepare program's (which runs first)
+pipeline.STAGES.insert(last + 1, pipeline.Stage("broken", pipeline.LoopPass(BREAKS[{brk!r}]), ("forward",), "loops",
                                                 "a broken pass"))
 m = dnnc.load({net!r}).compile(batch=2, checks=True)
 feed = {{n: np.ones((2,) + tuple(m.graph.tensors[n].shape[1:]), np.float32) for n in m.inputs}}

@@ -38,7 +38,7 @@ def test_training_adds_stages_by_name_and_never_reorders_them():
     for ran in (forward, train):
         assert ran == [n for n in order if n in ran]  # a subsequence of THE list
     assert set(train) - set(forward) == {"normalize", "state_updates", "backward", "update"}
-    assert set(forward) - set(train) == {"sparsify", "copies", "fuse_elementwise"}
+    assert set(forward) - set(train) == {"sparsify", "fold", "copies", "fuse_elementwise", "weights"}
     assert forward[-1] == train[-1] == "llvm"
 
 

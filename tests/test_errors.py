@@ -146,7 +146,7 @@ BAD_COMMAND_LINES = [
     (["info", LENET, "--batch", "0"], "argument --batch: must be at least 1, got 0"),
     (["info", LENET, "--batch", "abc"], "argument --batch: expected a whole number, got 'abc'"),
     (["ir", LENET, "--batch", "-3"], "argument --batch"),
-    (["ir", LENET, "--stage", "bogus"], "unknown stage 'bogus' (stages: ast, graph, te, sparsify, algorithms, pool_first"),
+    (["ir", LENET, "--stage", "bogus"], "unknown stage 'bogus' (stages: ast, graph, te, sparsify, fold, algorithms, pool_first"),
     (["ir", LENET, "--layer", "nope"], "no layer 'nope' (layers: c1.conv"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["check"], "the following arguments are required: net"),

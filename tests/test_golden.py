@@ -26,6 +26,11 @@ CASES = {
     "sobel_loops.txt": ["ir", "examples/sobel.net"],
     # Winograd F(2x2, 3x3), chosen by default for VGG-16's 512-channel layers
     "vgg16_conv5_2_winograd_loops.txt": ["ir", "examples/vgg16.net", "--stage", "loops", "--layer", "conv5_2"],
+    # batchnorm folded into the conv's weights, the residual add and ReLU in its epilogue ...
+    "resnet18_folded_conv_bn_add_relu_loops.txt": ["ir", "examples/resnet18.net", "--layer", "layer1_0_b"],
+    # ... and the folded weights, computed in the prepare program when the weights change
+    "resnet18_folded_conv_bn_prepare_loops.txt": ["ir", "examples/resnet18.net", "--prepare", "--layer",
+                                                  "layer1_0_b"],
 }
 
 

@@ -60,7 +60,9 @@ def cmd_ir(args) -> int:
             print(f"{l.name} = {l.op}({ins}) -> {l.output}{shape}{ps}")
         return 0
     optimizer = settings_from(net).optimizer if args.grad else None
-    job = Job(g, get_target(args.target), "train" if args.grad else "forward", optimizer,
+    if args.grad and args.prepare:
+        raise UsageError("--prepare is the forward pass's weight program; it does not go with --grad")
+    job = Job(g, get_target(args.target), "train" if args.grad else "prepare" if args.prepare else "forward", optimizer,
               schedule=schedule_of(args), checks=checks_wanted())
     found = {s.name: s for s in pipeline.STAGES}
     upto = stage if stage in found else "llvm"

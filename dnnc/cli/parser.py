@@ -122,6 +122,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive, default=1, help="examples per batch")
     r.add_argument("--grad", action="store_true",
                    help="the training program: forward, loss, backward (derived by autodiff) and update")
+    r.add_argument("--prepare", action="store_true",
+                   help="the forward pass's prepare program: what it computes from the weights alone (folded "
+                        "batchnorm, Winograd's filter transform, packed weights), run when they change")
 
     u = sub.add_parser("run", help="run the forward pass on inputs from .npy files or PNG pictures")
     u.add_argument("net", help=NET_HELP)

@@ -7,6 +7,9 @@ someone asks to see it).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+
+import numpy as np
 
 from ..ir import Buffer, Program
 from ..runtime import cache, jit
@@ -92,12 +95,28 @@ def loop_stages(program: Program, upto: str | None = None) -> list[tuple[str, Pr
     return out
 
 
+WEIGHTS_STAMP = "weights.stamp"  # a counter in the shared arrays, advanced whenever the weights change
+WRITES_WEIGHTS = ("train", "update")
+
+
+def weights_changed(arrays: dict) -> None:
+    """Say that the parameters (or running statistics) in `arrays` changed, so a forward pass
+    recomputes its weight-only results before its next run."""
+    arrays.setdefault(WEIGHTS_STAMP, np.zeros(1, np.int64))[0] += 1
+
+
 class Built:
-    """A compiled program loaded for a target: `run()` runs it on the shared arrays."""
+    """A compiled program loaded for a target: `run()` runs it on the shared arrays.
+
+    A forward pass with weight-only statements (te/weights.py) also builds its `prepare`
+    program and runs it first whenever the arrays' weights stamp moved since it last did; a
+    training step or update advances the stamp."""
 
     def __init__(self, job: Job, arrays: dict, threads: int = 1, key: str | None = None):
         t0 = time.perf_counter()
         self.job = job
+        self.stamp = arrays.setdefault(WEIGHTS_STAMP, np.zeros(1, np.int64))
+        self.prepared = -1
         self._unit: Unit | None = None
         self._stages: list | None = None
         target = job.target
@@ -117,6 +136,12 @@ class Built:
             if key and self.exe.obj:
                 cache.store(key, {"entry": self.exe.entry, "workspace": u.workspace,
                                   "args": [[n, list(s), k] for n, s, k in args]}, self.exe.obj)
+        self.prepare: Built | None = None
+        if job.kind == "forward" and any(k == "derived" for _, _, k in self.exe.args):
+            self.prepare = Built(replace(job, kind="prepare"), arrays, threads,
+                                 cache.key(of=key, part="prepare") if key else None)
+            self.seconds = {k: v + self.prepare.seconds.get(k, 0) if k != "cached" else v
+                            for k, v in self.seconds.items()}
 
     @property
     def unit(self) -> Unit:
@@ -143,6 +168,13 @@ class Built:
 
     def set_threads(self, n: int) -> None:
         self.exe.set_threads(n)
+        if self.prepare is not None:
+            self.prepare.set_threads(n)
 
     def run(self) -> None:
+        if self.prepare is not None and self.prepared != self.stamp[0]:
+            self.prepare.run()
+            self.prepared = int(self.stamp[0])
         self.exe.run()
+        if self.job.kind in WRITES_WEIGHTS:
+            self.stamp[0] += 1

@@ -30,9 +30,11 @@ def lower_graph(g: Graph, outputs: tuple[str, ...] | None = None, with_loss: boo
                 name: str | None = None, dtype: str = "f32", schedule: Schedule | bool = True,
                 sparse: dict[str, int] | None = None, target="cpu") -> Program:
     """The forward program of g: every layer needed for `outputs` (default g.outputs), and the
-    loss with `with_loss`. `sparse` names dense-layer weights to read in ELL form."""
+    loss with `with_loss`. `sparse` names dense-layer weights to read in ELL form. The program
+    is whole: it computes its weight-only statements too (no prepare program)."""
     return program_of(job_for(g, "loss" if with_loss else "forward", None, dtype, schedule, target,
-                              sparse=tuple(sorted((sparse or {}).items())), outputs=outputs, name=name))
+                              sparse=tuple(sorted((sparse or {}).items())), outputs=outputs, name=name,
+                              hoist=False))
 
 
 def training_program(g: Graph, optimizer: Optimizer | None = None, dtype: str = "f32",

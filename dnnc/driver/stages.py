@@ -25,16 +25,18 @@ from ..schedule.steps import Tile, from_block, merge
 from ..te.autodiff import backward, normalize
 from ..te.conv import Algorithm, apply_algorithms
 from ..te.expr import Const, Load
+from ..te.fold import fold_scales
 from ..te.fuse import fuse_elementwise, propagate_copies
 from ..te.names import grad_name, grad_of, names_gradient
 from ..te.optim import HYPER, HYPER_SIZE
 from ..te.pool import fuse_pool, pool_first
 from ..te.sparse import sparsify
 from ..te.stmt import TStmt
+from ..te.weights import split_weights
 from .unit import KINDS, TRAINING, Unit
 
-INFERENCE = ("forward", "loss")
-PROGRAMS = ("forward", "loss", "grad", "train")  # every kind with a network's statements
+INFERENCE = ("forward", "prepare", "loss")
+PROGRAMS = ("forward", "prepare", "loss", "grad", "train")  # every kind with a network's statements
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def needed_layers(g: Graph, outputs: tuple[str, ...], with_loss: bool) -> list[L
 
 def _layers(u: Unit) -> list[Layer]:
     job = u.job
-    return needed_layers(job.graph, job.outputs or job.graph.outputs, job.kind != "forward")
+    return needed_layers(job.graph, job.outputs or job.graph.outputs, job.with_loss)
 
 
 def _params(u: Unit) -> tuple[list[str], list[str]]:
@@ -110,7 +112,7 @@ def tensor_expressions(u: Unit) -> Unit:
     if job.training and g.loss is None:
         raise DnncError(f"network '{g.name}' has no loss; add one, e.g. loss softmax_cross_entropy(logits, label)")
     outputs = job.outputs or g.outputs
-    with_loss = job.kind != "forward"
+    with_loss = job.with_loss
     layers = _layers(u)
     finals = frozenset(outputs) | ({"loss"} if with_loss and g.loss else set())
     steps = list(from_block(g.schedule)) + list(job.schedule.steps)
@@ -137,6 +139,24 @@ def sparsify_weights(u: Unit) -> Unit:
     buffers = list(u.buffers) + [Buffer(n, shape, "param", u.job.dtype) for n, shape in made]
     used = _reads(groups)
     buffers = tuple(b for b in buffers if b.name in used)
+    return u.but(groups=groups, buffers=buffers, shapes={b.name: b.shape for b in buffers})
+
+
+def _weights(u: Unit) -> set[str]:
+    """The tensors an inference program only reads between weight updates."""
+    return {b.name for b in u.buffers if b.kind in ("param", "state")}
+
+
+def fold_batchnorm(u: Unit) -> Unit:
+    """A per-channel scale and shift after a product (an inference batchnorm after a
+    convolution or dense layer) folded into the product's weights and bias (te/fold.py).
+    With the schedule's defaults only, like the fusions.
+
+    Invariant: every kept tensor gets the same values (up to rounding)."""
+    if not u.job.schedule.defaults:
+        return u
+    groups, made = fold_scales(u.groups, u.keep, u.shapes, _weights(u))
+    buffers = u.buffers + tuple(Buffer(n, s, "temp", u.job.dtype) for n, s in made.items())
     return u.but(groups=groups, buffers=buffers, shapes={b.name: b.shape for b in buffers})
 
 
@@ -314,6 +334,25 @@ def pack_reads(u: Unit) -> Unit:
     return u.but(groups=groups, shapes=shapes, buffers=tuple(buffers), tiles=tiles)
 
 
+def hoist_weights(u: Unit) -> Unit:
+    """A forward pass without its weight-only statements (folded weights, Winograd's filter
+    transform, packed weights); a `prepare` program with only them (te/weights.py). What the
+    forward pass reads of them becomes a `derived` buffer, kept between calls like a parameter.
+
+    Invariant: running the prepare program, then the forward pass, computes the outputs
+    the unsplit forward pass computes."""
+    job = u.job
+    if job.kind == "forward" and not job.hoist:
+        return u
+    rest, prepare, derived = split_weights(u.groups, _weights(u), u.keep)
+    read = set(_reads(rest))
+    kept = rest if job.kind == "forward" else prepare
+    used = set(_reads(kept, writes_first=True))
+    buffers = tuple(b if b.name not in derived or b.name not in read else
+                    Buffer(b.name, b.shape, "derived", b.dtype) for b in u.buffers if b.name in used)
+    return u.but(groups=kept, buffers=buffers)
+
+
 # ----------------------------------------------------------------------------- loops and code
 
 def lower_loops(u: Unit) -> Unit:
@@ -354,8 +393,10 @@ GRAPHS = tuple(k for k in KINDS if k != "statements")
 STAGES: list[Stage] = [
     Stage("te", tensor_expressions, GRAPHS, "te",
           "every needed layer's statements, a group per layer; the user's schedule steps"),
-    Stage("sparsify", sparsify_weights, ("forward",), "te",
+    Stage("sparsify", sparsify_weights, ("forward", "prepare"), "te",
           "sparse dense-layer weights read in ELL form"),
+    Stage("fold", fold_batchnorm, INFERENCE, "te",
+          "a batchnorm after a convolution or dense layer folded into its weights and bias"),
     Stage("algorithms", choose_algorithms, PROGRAMS, "te",
           "convolutions as im2col or Winograd where a step (or the target) says"),
     Stage("pool_first", Fusion(pool_first), PROGRAMS, "te",
@@ -380,6 +421,8 @@ STAGES: list[Stage] = [
           "the target's default steps with the user's in their place"),
     Stage("pack", pack_reads, ALL, "te",
           "reads across lanes made from permuted copies"),
+    Stage("weights", hoist_weights, ("forward", "prepare"), "te",
+          "weight-only statements moved to the prepare program, run when the weights change"),
     Stage("loops", lower_loops, ALL, "loops",
           "one kernel of loop nests per group, tiled as the schedule says"),
     Stage("split_edges", LoopPass(split_edges), ALL, "loops",

@@ -11,7 +11,7 @@ from ..te.conv import Algorithm
 from ..te.optim import Optimizer
 from ..te.stmt import TStmt
 
-KINDS = ("forward", "loss", "grad", "train", "update", "statements")
+KINDS = ("forward", "prepare", "loss", "grad", "train", "update", "statements")
 TRAINING = ("grad", "train")  # programs with a backward pass
 
 
@@ -19,7 +19,8 @@ TRAINING = ("grad", "train")  # programs with a backward pass
 class Job:
     """One program of a graph for a target.
 
-    kind: `forward`; `loss` (forward and loss); `grad` (loss and gradients); `train` (one
+    kind: `forward`; `prepare` (the forward pass's weight-only statements, run when the
+    weights change); `loss` (forward and loss); `grad` (loss and gradients); `train` (one
     step with `optimizer`); `update` (the optimizer's step alone, from `.grad` buffers).
     `statements` (a program of statements given directly). `sparse` names dense-layer
     weights read in ELL form with R entries per row."""
@@ -36,6 +37,11 @@ class Job:
     name: str | None = None
     given: "Unit | None" = None  # for `statements`: the unit the pipeline starts from
     start: str | None = None  # ... and the stage it starts at
+    hoist: bool = True  # a forward pass leaves its weight-only statements to `prepare`
+
+    @property
+    def with_loss(self) -> bool:
+        return self.kind not in ("forward", "prepare")
 
     @property
     def training(self) -> bool:
@@ -43,7 +49,8 @@ class Job:
 
     @property
     def program_name(self) -> str:
-        return self.name or (self.graph.name + "_update" if self.kind == "update" else self.graph.name)
+        suffix = {"update": "_update", "prepare": "_prepare"}.get(self.kind, "")
+        return self.name or self.graph.name + suffix
 
 
 Groups = list[tuple[str, list[TStmt]]]

@@ -17,7 +17,7 @@ LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
 class Buffer:
     name: str
     shape: tuple[int, ...]
-    kind: str  # input | label | param | output | temp
+    kind: str  # input | label | hyper | param | state | derived | output | grad | temp | local
     dtype: str = "f32"
 
     @property

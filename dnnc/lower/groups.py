@@ -10,8 +10,8 @@ from .nest import lower_stmt
 from .tile import _argmax_partner, lower_tile
 
 
-KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "output": 5, "grad": 6, "temp": 7,
-              "local": 8}
+KIND_ORDER = {"input": 0, "label": 1, "hyper": 2, "param": 3, "state": 4, "derived": 5, "output": 6, "grad": 7,
+              "temp": 8, "local": 9}
 
 
 def lower_groups(name: str, buffers: list[Buffer], groups: list[tuple[str, list[TStmt]]],

@@ -44,7 +44,9 @@ def compile_object(net: Network, output: str, batch: int = 1, schedule=True, che
     out = Path(output)
     if out.suffix != ".o":
         raise DnncError("the object file name must end in .o", path=output)
-    job = job_for(net.at_batch(batch), "forward", schedule=schedule, target=target, checks=checks_wanted(checks))
+    # the object computes everything from the parameters: a C caller has no prepare step
+    job = job_for(net.at_batch(batch), "forward", schedule=schedule, target=target, checks=checks_wanted(checks),
+                  hoist=False)
     u = run(job)
     obj = job.target.compile(u.llvm_ir)
     header = out.with_suffix(".h")

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..api import Model
 from ..base.errors import DnncError
+from ..driver.compile import WEIGHTS_STAMP
 from ..te.optim import HYPER, Optimizer
 from ..te.names import grad_name
 
@@ -110,6 +111,7 @@ class Hogwild:
         share.update({s: master.buffers[s] for p in master.graph.params for s in optimizer.state(p)
                       if s in master.buffers})
         share.update({s: master.buffers[s] for s in master.graph.states})
+        share[WEIGHTS_STAMP] = master.buffers[WEIGHTS_STAMP]  # each replica's step changes the master's weights
         self.master, self.n = master, n
         self.models = [_replica(master, master.batch, share, master.seed * n + k) for k in range(n)]
         self.trains = [m.executable("train", optimizer) for m in self.models]

@@ -69,6 +69,7 @@ def run(net: Network, params: dict[str, np.ndarray], plan: dict[str, dict], data
         train = model.executable("train", opt)
         for p in plan:
             model.buffers[p + ".mask"][...] = masks[p]
+        model.weights_changed()
         for epoch in range(epochs):
             _epoch(model, train, xt, yt, inp, lab, steps, s.batch, opt, lr, seed, stage * 100 + epoch)
         acc = evaluate.run(xs, ds.y_test, classes).accuracy

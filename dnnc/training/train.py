@@ -193,6 +193,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         for k, v in state.items():
             if k in model.buffers and model.buffers[k].shape == v.shape:
                 model.buffers[k][...] = v
+        model.weights_changed()
     mean, std = norm
     xt = (ds.x_train - mean) / std
     xs = (ds.x_test - mean) / std
