@@ -1,7 +1,7 @@
 """The performance targets, each measured side by side with its peer in this one run.
 
 dnnc and PyTorch alternate, one thread each unless --threads says otherwise; medians.
-Usage: python benchmarks/targets.py [--threads 1] [--repeat 20] [--skip-compile] [--skip-vgg]
+Usage: python benchmarks/targets.py [--threads 1] [--repeat 20] [--skip-compile] [--skip-vgg] [--skip-zoo]
 """
 from __future__ import annotations
 
@@ -265,6 +265,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-vgg", action="store_true")
+    ap.add_argument("--skip-zoo", action="store_true", help="leave out the zoo against ONNX Runtime")
     ap.add_argument("--vgg16-child", choices=("dnnc", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vgg16_child:
@@ -281,6 +282,10 @@ def main():
     training(torch, "lenet300.net", torch_mlp, ["h1", "h2", "logits"], args, "MLP 784-300-100-10")
     inference(torch, args)
     dense_gemm(args)
+    if not args.skip_zoo:  # ResNet-18, MobileNetV2 and a CIFAR CNN from ONNX, against ONNX Runtime too
+        import zoo_inference
+
+        zoo_inference.main(["--threads", str(args.threads), "--repeat", str(max(5, args.repeat // 2))])
     if not args.skip_vgg:
         vgg(torch, args)
         vgg16_whole(torch, args)

@@ -1,0 +1,81 @@
+"""A training step of a zoo network, dnnc against PyTorch eager, side by side.
+
+The same weights and batch in both: dnnc's `train` program (forward, loss, backward, SGD with
+momentum) and the graph's PyTorch twin (tests/torch_twin.py) in float32 with torch.optim.SGD;
+they alternate step by step; medians. The learning rate is 0, so both time the full step on
+the same weights throughout.
+
+Usage: python benchmarks/zoo_training.py [--net resnet18] [--batch 16] [--threads 1] [--repeat 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+_t = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+os.environ.setdefault("OMP_NUM_THREADS", _t)
+import numpy as np  # noqa: E402
+
+import dnnc  # noqa: E402
+from dnnc.te.optim import HYPER, Optimizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="resnet18")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    import torch
+    from torch_twin import Twin
+
+    torch.set_num_threads(args.threads)
+    net = dnnc.load(ROOT / "examples" / f"{args.net}.net")
+    t0 = time.perf_counter()
+    model = net.compile(batch=args.batch, threads=args.threads)
+    opt = Optimizer("sgd", 0.0, 0.9)
+    ex = model.executable("train", opt)
+    compile_s = time.perf_counter() - t0
+    g = model.graph
+    inp, lab = g.inputs[0], g.labels[0]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, *net.inputs[inp])).astype(np.float32)
+    y = rng.integers(0, g.classes[lab], args.batch)
+    model.buffers[inp][...] = x
+    model.buffers[lab][...] = y
+    model.buffers[HYPER][...] = opt.hyper(1, 0.0)
+    twin = Twin(model._train_graph, model.params, model.states, dtype=torch.float32)
+    topt = torch.optim.SGD(list(twin.params.values()), lr=0.0, momentum=0.9)
+    feed = {inp: torch.from_numpy(x), lab: torch.from_numpy(y)}
+
+    def tstep():
+        topt.zero_grad()
+        twin.run(feed, training=True)["loss"].backward()
+        topt.step()
+
+    ex.run(), tstep()
+    ours, theirs = [], []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        ex.run()
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        tstep()
+        theirs.append(time.perf_counter() - t)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"{args.net} training step, batch {args.batch}, {args.threads} thread(s): dnnc {a * 1e3:.1f} ms, "
+          f"PyTorch eager {b * 1e3:.1f} ms, ratio {b / a:.2f}x (medians of {args.repeat}); "
+          f"dnnc compile {compile_s:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
