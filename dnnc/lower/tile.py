@@ -56,7 +56,7 @@ class _Nest:
     primitive's name to the nest's); `sub` gives every split axis in the new variables
     (a split of a split's inner axis, the lanes of K vectors, composes into it); `outer`
     lists the loops outside the register tile, the statement's other axes first and then
-    the reorder's (an axis of extent one gets no loop); `tile_loops` are the register tile's
+    the reorder's, or where the reorder's `...` puts them (an axis of extent one gets no loop); `tile_loops` are the register tile's
     own loops, outermost first, with the kinds vectorize and unroll chose; `edge` masks the
     ragged ends of split output axes.
     """
@@ -80,10 +80,14 @@ class _Nest:
         self.sub = {n: affine.simplify(e) for n, e in self.raw.items()}
         v, u = t.vector, t.unroll
         lanes = self.names[v + "o"]
-        self.outer = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
+        others = [(n, x) for n, x in st.axes if n not in (u, v) and x > 1]
         self.sub.update({n: Const(0) for n, x in st.axes if n not in (u, v) and x == 1})  # no loop of one
-        self.outer += [(n, self.extents[n]) for n in self.reorder
-                       if n not in self.tile_axes and not (across and n == lanes)]
+        self.outer = []
+        for n in self.reorder if "..." in self.reorder else ("...",) + self.reorder:
+            if n == "...":
+                self.outer += others
+            elif n not in self.tile_axes and not (across and n == lanes):
+                self.outer.append((n, self.extents[n]))
         if self.block:  # the block loop runs just inside the outermost output loop
             self.outer.insert(1 if self.outer else 0, (self.block[1], self.extents[self.block[1]]))
         self.tile_loops = [(n, self.extents[n], self.kinds.get(n, "serial")) for n in self.tile_axes]
@@ -110,7 +114,7 @@ class _Nest:
         elif isinstance(p, Unroll):
             self.kinds[self.names[p.axis]] = "unroll"
         elif isinstance(p, Reorder):
-            self.reorder = tuple(self.names[a] for a in p.axes)
+            self.reorder = tuple(self.names.get(a, a) if a != "..." else a for a in p.axes)
         elif isinstance(p, Accumulate):
             self.buffer, self.tile_axes = p.buffer, tuple(self.names[a] for a in p.axes)
         elif isinstance(p, Block):

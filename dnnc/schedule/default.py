@@ -23,6 +23,42 @@ def reduction_block(st: TStmt, r: Reduce, lanes: str) -> tuple[str, int] | None:
     return (axis, 8) if ext >= 32 else None
 
 
+FILTER_TILE = 14  # accumulators of a filter-lane tile (measured: 2 vectors x 7 pixels beat 4 x 6, 4 x 4 and 1 x 14)
+
+
+def filter_axis(st: TStmt, hot: list, W: int) -> tuple[str, int] | None:
+    """The filter axis of a direct convolution worth lanes along filters: an output axis, not
+    the last, filling whole vectors, that is the first index of exactly one read (the weights
+    `w[f, k, r, s]`, packed so it is contiguous; a transposed conv's `w[f, k, ..]` with lanes on k
+    is left as it was) while every other read is independent of it (the input value,
+    broadcast to every lane) -- when the last axis does not suit lanes: the input is read
+    along it at a stride (a strided or 1x1 stride-2 conv, the 7x7 stride-2 stem) or it is
+    shorter than one vector (7x7 and 14x14 outputs)."""
+    r = inner_reduce(st)
+    if r is None or r.op != "sum" or window_reduce(st) is not None or len(st.axes) < 3:
+        return None
+    v, ext_v = st.axes[-1]
+    for f, ext_f in st.axes[:-1]:
+        weights = [ld for ld in hot if packable(ld, f)]
+        inputs = [ld for ld in hot if ld not in weights]
+        if ext_f < W or ext_f % W or len(weights) != 1 or weights[0].index[0] != Var(f) or stride_kind(weights[0], v) != "none" or any(
+                stride_kind(ld, f) != "none" for ld in inputs) or all(stride_kind(ld, v) == "none" for ld in inputs):
+            continue
+        if ext_v < W or any(stride_kind(ld, v) == "other" for ld in inputs):
+            return f, ext_f
+    return None
+
+
+def filter_tile(ext_f: int, ext_j: int, W: int) -> tuple[int, int]:
+    """(vectors of filters K, output pixels R along j) of a filter-lane register tile: 2
+    vectors where the filters fill them, and R <= FILTER_TILE / K pixels from the upper half
+    of that range, the one wasting the fewest masked pixels of a row (112 or 14: 7; 11: 6)."""
+    K = next(k for k in (2, 1) if ext_f % (W * k) == 0)
+    cap = min(FILTER_TILE // K, ext_j)
+    R = min(range(max(1, cap // 2), cap + 1), key=lambda x: (-(-ext_j // x) * x - ext_j, -x))
+    return K, R
+
+
 def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], machine: Machine,
                      dtype: str = "f32", pack: bool = True) -> list:
     """Tile (and Pack) steps for the statements worth vectorizing, from shapes and the machine alone."""
@@ -39,6 +75,18 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], mac
         hot = hot_loads(st)
         window = window_reduce(st) is not None
         r = inner_reduce(st)
+        conv_f = filter_axis(st, hot, W) if pack else None
+        if conv_f is not None:
+            # lanes along the filters, a register tile of pixels along j, the weights packed
+            # with filters last and the loop over filter vectors outermost
+            f, ext_f = conv_f
+            ld = next(ld for ld in hot if packable(ld, f))
+            d = next(k for k, ix in enumerate(ld.index) if ix == Var(f))
+            steps.append(Pack(ld.tensor, tuple(k for k in range(len(ld.index)) if k != d) + (d,), st.tensor, nth))
+            K, R = filter_tile(ext_f, ext_v, W)
+            steps.append(Tile(st.tensor, f, W, v, R, nth, count_flops(st) >= machine.parallel_flops, K,
+                              outermost=True))
+            continue
         if pack and r is not None and ext_v <= W // 2 and (window or (
                 math.prod(x for _, x in r.axes) >= 1024 and not across_axis(r, hot, W))):
             # a short last axis and no reduction axis to put lanes on: lanes on an output axis

@@ -5,7 +5,7 @@ it acts on loop IR, a pure function from a list of statements to a new one, with
 invariant in its docstring:
 
     Split(axis, factor)   axis -> outer * factor + inner, the ragged last block masked
-    Reorder(axes)         the named loops innermost, in this order
+    Reorder(axes)         the named loops innermost, in this order (`...`: the others, there)
     Vectorize(axis)       the loop's iterations run as SIMD lanes
     Unroll(axis)          the loop is unrolled
     Parallel(axis)        the loop's iterations run on the thread pool
@@ -54,7 +54,7 @@ class Split:
 
 @dataclass(frozen=True)
 class Reorder:
-    """The named loops innermost, in this order; see `reorder`."""
+    """The named loops innermost, in this order; see `reorder` (`...`: the others go there)."""
 
     axes: tuple[str, ...]
 
@@ -266,8 +266,8 @@ def _chain(s: Stmt, axes: set[str], what: str) -> tuple[list[Loop], list[Expr], 
 
 def reorder(nest: list[Stmt], axes) -> list[Stmt]:
     """The perfectly nested loops from the outermost named one down to the innermost named
-    one are permuted: the others keep their order outside, the named ones go innermost in
-    the given order; guards between them (a split's masks) sink to the innermost body.
+    one are permuted: the others keep their order outside (or at `...` among the axes), the
+    named ones go innermost in the given order; guards between them sink to the innermost body.
 
     Invariant: the nest computes what it computed, given that no iteration of these loops
     reads what another writes except as terms of a sum (then up to the order of the terms),
@@ -278,14 +278,15 @@ def reorder(nest: list[Stmt], axes) -> list[Stmt]:
     if len(set(axes)) != len(axes):
         raise DnncError(f"{what}: an axis is named twice")
     for a in axes:
-        _require_loop(what, nest, a)
+        if a != "...":
+            _require_loop(what, nest, a)
     return _reorder_in(nest, axes, what)
 
 
 def _reorder_in(stmts, axes: tuple[str, ...], what: str) -> list[Stmt]:
     out: list[Stmt] = []
     for s in stmts:
-        if isinstance(s, Loop) and s.var in axes:
+        if isinstance(s, Loop) and s.var in axes and s.var != "...":
             out += _permute(s, axes, what)
         elif isinstance(s, Loop):
             out.append(Loop(s.var, s.extent, tuple(_reorder_in(s.body, axes, what)), s.kind))
@@ -297,9 +298,11 @@ def _reorder_in(stmts, axes: tuple[str, ...], what: str) -> list[Stmt]:
 
 
 def _permute(top: Loop, axes: tuple[str, ...], what: str) -> list[Stmt]:
-    loops, guards, body = _chain(top, set(axes), what)
+    loops, guards, body = _chain(top, set(axes) - {"..."}, what)
     by_name = {lp.var: lp for lp in loops}
-    order = [lp for lp in loops if lp.var not in axes] + [by_name[a] for a in axes]
+    others = [lp for lp in loops if lp.var not in axes]
+    at = axes.index("...") if "..." in axes else 0  # reorder(fo, ..., jo): fo outside the others
+    order = [by_name[a] for a in axes[:at]] + others + [by_name[a] for a in axes[at:] if a != "..."]
     for lp in loops:
         if lp.kind != "serial":
             raise DnncError(f"{what}: the loop over {lp.var} is already {lp.kind}; reorder before choosing kinds")

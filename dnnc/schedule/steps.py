@@ -41,6 +41,9 @@ class Tile:
     # the loop over vectors runs outside the unrolled axis's loop, so the panel of a large
     # operand that one vector column reads stays in cache across all of the unrolled rows
     panel: bool = False
+    # the loop over vectors runs outside every other output loop (`reorder(fo, ..., jo, ...)`),
+    # so one panel of packed weights stays in cache while every output pixel is computed
+    outermost: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -65,6 +68,8 @@ class Tile:
             rows = (u + "i",)
             # a panel keeps the vector loop outside the rows' loop
             outer = (v + "o", u + "o") if self.panel else (u + "o", v + "o")
+        if self.outermost:  # `...`: the statement's other output axes, inside the vector loop
+            outer = (v + "o", "...") + ((u + "o",) if u else ())
         prims += [Reorder(outer + rows + lanes), Accumulate(f"{self.tensor}.acc{self.nth or ''}", rows + lanes)]
         if self.block:
             prims.append(Block(*self.block))
@@ -78,7 +83,8 @@ class Tile:
         k = f"x{self.vectors}" if self.vectors > 1 else ""
         b = f", block={self.block[0]}:{self.block[1]}" if self.block else ""
         p = ", panel" if self.panel else ""
-        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{b}{p}{', parallel' if self.parallel else ''})"
+        o = ", outermost" if self.outermost else ""
+        return f"tile({t}, vector={self.vector}:{self.width}{k}{u}{b}{p}{o}{', parallel' if self.parallel else ''})"
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class Pack:
 
 _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?"
                    r"(,\s*unroll=(?P<u>\w+):(?P<f>\d+))?(,\s*block=(?P<b>\w+):(?P<bs>\d+))?(?P<panel>,\s*panel)?"
-                   r"(?P<p>,\s*parallel)?\)$")
+                   r"(?P<outer>,\s*outermost)?(?P<p>,\s*parallel)?\)$")
 
 
 def parse_step(text: str, loc: Loc | None = None):
@@ -122,7 +128,8 @@ def parse_step(text: str, loc: Loc | None = None):
         raise DnncError(f"cannot read schedule step {text!r}; expected tile(TENSOR, vector=AXIS:WIDTH"
                         f"[, unroll=AXIS:FACTOR]), naive(TENSOR) or algorithm(TENSOR, direct|im2col|winograd)", loc)
     return check(Tile(m["t"], m["v"], int(m["w"]), m["u"], int(m["f"] or 1), int(m["n"] or 0), bool(m["p"]),
-                      int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None, bool(m["panel"])), loc)
+                      int(m["k"] or 1), (m["b"], int(m["bs"])) if m["b"] else None, bool(m["panel"]),
+                      bool(m["outer"])), loc)
 
 
 def from_block(block: dict) -> list:
@@ -165,6 +172,8 @@ def check(t: Tile, loc: Loc | None = None) -> Tile:
         raise DnncError(f"{t}: an unroll factor above 16 would spill the register tile", loc)
     if t.unroll == t.vector:
         raise DnncError(f"{t}: the vector and unrolled axes must differ", loc)
+    if t.outermost and t.panel:
+        raise DnncError(f"{t}: outermost already keeps the vector loop outside the rows' loop; drop panel", loc)
     return t
 
 

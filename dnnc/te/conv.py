@@ -99,6 +99,14 @@ def default_algorithms(groups, shapes: dict) -> list[Algorithm]:
     On this machine's core it ran VGG-16's conv3_2 forward in 30 ms against 39 ms direct and
     conv5_2 in 12.6 against 14.7, but conv1_2 (64 channels) in 48 against 46; in a training
     step the backward through the transforms ate the gain, so training programs stay direct.
+
+    Re-measured at batch 1 against the filter-lane direct schedule (one thread, medians, the
+    filter transform and weight packs not counted, as they leave the per-call program), for
+    ResNet-18's shapes: 512 channels at 7x7, Winograd 4.0-4.3 ms against direct 5.2-5.5;
+    256 at 14x14, 2.2-3.1 against 3.5-6.1; 128 at 28x28, 1.8-2.7 against 3.8. Winograd still
+    wins where few output tiles (16 at 7x7) meet many channels: the direct conv at batch 1
+    is bound by streaming its weights, whose filter-last packing reads each filter panel in
+    strided 128-byte pieces, so no rule on batch x tiles pays yet and this one stays.
     """
     out = []
     for _, stmts in groups:
