@@ -28,6 +28,8 @@ CASES = {
     "vgg16_conv5_2_winograd_loops.txt": ["ir", "examples/vgg16.net", "--stage", "loops", "--layer", "conv5_2"],
     # batchnorm folded into the conv's weights, the residual add and ReLU in its epilogue ...
     "resnet18_folded_conv_bn_add_relu_loops.txt": ["ir", "examples/resnet18.net", "--layer", "layer1_0_b"],
+    # the 7x7 stride-2 stem on 3 channels: lanes along the filters, a row of 7 pixels in registers
+    "resnet18_strided_stem_loops.txt": ["ir", "examples/resnet18.net", "--layer", "stem"],
     # ... and the folded weights, computed in the prepare program when the weights change
     "resnet18_folded_conv_bn_prepare_loops.txt": ["ir", "examples/resnet18.net", "--prepare", "--layer",
                                                   "layer1_0_b"],
