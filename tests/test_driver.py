@@ -141,8 +141,10 @@ def test_compile_profile_times_every_stage_and_the_load():
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "bench", str(LENET), "--batch", "4", "--compile-profile"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    rows = [line.split()[0] for line in r.stdout.splitlines()[2:]]
-    assert rows == [n for n, _ in lower(job("forward", batch=4))] + ["load", "total"]
+    rows = [line.rsplit(None, 3)[0].strip() for line in r.stdout.splitlines()[2:-1]]  # name, time, unit, share
+    mine = [n for n, _ in lower(job("forward", batch=4))] + ["load"]
+    # then the prepare program's (LeNet-5's packed conv weights)
+    assert rows == mine + [f"prepare: {n}" for n, _ in lower(job("prepare", batch=4))] + ["prepare: load"]
 
 
 BN_NET = """

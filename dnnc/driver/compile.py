@@ -48,7 +48,8 @@ def lower(job: Job, upto: str | None = None) -> list[tuple[str, Unit]]:
 def profile(job: Job) -> list[tuple[str, float]]:
     """Seconds in each stage of the job, then in loading (the target's compiler making machine
     code from the LLVM IR, as a model's first compile does), measured once: what
-    `dnnc bench --compile-profile` prints. The process's memo of machine code is bypassed."""
+    `dnnc bench --compile-profile` prints. The process's memo of machine code is bypassed. A
+    forward pass's prepare program follows, its rows named `prepare: STAGE`."""
     u, out = _first(job), []
     for stage in stages_of(job):
         t0 = time.perf_counter()
@@ -59,6 +60,8 @@ def profile(job: Job) -> list[tuple[str, float]]:
     with jit.fresh():
         job.target.load(None, u.llvm_ir, job.target.entry(u.program.name), args, u.workspace, {}, job.dtype, 1)
     out.append(("load", time.perf_counter() - t0))
+    if job.kind == "forward" and any(k == "derived" for _, _, k in args):  # its prepare program, as Built makes it
+        out += [(f"prepare: {name}", t) for name, t in profile(replace(job, kind="prepare"))]
     return out
 
 
