@@ -203,7 +203,7 @@ def _outputs_body(nest: _Nest, shapes: dict, partner: TStmt | None) -> tuple[lis
     T.acc[U, W*K] and the result is stored once, lanes and rows past the end masked off. A
     pool window over a fused sum keeps the window's running result in a second tile."""
     st, t = nest.st, nest.t
-    value = affine.canon_loads(subst_vars(st.value, nest.sub))
+    value = affine.fold_panels(affine.canon_loads(subst_vars(st.value, nest.sub)), nest.ranges)
     target = tuple(affine.simplify(subst_vars(ix, nest.sub)) for ix in st.target)
     if st.accumulate:
         value = Binary("+", Load(st.tensor, target), value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..te.expr import Reduce, Var, free_vars
 from ..te.stmt import TStmt, count_flops
@@ -82,8 +83,10 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], mac
             f, ext_f = conv_f
             ld = next(ld for ld in hot if packable(ld, f))
             d = next(k for k, ix in enumerate(ld.index) if ix == Var(f))
-            steps.append(Pack(ld.tensor, tuple(k for k in range(len(ld.index)) if k != d) + (d,), st.tensor, nth))
             K, R = filter_tile(ext_f, ext_v, W)
+            # in panels of the tile's filters, so each step of the reduction reads one run
+            steps.append(Pack(ld.tensor, tuple(k for k in range(len(ld.index)) if k != d) + (d,), st.tensor, nth,
+                              W * K))
             steps.append(Tile(st.tensor, f, W, v, R, nth, count_flops(st) >= machine.parallel_flops, K,
                               outermost=True))
             continue
@@ -106,6 +109,7 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], mac
             steps.append(Tile(st.tensor, w, W, v if ext_v > 1 else None, min(ext_v, 8) if ext_v > 1 else 1,
                               nth, count_flops(st) >= machine.parallel_flops, 1, reduction_block(st, r, w)))
             continue
+        mine = len(steps)
         if pack and r is not None:
             for ld in hot:  # a read across lanes: pack it so the lanes are contiguous
                 if packable(ld, v) and (st.tensor, ld.tensor) not in packed:
@@ -144,6 +148,8 @@ def default_schedule(stmts: list[TStmt], shapes: dict[str, tuple[int, ...]], mac
         panel = unroll is not None and axes_extent(st, unroll) > factor and any(
             unroll not in set().union(*[free_vars(i) for i in ld.index]) and math.prod(shapes[ld.tensor]) * 4 > machine.l2_bytes
             for ld in hot if stride_kind(ld, v) == "unit" or (st.tensor, ld.tensor) in packed)
+        if panel and ext_v % (width * vectors) == 0:  # a large packed operand: its panels contiguous
+            steps[mine:] = [replace(s, block=width * vectors) for s in steps[mine:]]
         steps.append(Tile(st.tensor, v, width, unroll, factor, nth, count_flops(st) >= machine.parallel_flops, vectors,
                           None, panel))
     return steps

@@ -93,6 +93,9 @@ class Pack:
     perm: tuple[int, ...]  # new dimension k is old dimension perm[k]
     reader: str  # the statement that reads the packed copy: the nth that writes this tensor
     nth: int = 0  # (a gradient is written by several statements, each with its own reads)
+    # the last (lane) dimension cut into panels of this many, each panel contiguous:
+    # [D / block, ..., block], so a register tile's vectors of one panel lie together
+    block: int = 0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -100,11 +103,12 @@ class Pack:
 
     @property
     def packed(self) -> str:
-        return f"{self.tensor}.packed{''.join(map(str, self.perm))}"
+        return f"{self.tensor}.packed{''.join(map(str, self.perm))}" + (f"b{self.block}" if self.block else "")
 
     def __str__(self) -> str:
         r = self.reader + (f"#{self.nth}" if self.nth else "")
-        return f"pack({self.tensor}, perm={list(self.perm)}, for={r})"
+        b = f", block={self.block}" if self.block else ""
+        return f"pack({self.tensor}, perm={list(self.perm)}{b}, for={r})"
 
 
 _STEP = re.compile(r"tile\((?P<t>[\w.]+)(#(?P<n>\d+))?,\s*vector=(?P<v>\w+):(?P<w>\d+)(x(?P<k>\d+))?"

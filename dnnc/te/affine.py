@@ -275,6 +275,41 @@ def simplify_in(e: Expr, ranges: dict[str, Interval]) -> Expr:
     return from_affine(_merge_divmod({t: v for t, v in out.items() if v != 0 or t == 1}))
 
 
+def fold_panels(e, ranges: dict[str, Interval]):
+    """e with each read index that is a floor division or modulo by a constant folded where the
+    ranges settle it: (fo*B + fk*16 + fi) / B is fo and % B is fk*16 + fi when fk*16 + fi < B
+    (a read of a weight packed in panels, schedule/pack.py). Other indices stay as they are."""
+
+    def fold(ix):
+        if not (isinstance(ix, Binary) and ix.op in ("/", "%") and isinstance(ix.b, Const)):
+            return ix
+        d = affine(ix, split=True)
+        if d is None:
+            return ix
+        out: dict = {}
+        for k, c in d.items():
+            if k != 1 and not isinstance(k, str):
+                b = _atom_bounds(k, ranges, {})
+                inner = bounds(k.a, ranges) if isinstance(k, Binary) and k.op == "%" else None
+                if b is not None and b[0] == b[1]:
+                    out[1] = out.get(1, 0) + c * b[0]
+                    continue
+                if inner is not None and 0 <= inner[0] and inner[1] < k.b.value:
+                    for t, v in (affine(k.a) or {}).items():
+                        out[t] = out.get(t, 0) + c * v
+                    continue
+                return ix  # an atom left: not a panel read
+            out[k] = out.get(k, 0) + c
+        return from_affine(out)
+
+    def fix(x):
+        if isinstance(x, Load) and any(isinstance(i, Binary) and i.op in ("/", "%") for i in x.index):
+            return Load(x.tensor, tuple(fold(i) for i in x.index), x.loc)
+        return None
+
+    return substitute(e, fix)
+
+
 def canon_loads(e):
     """e with the index of every read in canonical form."""
 
