@@ -28,12 +28,12 @@ from dnnc.io.onnx_io import export, import_model, weights_for  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-# (label, example, batch, input size per example or None for the file's own)
+# (label, example (None: the CIFAR CNN from a PyTorch ONNX export), batch)
 WORKLOADS = [
-    ("resnet18_b1", "resnet18.net", 1, None),
-    ("resnet18_b16", "resnet18.net", 16, None),
-    ("mobilenetv2_b1", "mobilenetv2.net", 1, None),
-    ("cifar_cnn_b64", None, 64, None),
+    ("resnet18_b1", "resnet18.net", 1),
+    ("resnet18_b16", "resnet18.net", 16),
+    ("mobilenetv2_b1", "mobilenetv2.net", 1),
+    ("cifar_cnn_b64", None, 64),
 ]
 
 
@@ -99,12 +99,11 @@ def build(label, example, batch, threads, tmp: Path, torch):
         model.states.update_from({k: v for k, v in vals.items() if k in model.states})
         inp = net.graph.inputs[0]
         feed = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        tx = torch.from_numpy(feed)
 
-        def tfn():
+        def torch_fn():
             with torch.no_grad():
                 return tm(tx)
-        tx = torch.from_numpy(feed)
-        torch_fn = tfn
     else:
         net = dnnc.load(ROOT / "examples" / example)
         model = net.compile(batch=batch, threads=threads)
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
     print(f"{'workload':18s} {'dnnc':>10s} {'ORT':>10s} {'torch':>10s}   vs ORT  vs torch  (one run, "
           f"{args.threads} thread(s), medians of {args.repeat})")
     with tempfile.TemporaryDirectory() as d:
-        for label, example, batch, _ in WORKLOADS:
+        for label, example, batch in WORKLOADS:
             if args.only and label not in args.only:
                 continue
             ours, ort_fn, torch_fn, err = build(label, example, batch, args.threads, Path(d), torch)

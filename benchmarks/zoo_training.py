@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     model.buffers[inp][...] = x
     model.buffers[lab][...] = y
     model.buffers[HYPER][...] = opt.hyper(1, 0.0)
-    twin = Twin(model._train_graph, model.params, model.states, dtype=torch.float32)
+    twin = Twin(net.at_batch(args.batch, training=True), model.params, model.states, dtype=torch.float32)
     topt = torch.optim.SGD(list(twin.params.values()), lr=0.0, momentum=0.9)
     feed = {inp: torch.from_numpy(x), lab: torch.from_numpy(y)}
 

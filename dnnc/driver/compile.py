@@ -60,7 +60,7 @@ def profile(job: Job) -> list[tuple[str, float]]:
     with jit.fresh():
         job.target.load(None, u.llvm_ir, job.target.entry(u.program.name), args, u.workspace, {}, job.dtype, 1)
     out.append(("load", time.perf_counter() - t0))
-    if job.kind == "forward" and any(k == "derived" for _, _, k in args):  # its prepare program, as Built makes it
+    if has_prepare(job, args):  # its prepare program, as Built makes it
         out += [(f"prepare: {name}", t) for name, t in profile(replace(job, kind="prepare"))]
     return out
 
@@ -102,6 +102,12 @@ WEIGHTS_STAMP = "weights.stamp"  # a counter in the shared arrays, advanced when
 WRITES_WEIGHTS = ("train", "update")
 
 
+def has_prepare(job: Job, args) -> bool:
+    """Whether a program with these (name, shape, kind) arguments needs a prepare program: a
+    forward pass that reads derived buffers."""
+    return job.kind == "forward" and any(k == "derived" for _, _, k in args)
+
+
 def weights_changed(arrays: dict) -> None:
     """Say that the parameters (or running statistics) in `arrays` changed, so a forward pass
     recomputes its weight-only results before its next run."""
@@ -140,7 +146,7 @@ class Built:
                 cache.store(key, {"entry": self.exe.entry, "workspace": u.workspace,
                                   "args": [[n, list(s), k] for n, s, k in args]}, self.exe.obj)
         self.prepare: Built | None = None
-        if job.kind == "forward" and any(k == "derived" for _, _, k in self.exe.args):
+        if has_prepare(job, self.exe.args):
             self.prepare = Built(replace(job, kind="prepare"), arrays, threads,
                                  cache.key(of=key, part="prepare") if key else None)
             self.seconds = {k: v + self.prepare.seconds.get(k, 0) if k != "cached" else v

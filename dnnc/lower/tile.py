@@ -55,10 +55,10 @@ class _Nest:
     Each split's loop names are made fresh against the statement's names (`names` maps a
     primitive's name to the nest's); `sub` gives every split axis in the new variables
     (a split of a split's inner axis, the lanes of K vectors, composes into it); `outer`
-    lists the loops outside the register tile, the statement's other axes first and then
-    the reorder's, or where the reorder's `...` puts them (an axis of extent one gets no loop); `tile_loops` are the register tile's
-    own loops, outermost first, with the kinds vectorize and unroll chose; `edge` masks the
-    ragged ends of split output axes.
+    lists the loops outside the register tile, the statement's other axes first (or where
+    the reorder's `...` puts them) and then the reorder's (an axis of extent one gets no
+    loop); `tile_loops` are the register tile's own loops, outermost first, with the kinds
+    vectorize and unroll chose; `edge` masks the ragged ends of split output axes.
     """
 
     def __init__(self, st: TStmt, t, across: bool):

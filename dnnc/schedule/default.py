@@ -42,8 +42,11 @@ def filter_axis(st: TStmt, hot: list, W: int) -> tuple[str, int] | None:
     for f, ext_f in st.axes[:-1]:
         weights = [ld for ld in hot if packable(ld, f)]
         inputs = [ld for ld in hot if ld not in weights]
-        if ext_f < W or ext_f % W or len(weights) != 1 or weights[0].index[0] != Var(f) or stride_kind(weights[0], v) != "none" or any(
-                stride_kind(ld, f) != "none" for ld in inputs) or all(stride_kind(ld, v) == "none" for ld in inputs):
+        fills = ext_f >= W and ext_f % W == 0
+        one_weight = len(weights) == 1 and weights[0].index[0] == Var(f) and stride_kind(weights[0], v) == "none"
+        broadcast = all(stride_kind(ld, f) == "none" for ld in inputs)
+        along_row = any(stride_kind(ld, v) != "none" for ld in inputs)
+        if not (fills and one_weight and broadcast and along_row):
             continue
         if ext_v < W or any(stride_kind(ld, v) == "other" for ld in inputs):
             return f, ext_f
