@@ -17,6 +17,7 @@ Strided and repeated are shapes of reads; a write of that shape is a scatter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..te import affine
 from ..te.expr import Binary, Const, Expr, free_vars
@@ -41,8 +42,10 @@ def linear_offset(shape: tuple[int, ...], index) -> Expr:
     return affine.simplify(lin, split=True)
 
 
-def access_kind(shape: tuple[int, ...], index, vector_var: str | None) -> Access:
-    """How buf[index] is accessed in the vector loop over vector_var (None: outside any)."""
+@lru_cache(maxsize=1 << 14)
+def access_kind(shape: tuple[int, ...], index: tuple, vector_var: str | None) -> Access:
+    """How buf[index] is accessed in the vector loop over vector_var (None: outside any).
+    Memoized: an unrolled tile emits the same access once per copy of its body."""
     lin = linear_offset(shape, index)
     if vector_var is None:
         return Access("scalar", lin, lin)

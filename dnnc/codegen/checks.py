@@ -10,7 +10,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .exprs import ExprEmitter
-from .types import I1, I32, I64, is_vec
+from .types import I1, I32, I64, is_vec, vconst
 
 
 def check_bounds(em: ExprEmitter, kernel: str, what: str, buf: str, index, lanes: ir.Value | None) -> None:
@@ -62,4 +62,4 @@ def _report(m: ir.Module, b: ir.IRBuilder, text: bytes, values: list[ir.Value]) 
 
 def _like(v: ir.Value, n: int) -> ir.Value:
     """The constant n, in every lane when v is a vector."""
-    return ir.Constant(v.type, [n] * v.type.count) if is_vec(v) else ir.Constant(I64, n)
+    return vconst(v.type, (n,) * v.type.count) if is_vec(v) else ir.Constant(I64, n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
-from .types import FAST, FLOAT, I32, I64, intrinsic, is_vec, vname
+from .types import FAST, FLOAT, I32, I64, intrinsic, is_vec, vconst, vname
 
 
 class ExprEmitter:
@@ -41,7 +41,7 @@ class ExprEmitter:
         vt = ir.VectorType(v.type, W)
         undef = ir.Constant(vt, ir.Undefined)
         one = self.b.insert_element(undef, v, ir.Constant(I32, 0))
-        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, W), [0] * W))
+        return self.b.shuffle_vector(one, undef, vconst(ir.VectorType(I32, W), (0,) * W))
 
     def both(self, x: ir.Value, y: ir.Value):
         """x and y as operands of one instruction: both vectors if either is."""
@@ -90,8 +90,8 @@ class ExprEmitter:
             return b.select(b.icmp_signed(">", y, x), y, x)
         if op == "min":
             return b.select(b.icmp_signed("<", y, x), y, x)
-        zero = ir.Constant(x.type, [0] * x.type.count) if is_vec(x) else ir.Constant(I64, 0)
-        one = ir.Constant(x.type, [1] * x.type.count) if is_vec(x) else ir.Constant(I64, 1)
+        zero = vconst(x.type, (0,) * x.type.count) if is_vec(x) else ir.Constant(I64, 0)
+        one = vconst(x.type, (1,) * x.type.count) if is_vec(x) else ir.Constant(I64, 1)
         q, r = b.sdiv(x, y), b.srem(x, y)
         # floor semantics: adjust when the remainder is nonzero and the signs differ
         adjust = b.and_(b.icmp_signed("!=", r, zero),

@@ -14,7 +14,7 @@ from ..ir import If, Let, Loop, Set, Stmt, Store
 from .loadstore import MemoryEmitter
 from .symbols import symbol
 from .threads import parallel_for
-from .types import I64, is_vec
+from .types import I64, is_vec, vconst
 
 
 class KernelEmitter(MemoryEmitter):
@@ -87,7 +87,7 @@ class KernelEmitter(MemoryEmitter):
             if self.vec is not None:
                 raise NotImplementedError("nested vector loops")
             self.vec = (s.var, s.extent)
-            self.vars[s.var] = ir.Constant(ir.VectorType(I64, s.extent), list(range(s.extent)))
+            self.vars[s.var] = vconst(ir.VectorType(I64, s.extent), tuple(range(s.extent)))
             self.block(s.body)
             del self.vars[s.var]
             self.vec = None

@@ -15,7 +15,7 @@ from llvmlite import ir
 from .access import Access, access_kind
 from .checks import check_bounds
 from .exprs import ExprEmitter
-from .types import FLOAT, I1, I32, I64, is_vec, vname
+from .types import FLOAT, I1, I32, I64, is_vec, vconst, vname
 
 
 class MemoryEmitter(ExprEmitter):
@@ -57,7 +57,7 @@ class MemoryEmitter(ExprEmitter):
         if a.kind == "strided":
             return self._load_strided(p, a.stride)
         vt = ir.VectorType(self.ft, W)
-        zero = ir.Constant(vt, [0.0] * W)
+        zero = vconst(vt, (0.0,) * W)
         if a.kind == "contiguous":
             if self.mask is None or buf in self.locals_:  # a register tile: every lane exists
                 ld = b.load(p)
@@ -76,35 +76,35 @@ class MemoryEmitter(ExprEmitter):
         n = (W - 1 + k) // s + 1  # elements read
         groups = [[i for i in range(W) if (i + k) // s == j] for j in range(W)]
         if self.mask is None:
-            keep = ir.Constant(ir.VectorType(I1, W), [1 if j < n else 0 for j in range(W)])
+            keep = vconst(ir.VectorType(I1, W), tuple(1 if j < n else 0 for j in range(W)))
         else:
-            keep = ir.Constant(ir.VectorType(I1, W), [0] * W)
+            keep = vconst(ir.VectorType(I1, W), (0,) * W)
             for slot in range(s):  # element j is read if any lane of its group is enabled
                 pick = [g[slot] if slot < len(g) else W for g in groups]
-                lanes = b.shuffle_vector(self.mask, ir.Constant(self.mask.type, [0] * W),
-                                         ir.Constant(ir.VectorType(I32, W), pick))
+                lanes = b.shuffle_vector(self.mask, vconst(self.mask.type, (0,) * W),
+                                         vconst(ir.VectorType(I32, W), tuple(pick)))
                 keep = b.or_(keep, lanes)
         vt = ir.VectorType(self.ft, W)
         fn = self.intrinsic(f"llvm.masked.load.{vname(vt)}.p0", vt, [p.type, I32, keep.type, vt])
-        got = b.call(fn, [p, ir.Constant(I32, 4), keep, ir.Constant(vt, [0.0] * W)])
+        got = b.call(fn, [p, ir.Constant(I32, 4), keep, vconst(vt, (0.0,) * W)])
         return b.shuffle_vector(got, ir.Constant(vt, ir.Undefined),
-                                ir.Constant(ir.VectorType(I32, W), [(i + k) // s for i in range(W)]))
+                                vconst(ir.VectorType(I32, W), tuple((i + k) // s for i in range(W))))
 
     def _load_strided(self, p: ir.Value, s: int) -> ir.Value:
         """Lane i takes element i * s after p: one wide masked load, then every s-th element."""
         b, W = self.b, self.width
         wide = ir.VectorType(self.ft, W * s)
-        lanes = ir.Constant(ir.VectorType(I32, W), [k * s for k in range(W)])
+        lanes = vconst(ir.VectorType(I32, W), tuple(k * s for k in range(W)))
         # element k*s of the wide load is lane k; only those elements are read
         if self.mask is None:
-            keep = ir.Constant(ir.VectorType(I1, W * s), [1 if e % s == 0 else 0 for e in range(W * s)])
+            keep = vconst(ir.VectorType(I1, W * s), tuple(1 if e % s == 0 else 0 for e in range(W * s)))
         else:
-            spread = ir.Constant(ir.VectorType(I32, W * s), [e // s for e in range(W * s)])
+            spread = vconst(ir.VectorType(I32, W * s), tuple(e // s for e in range(W * s)))
             every = b.shuffle_vector(self.mask, ir.Constant(self.mask.type, ir.Undefined), spread)
-            keep = b.and_(every, ir.Constant(ir.VectorType(I1, W * s),
-                                             [1 if e % s == 0 else 0 for e in range(W * s)]))
+            keep = b.and_(every, vconst(ir.VectorType(I1, W * s),
+                                        tuple(1 if e % s == 0 else 0 for e in range(W * s))))
         fn = self.intrinsic(f"llvm.masked.load.{vname(wide)}.p0", wide, [p.type, I32, keep.type, wide])
-        got = b.call(fn, [p, ir.Constant(I32, 4), keep, ir.Constant(wide, [0.0] * (W * s))])
+        got = b.call(fn, [p, ir.Constant(I32, 4), keep, vconst(wide, (0.0,) * (W * s))])
         return b.shuffle_vector(got, ir.Constant(wide, ir.Undefined), lanes)
 
     def store(self, buf: str, index, value: ir.Value, masked: bool = True) -> None:
@@ -152,4 +152,4 @@ class MemoryEmitter(ExprEmitter):
 
     def _mask_or_all(self) -> ir.Value:
         W = self.width
-        return self.mask if self.mask is not None else ir.Constant(ir.VectorType(I1, W), [1] * W)
+        return self.mask if self.mask is not None else vconst(ir.VectorType(I1, W), (1,) * W)

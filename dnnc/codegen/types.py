@@ -1,6 +1,8 @@
 """LLVM types and declarations shared by the code generator's modules."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from llvmlite import ir
 
 I64 = ir.IntType(64)
@@ -8,6 +10,13 @@ I32 = ir.IntType(32)
 I1 = ir.IntType(1)
 FLOAT = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 FAST = ("reassoc", "contract")  # float flags that let LLVM fuse multiply-adds and reorder sums
+
+
+@lru_cache(maxsize=4096)
+def vconst(t: ir.VectorType, values: tuple) -> ir.Constant:
+    """The vector constant of t with these lane values, made once: llvmlite wraps (and then
+    formats) every lane of a new constant, which made constants a third of code generation."""
+    return ir.Constant(t, list(values))
 
 
 def is_vec(v: ir.Value) -> bool:
