@@ -1,7 +1,9 @@
 """Code generation: loop-nest IR -> LLVM IR text (llvmlite.ir).
 
 One function per kernel (taking the buffers it touches) and one entry function
-`NAME_forward(args..., workspace)` that calls them in order. Buffers are noalias pointers;
+`NAME_forward(args..., workspace)` that calls them in order. Kernels that differ only in the
+names of their buffers (the blocks of a ResNet stage, and their backward passes) share one
+function; each other kernel's symbol is a call of it, so every kernel can still be timed. Buffers are noalias pointers;
 temporaries are slices of the workspace at offsets chosen by the caller's memory plan;
 `local` buffers (register tiles) are stack arrays of the kernel, which LLVM keeps in registers.
 Indices are i64; floor division and modulo follow the IR's (Python's) rounding. Selects
@@ -27,7 +29,7 @@ import re
 
 from llvmlite import ir
 
-from ..ir import Kernel, Program
+from ..ir import Kernel, Program, rename_buffers
 from ..ir.memory import buffers_touched
 from .kernel import KernelEmitter
 from .symbols import kernel_symbol, symbol
@@ -51,12 +53,44 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     m.triple = triple
     m.data_layout = data_layout
     ft = FLOAT[dtype]
-    kernel_fns = [(_kernel_function(m, p, k, ft, checks), kernel_args(p, k)) for k in p.kernels]
+    shared: dict[tuple, ir.Function] = {}
+    kernel_fns = []
+    for k in p.kernels:
+        key = code_key(p, k, checks)
+        if key in shared:
+            _call_of(m, p, k, shared[key])
+        else:
+            shared[key] = _kernel_function(m, p, k, ft, checks)
+        kernel_fns.append((shared[key], kernel_args(p, k)))
     _entry_function(m, p, offsets, ft, kernel_fns)
     set_threads_function(m, symbol(p.name))
     stop_threads_function(m, symbol(p.name))
     # llvmlite's builder knows no string attributes: without this LLVM uses 256-bit vectors
     return re.sub(r"^(define .*)$", r'\1 "prefer-vector-width"="512"', str(m), flags=re.M)
+
+
+def code_key(p: Program, k: Kernel, checks: bool = False) -> tuple:
+    """All that a kernel's code depends on: its body with the buffers it takes renamed by
+    position (a0, a1, ...) and its register tiles likewise (l0, ...), and their shapes. The
+    debug build names the kernel in its messages, so there the name counts too."""
+    local = {b.name for b in p.buffers if b.kind == "local"}
+    shapes = {b.name: b.shape for b in p.buffers}
+    touched = buffers_touched(k.body)
+    args = [u for u in touched if u not in local]
+    tiles = [u for u in touched if u in local]
+    names = {u: f"a{i}" for i, u in enumerate(args)} | {u: f"l{i}" for i, u in enumerate(tiles)}
+    return (rename_buffers(k.body, names), tuple(shapes[u] for u in touched), k.name if checks else None)
+
+
+def _call_of(m: ir.Module, p: Program, k: Kernel, fn: ir.Function) -> None:
+    """k's own symbol, as a function that calls fn (the kernel it shares its code with)."""
+    own = ir.Function(m, fn.function_type, kernel_symbol(p.name, k.name))
+    _attrs(own)
+    for a, name in zip(own.args, kernel_args(p, k)):
+        a.name = symbol(name)
+    b = ir.IRBuilder(own.append_basic_block("entry"))
+    b.call(fn, list(own.args))
+    b.ret_void()
 
 
 def _kernel_function(m: ir.Module, p: Program, k: Kernel, ft, checks: bool) -> ir.Function:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..te.expr import Expr, show
+from ..te.expr import Expr, Load, show, substitute
 
 LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
 
@@ -180,4 +180,24 @@ def rewrite(stmts, on_loop, on_if=None, ranges=None, entries: int = 1) -> tuple[
             out.extend(on_if(rebuilt, ranges) if on_if is not None else [rebuilt])
         else:
             out.append(s)
+    return tuple(out)
+
+
+def rename_buffers(stmts, names: dict[str, str]) -> tuple[Stmt, ...]:
+    """stmts with every buffer they read or write renamed by `names` (the others kept)."""
+
+    def expr(e: Expr) -> Expr:
+        return substitute(e, lambda x: Load(names[x.tensor], x.index, x.loc)
+                          if isinstance(x, Load) and x.tensor in names else None)
+
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(Loop(s.var, s.extent, rename_buffers(s.body, names), s.kind))
+        elif isinstance(s, If):
+            out.append(If(expr(s.cond), rename_buffers(s.then, names), rename_buffers(s.orelse, names)))
+        elif isinstance(s, Store):
+            out.append(Store(names.get(s.buffer, s.buffer), tuple(expr(i) for i in s.index), expr(s.value)))
+        else:
+            out.append(type(s)(s.name, expr(s.value)))
     return tuple(out)
