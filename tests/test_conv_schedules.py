@@ -23,6 +23,7 @@ CASES = {
     "dw3x3s2": (32, 13, 10, 32, 3, 2, 1, 32),
     "small7x7": (32, 7, 7, 32, 3, 1, 1, 1),
     "ragged": (8, 11, 13, 48, 3, 1, 1, 1),  # 48 filters, 13 columns: not multiples of 32 or 16
+    "wino7x7": (128, 7, 7, 128, 3, 1, 1, 1),  # Winograd (te/conv.py's rule): 4 tiles a row
 }
 
 
@@ -92,3 +93,14 @@ def test_outermost_prints_replays_and_refuses_panel():
     from dnnc.base.errors import DnncError
     with pytest.raises(DnncError, match="drop panel"):
         parse_step("tile(c.conv, vector=f:16, unroll=j:7, panel, outermost)")
+
+
+def test_a_narrow_winograd_product_takes_lanes_along_filters():
+    """Winograd's product m[a, b, n, f, h, w] = sum(k) u[a, b, f, k] * v[a, b, n, k, h, w] at
+    7x7 has rows of 4 tiles: the lanes go along f (u packed with f last, in panels), 4 tiles
+    in registers; test_default_schedule_computes_the_convolution checks its values."""
+    steps = schedule_of(dnnc.load(source(*CASES["wino7x7"])))
+    t = tile_of(steps, "y.conv.wino_m")
+    assert (t.vector, t.width, t.unroll, t.factor, t.outermost) == ("f", 16, "tw", 4, True), t
+    pack = next(s for s in steps if isinstance(s, Pack) and s.reader == "y.conv.wino_m")
+    assert pack.tensor == "y.conv.wino_u" and pack.perm == (0, 1, 3, 2), pack

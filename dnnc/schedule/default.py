@@ -29,12 +29,13 @@ FILTER_TILE = 14  # accumulators of a filter-lane tile (measured: 2 vectors x 7 
 
 def filter_axis(st: TStmt, hot: list, W: int) -> tuple[str, int] | None:
     """The filter axis of a direct convolution worth lanes along filters: an output axis, not
-    the last, filling whole vectors, that is the first index of exactly one read (the weights
-    `w[f, k, r, s]`, packed so it is contiguous; a transposed conv's `w[f, k, ..]` with lanes on k
-    is left as it was) while every other read is independent of it (the input value,
-    broadcast to every lane) -- when the last axis does not suit lanes: the input is read
-    along it at a stride (a strided or 1x1 stride-2 conv, the 7x7 stride-2 stem) or it is
-    shorter than one vector (7x7 and 14x14 outputs)."""
+    the last, filling whole vectors, that leads the index of exactly one read after only output
+    axes (the weights `w[f, k, r, s]`, or Winograd's filter matrices `u[a, b, f, k]`, packed so
+    f is contiguous; a transposed conv's `w[k, f, ..]` is left as it was) while every other
+    read is independent of it (the input value, broadcast to every lane) -- when the last axis
+    does not suit lanes: the input is read along it at a stride (a strided or 1x1 stride-2
+    conv, the 7x7 stride-2 stem) or it is shorter than one vector (7x7 and 14x14 outputs;
+    Winograd's products at 28x28 and below, whose rows hold 14 or fewer tiles)."""
     r = inner_reduce(st)
     if r is None or r.op != "sum" or window_reduce(st) is not None or len(st.axes) < 3:
         return None
@@ -43,7 +44,8 @@ def filter_axis(st: TStmt, hot: list, W: int) -> tuple[str, int] | None:
         weights = [ld for ld in hot if packable(ld, f)]
         inputs = [ld for ld in hot if ld not in weights]
         fills = ext_f >= W and ext_f % W == 0
-        one_weight = len(weights) == 1 and weights[0].index[0] == Var(f) and stride_kind(weights[0], v) == "none"
+        one_weight = (len(weights) == 1 and _leads_after_outputs(weights[0], f, st)
+                      and stride_kind(weights[0], v) == "none")
         broadcast = all(stride_kind(ld, f) == "none" for ld in inputs)
         along_row = any(stride_kind(ld, v) != "none" for ld in inputs)
         if not (fills and one_weight and broadcast and along_row):
@@ -51,6 +53,19 @@ def filter_axis(st: TStmt, hot: list, W: int) -> tuple[str, int] | None:
         if ext_v < W or any(stride_kind(ld, v) == "other" for ld in inputs):
             return f, ext_f
     return None
+
+
+def _leads_after_outputs(ld, f: str, st: TStmt) -> bool:
+    """f is an index of the read, after only output axes of st: w[f, k, r, s], or a batch of
+    filter matrices such as Winograd's u[a, b, f, k] (not a transposed conv's w[k, f, ..],
+    whose k is reduced)."""
+    outputs = {n for n, _ in st.axes}
+    for ix in ld.index:
+        if ix == Var(f):
+            return True
+        if not (isinstance(ix, Var) and ix.name in outputs):
+            return False
+    return False
 
 
 def filter_tile(ext_f: int, ext_j: int, W: int) -> tuple[int, int]:
