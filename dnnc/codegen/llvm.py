@@ -3,8 +3,9 @@
 One function per kernel (taking the buffers it touches) and one entry function
 `NAME_forward(args..., workspace)` that calls them in order. Kernels that differ only in the
 names of their buffers (the blocks of a ResNet stage, and their backward passes) share one
-function; each other kernel's symbol is a call of it, so every kernel can still be timed. Buffers are noalias pointers;
-temporaries are slices of the workspace at offsets chosen by the caller's memory plan;
+function; each other kernel's symbol is a call of it, so every kernel can still be timed.
+Buffers are noalias pointers; temporaries are slices of the workspace at offsets chosen by
+the caller's memory plan;
 `local` buffers (register tiles) are stack arrays of the kernel, which LLVM keeps in registers.
 Indices are i64; floor division and modulo follow the IR's (Python's) rounding. Selects
 whose arms read memory are branches, so a guarded read is never performed.
