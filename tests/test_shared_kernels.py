@@ -4,12 +4,15 @@ shared code must compute each kernel's own result, so the twins below are checke
 numpy, and kernels of other shapes (or any kernel in the debug build) must not share."""
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import numpy as np
 import pytest
 
 import dnnc
+from dnnc.cli.main import main
 from dnnc.codegen.llvm import code_key
 from dnnc.codegen.symbols import kernel_symbol
 from reference import conv2d, relu
@@ -65,9 +68,6 @@ def test_the_debug_build_names_each_kernel_so_shares_none():
 def test_a_shared_kernel_is_timed_under_its_own_name(tmp_path):
     net = tmp_path / "twins.net"
     net.write_text(TWINS)
-    from dnnc.cli.main import main
-    import contextlib
-    import io
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["bench", str(net), "--batch", "2", "--per-layer", "--repeat", "2", "--threads", "1"]) == 0

@@ -57,12 +57,12 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", triple: str = 
     shared: dict[tuple, ir.Function] = {}
     kernel_fns = []
     for k in p.kernels:
-        key = code_key(p, k, checks)
+        key, used = code_key(p, k, checks), kernel_args(p, k)
         if key in shared:
-            _call_of(m, p, k, shared[key])
+            _call_of(m, kernel_symbol(p.name, k.name), used, shared[key])
         else:
             shared[key] = _kernel_function(m, p, k, ft, checks)
-        kernel_fns.append((shared[key], kernel_args(p, k)))
+        kernel_fns.append((shared[key], used))
     _entry_function(m, p, offsets, ft, kernel_fns)
     set_threads_function(m, symbol(p.name))
     stop_threads_function(m, symbol(p.name))
@@ -83,12 +83,13 @@ def code_key(p: Program, k: Kernel, checks: bool = False) -> tuple:
     return (rename_buffers(k.body, names), tuple(shapes[u] for u in touched), k.name if checks else None)
 
 
-def _call_of(m: ir.Module, p: Program, k: Kernel, fn: ir.Function) -> None:
-    """k's own symbol, as a function that calls fn (the kernel it shares its code with)."""
-    own = ir.Function(m, fn.function_type, kernel_symbol(p.name, k.name))
+def _call_of(m: ir.Module, name: str, used: list[str], fn: ir.Function) -> None:
+    """A kernel's own symbol `name`, taking its buffers `used`, as a function that calls fn
+    (the kernel it shares its code with)."""
+    own = ir.Function(m, fn.function_type, name)
     _attrs(own)
-    for a, name in zip(own.args, kernel_args(p, k)):
-        a.name = symbol(name)
+    for a, buf in zip(own.args, used):
+        a.name = symbol(buf)
     b = ir.IRBuilder(own.append_basic_block("entry"))
     b.call(fn, list(own.args))
     b.ret_void()
