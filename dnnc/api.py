@@ -209,31 +209,35 @@ class Params(MutableMapping):
     the model's forward pass to recompute its weight-only results (`changed`) before its
     next run; that costs one pass over the weights, not one per call."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], changed=lambda: None):
-        self._a = arrays
+    def __init__(self, arrays: dict[str, np.ndarray], names, changed=lambda: None):
+        self._a = arrays  # the model's buffers, looked up on every access (a GPU's mirror them)
+        self._names = list(names)
         self._changed = changed
 
     def __getitem__(self, k):
+        if k not in self._names:
+            raise KeyError(k)
         self._changed()
         return self._a[k]
 
     def __setitem__(self, k, v):
-        if k not in self._a:
-            raise KeyError(f"no parameter named {k!r} (have: {', '.join(self._a)})")
+        if k not in self._names:
+            raise KeyError(f"no parameter named {k!r} (have: {', '.join(self._names)})")
         v = np.asarray(v)
-        if v.shape != self._a[k].shape:
-            raise DnncError(f"parameter {k} has shape {list(self._a[k].shape)}, got {list(v.shape)}")
-        self._a[k][...] = v
+        a = self._a[k]
+        if v.shape != a.shape:
+            raise DnncError(f"parameter {k} has shape {list(a.shape)}, got {list(v.shape)}")
+        a[...] = v
         self._changed()
 
     def __delitem__(self, k):
         raise TypeError("parameters cannot be removed")
 
     def __iter__(self):
-        return iter(self._a)
+        return iter(self._names)
 
     def __len__(self):
-        return len(self._a)
+        return len(self._names)
 
     def update_from(self, values: dict) -> None:
         for k, v in values.items():
@@ -262,12 +266,12 @@ class Model:
         self.dtype = dtype
         self.graph = net.at_batch(batch)
         check_memory(self.graph, dtype)
-        self.buffers: dict[str, np.ndarray] = dict(share or {})
+        self.buffers: dict[str, np.ndarray] = self.target.arrays(share)
         for n in self.graph.params:
             if n not in self.buffers:
                 self.buffers[n] = np.zeros(self.graph.param_specs[n].shape, NP_DTYPE[dtype])
         self.buffers.setdefault(WEIGHTS_STAMP, np.zeros(1, np.int64))
-        self.params = Params({n: self.buffers[n] for n in self.graph.params}, self.weights_changed)
+        self.params = Params(self.buffers, self.graph.params, self.weights_changed)
         own = {n: self.buffers[n] for n in self.graph.params if n not in (share or {})}
         if own:  # drawn in source order for every parameter; shared ones keep their values
             for n, v in init_values(self.graph, seed, into=own):
@@ -278,7 +282,7 @@ class Model:
             if n not in self.buffers:
                 self.buffers[n] = np.full(spec.shape, spec.init[1] if spec.init[0] == "const" else 0.0,
                                           NP_DTYPE[dtype])
-        self.states = Params({n: self.buffers[n] for n in self.graph.states}, self.weights_changed)
+        self.states = Params(self.buffers, self.graph.states, self.weights_changed)
         self.seed = seed
         self.steps = 0  # training steps taken, for the random numbers of dropout
         # (mean, std) of the training data, which forward(), loss_and_grad() and train_step()

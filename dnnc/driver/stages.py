@@ -376,6 +376,13 @@ class LoopPass:
         return self.fn.__doc__ or ""
 
 
+def bind_loops(u: Unit) -> Unit:
+    """The target's binding of loops to its parallel hardware: on a GPU every kernel split
+    into launches whose leading independent loops are its threads; nothing on the CPU."""
+    target = u.job.target
+    return u if target is None else u.but(program=verify(target.bind(u.program)))
+
+
 def plan_memory(u: Unit) -> Unit:
     """Temporaries placed in one workspace, sharing storage where lifetimes do not overlap."""
     offsets, workspace = plan(u.program)
@@ -429,6 +436,8 @@ STAGES: list[Stage] = [
           "masked edges peeled off vector loops"),
     Stage("fold_guards", LoopPass(fold_guards), ALL, "loops",
           "guards the middle iterations satisfy removed"),
+    Stage("bind", bind_loops, ALL, "loops",
+          "loops bound to the target's parallel hardware (GPU: launches of threads)"),
     Stage("plan", plan_memory, ALL, "plan",
           "temporaries placed in one workspace by liveness"),
     Stage("llvm", generate_code, ALL, "llvm",

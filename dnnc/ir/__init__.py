@@ -1,7 +1,7 @@
 """The loop-nest IR: buffers, kernels and immutable statements, with a readable printer.
 
 A Program is a list of kernels over named buffers. A kernel body is a tuple of statements:
-loops (serial, parallel, vector, unrolled), guards, stores to buffers, and float registers
+loops (serial, parallel, vector, unrolled, GPU grid), guards, stores to buffers, and float registers
 (Let declares one, Set updates it). Expressions are the shared nodes of dnnc.te.expr.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from ..te.expr import Expr, Load, show, substitute
 
-LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
+# grid: the points of a kernel's leading grid loops are a GPU's threads (ir/passes/grid.py)
+LOOP_KINDS = ("serial", "parallel", "vector", "unroll", "grid")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ It proves, by interval analysis over loop ranges and enclosing guards, that ever
 store is in bounds; that every register is declared before use; that every temporary buffer
 is written before it is read; and that no two iterations of a parallel loop store to the
 same element (each store's index must depend on the parallel variable), and that no register
-declared outside a parallel loop is updated inside it (the iterations would race on it).
+declared outside a parallel (or GPU grid) loop is updated inside it (the iterations would race on it).
 """
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ class _Checker:
                 self.fail(f"loop variable {s.var} is already bound")
             inner = dict(ranges)
             inner[s.var] = (0, s.extent - 1)
-            if s.kind == "parallel":
+            shared = s.kind in ("parallel", "grid")  # iterations that run at once
+            if shared:
                 self.outer_regs[s.var] = set(regs)
-            self.block(s.body, inner, facts, regs, parallel + ([s.var] if s.kind == "parallel" else []))
+            self.block(s.body, inner, facts, regs, parallel + ([s.var] if shared else []))
         elif isinstance(s, If):
             self.expr(s.cond, ranges, facts, regs)
             self.block(s.then, ranges, affine.facts_from(s.cond, ranges, facts), regs, parallel)

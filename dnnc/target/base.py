@@ -25,6 +25,14 @@ class Target:
         """Algorithm steps (im2col, Winograd) for the convolutions where they pay."""
         raise NotImplementedError
 
+    def bind(self, program: Program) -> Program:
+        """The loop-nest program with its loops bound to the machine's parallel hardware."""
+        return program
+
+    def arrays(self, initial=None) -> dict:
+        """The dict of host arrays by name that this target's loaded programs run on."""
+        return dict(initial or {})
+
     def emit(self, program: Program, offsets: dict[str, int], dtype: str, checks: bool) -> str:
         """LLVM IR text of a planned program; its entry point is `entry(program.name)`."""
         raise NotImplementedError

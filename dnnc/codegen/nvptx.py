@@ -1,0 +1,131 @@
+"""Code generation for NVIDIA GPUs: a bound loop-nest program -> NVPTX LLVM IR text.
+
+Every kernel of the program (ir/passes/grid.py split them into launches) is one GPU kernel,
+`void NAME(float *buffer, ...)`, marked as such in `nvvm.annotations`. Its leading grid
+loops are flattened into one index, the thread's place in the launch (block * THREADS +
+thread), which is decoded into the loops' variables; a thread past their product does
+nothing. Everything inside is emitted by the CPU's statement emitter (kernel.py), so loops,
+guards, registers and index arithmetic mean the same on both targets; what differs is here:
+the math functions (the GPU has no libm: exp and log through the hardware's base-2
+approximations, tanh and sigmoid from exp), and parallel loops, which run serially inside
+a thread. Pointer arguments of a kernel are global memory to LLVM's NVPTX backend.
+
+After the module's text come the launch lines, `; launch SYMBOL POINTS BUFFER ...`, one per
+kernel in order, a temporary written BUFFER@OFFSET (elements into the workspace): the
+runtime launches exactly these.
+"""
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from ..ir import Program
+from ..ir.passes.grid import grid_loops
+from .kernel import KernelEmitter
+from .llvm import kernel_args
+from .symbols import kernel_symbol, symbol
+from .types import FLOAT, I32, I64
+
+TRIPLE = "nvptx64-nvidia-cuda"
+THREADS = 256  # threads per block: 8 warps, a common default that every GPU since sm_30 runs
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
+
+def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: str = "") -> str:
+    """NVPTX LLVM IR text for bound program p, then its launch lines."""
+    m = ir.Module(name=p.name)
+    m.triple = TRIPLE
+    m.data_layout = data_layout
+    ft = FLOAT[dtype]
+    shapes = {b.name: b.shape for b in p.buffers}
+    locals_ = {b.name for b in p.buffers if b.kind == "local"}
+    temps = {b.name for b in p.buffers if b.kind == "temp"}
+    launches = []
+    for k in p.kernels:
+        used = kernel_args(p, k)
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ft.as_pointer()] * len(used)),
+                         kernel_symbol(p.name, k.name))
+        for a, name in zip(fn.args, used):
+            a.name = symbol(name)
+            a.add_attribute("noalias")
+        tiles = [n for n in _touched(k) if n in locals_]
+        em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, None, used)
+        for name in tiles:
+            em.local(name)
+        points = em.kernel_body(k.body)
+        em.b.ret_void()
+        ir.IRBuilder(em.entry).branch(fn.blocks[1])
+        m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
+        args = " ".join(f"{u}@{offsets[u]}" if u in temps else u for u in used)
+        launches.append(f"; launch {fn.name} {points} {args}".rstrip())
+    return str(m) + "\n" + "\n".join(launches) + "\n"
+
+
+def _touched(k) -> list[str]:
+    from ..ir.memory import buffers_touched
+
+    return buffers_touched(k.body)
+
+
+class GpuEmitter(KernelEmitter):
+    """One GPU kernel's statements (see the module's docstring for what differs)."""
+
+    def kernel_body(self, body) -> int:
+        """Emit the kernel's body; returns how many threads it runs on (its grid's points)."""
+        loops, inner = grid_loops(body)
+        if not loops:
+            self.block(body)
+            return 1
+        b = self.b
+        points = math.prod(lp.extent for lp in loops)
+        sreg = lambda name: b.zext(b.call(self.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}", I32, []), []), I64)
+        me = b.add(b.mul(sreg("ctaid.x"), sreg("ntid.x"), flags=("nuw", "nsw")), sreg("tid.x"), flags=("nuw", "nsw"))
+        with b.if_then(b.icmp_unsigned("<", me, ir.Constant(I64, points)), likely=True):
+            rest = me
+            for lp in reversed(loops):  # the innermost loop moves fastest, as adjacent threads
+                ext = ir.Constant(I64, lp.extent)
+                self.vars[lp.var] = b.urem(rest, ext) if lp is not loops[0] else rest
+                rest = b.udiv(rest, ext)
+            self.block(inner)
+            for lp in loops:
+                del self.vars[lp.var]
+        return points
+
+    def loop(self, s) -> None:
+        if s.kind in ("parallel", "grid"):  # inside a thread: serial
+            self.counted_loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+            return
+        super().loop(s)
+
+    def _float_unary(self, op: str, x: ir.Value) -> ir.Value:
+        b = self.b
+        if op == "exp":
+            return self._exp(x)
+        if op == "log":
+            return b.fmul(self._nvvm("lg2", x), self._c(x, LN2))
+        if op == "tanh":  # 1 - 2 / (exp(2x) + 1): exact at the limits, no overflow to nan
+            e = self._exp(b.fmul(x, self._c(x, 2.0)))
+            return b.fsub(self._c(x, 1.0), b.fdiv(self._c(x, 2.0), b.fadd(e, self._c(x, 1.0))))
+        if op == "sigmoid":
+            return b.fdiv(self._c(x, 1.0), b.fadd(self._c(x, 1.0), self._exp(b.fneg(x))))
+        return super()._float_unary(op, x)
+
+    def _exp(self, x: ir.Value) -> ir.Value:
+        return self._nvvm("ex2", self.b.fmul(x, self._c(x, LOG2E)))
+
+    def _nvvm(self, fn: str, x: ir.Value) -> ir.Value:
+        """ex2.approx / lg2.approx (about 2 ulp), per lane of a vector."""
+        if x.type != FLOAT["f32"]:
+            if isinstance(x.type, ir.VectorType):
+                out = x
+                for k in range(x.type.count):
+                    lane = self._nvvm(fn, self.b.extract_element(x, ir.Constant(I32, k)))
+                    out = self.b.insert_element(out, lane, ir.Constant(I32, k))
+                return out
+            raise NotImplementedError(f"{fn} of {x.type} on the GPU")
+        return self.b.call(self.intrinsic(f"llvm.nvvm.{fn}.approx.f", x.type, [x.type]), [x])
+
+    def _c(self, x: ir.Value, v: float) -> ir.Value:
+        c = ir.Constant(x.type.element if isinstance(x.type, ir.VectorType) else x.type, v)
+        return self.splat(c) if isinstance(x.type, ir.VectorType) else c

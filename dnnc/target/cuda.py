@@ -1,0 +1,74 @@
+"""NVIDIA GPUs: loops bound to threads, NVPTX LLVM IR, PTX, the CUDA driver API.
+
+The same pipeline as the CPU's up to the loop nests; then `bind` splits every kernel into
+launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), the
+code generator emits NVPTX LLVM IR (codegen/nvptx.py), llvmlite's NVPTX backend prints PTX
+(runtime/ptx.py) and the driver loads and runs it (runtime/cuda.py, `dnnc[cuda]`).
+"""
+from __future__ import annotations
+
+from ..base.errors import DnncError
+from ..codegen import nvptx
+from ..codegen.symbols import kernel_symbol, symbol
+from ..ir import Program
+from ..ir.passes.grid import bind_grid
+from ..runtime import ptx
+from ..schedule.machine import Machine
+from .base import Target
+
+
+class CudaTarget(Target):
+    # the machine model of the CPU's heuristics does not apply: no default tile steps yet
+    machine = Machine("cuda", vector_bits=32, l2_bytes=50 << 20, cores=1, parallel_flops=1 << 62)
+
+    def __init__(self, ordinal: int = 0):
+        self.ordinal = ordinal
+        self.name = "cuda"
+
+    def arrays(self, initial=None):
+        from ..runtime.cuda import DeviceArrays
+
+        return DeviceArrays(initial or {}, ordinal=self.ordinal)
+
+    def default_schedule(self, stmts, shapes, dtype):
+        return []
+
+    def pack_tile(self, tensor, shape, dtype):
+        raise DnncError("pack steps are for the cpu target's vector lanes")
+
+    def default_algorithms(self, groups, shapes, training):
+        return []
+
+    def bind(self, program: Program) -> Program:
+        return bind_grid(program)
+
+    def emit(self, program: Program, offsets, dtype, checks):
+        if dtype != "f32":
+            raise DnncError(f"the cuda target computes in f32, not {dtype}")
+        return nvptx.emit(program, offsets, dtype, ptx.data_layout())
+
+    def entry(self, program_name):
+        return symbol(program_name)
+
+    def kernel_symbol(self, program_name, kernel):
+        return kernel_symbol(program_name, kernel)
+
+    def compile(self, llvm_ir):
+        return ptx.object_code(llvm_ir)
+
+    def optimized_ir(self, llvm_ir):
+        return ptx.optimized_ir(llvm_ir)
+
+    def assembly(self, llvm_ir):
+        return ptx.ptx(llvm_ir)
+
+    def load(self, obj, llvm_ir, entry, args, workspace, arrays, dtype, threads):
+        from ..runtime.cuda import CudaExecutable
+
+        return CudaExecutable(obj, llvm_ir, entry, args, workspace, arrays, dtype)
+
+    def kernel(self, loaded, program, kernel, offsets):
+        return loaded.kernel(kernel_symbol(program.name, kernel.name), [], offsets)
+
+
+CUDA = CudaTarget()

@@ -1,0 +1,214 @@
+"""The GPU target without a GPU, and with one where there is.
+
+Binding (ir/passes/grid.py) only splits kernels and marks loops, so a bound program run on
+the CPU must give the unbound program's bits; its independence test is checked on nests
+that must and must not be bound. Every zoo network's PTX is generated and, where ptxas is
+installed (the `nvidia-cuda-nvcc` wheel of the test extra), assembled. Tests marked `gpu`
+run the same networks on the device against the CPU and skip cleanly without one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dnnc
+from dnnc.driver import compile as driver
+from dnnc.driver.programs import training_program, lower_graph
+from dnnc.front.settings import optimizer_spec
+from dnnc.ir import Buffer, Kernel, Let, Loop, Program, Set, Store
+from dnnc.ir.passes.grid import bind_grid, grid_loops
+from dnnc.runtime import ptx
+from dnnc.target import CPU, get
+from dnnc.te.expr import Binary, Const, Load, Scalar, Var
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+ZOO = ["lenet5", "resnet18", "resnet20", "mobilenetv2", "squeezenet", "densenet", "vgg11_bn"]
+
+
+def _run_on_cpu(prog: Program, seed: int) -> dict:
+    arrays: dict = {}
+    ex = driver.Built(driver.from_program(prog, CPU), arrays)
+    rng = np.random.default_rng(seed)
+    for b in prog.args:
+        if b.kind == "label":
+            arrays[b.name][...] = rng.integers(0, 10, b.shape)
+        elif b.kind == "hyper":
+            arrays[b.name][...] = 0.01
+        else:
+            arrays[b.name][...] = rng.standard_normal(b.shape) * 0.1
+    ex.run()
+    return {b.name: arrays[b.name].copy() for b in prog.args}
+
+
+@pytest.mark.parametrize("name,kind", [("lenet5", "train"), ("mlp_dropout", "train"), ("squeezenet", "forward")])
+def test_bound_programs_compute_the_same_bits(name, kind):
+    net = dnnc.load(EXAMPLES / f"{name}.net")
+    if kind == "train":
+        prog = training_program(net.at_batch(3, training=True), optimizer_spec("sgd(lr=0.1, momentum=0.9)"),
+                                schedule=False)
+    else:
+        prog = lower_graph(net.at_batch(2), schedule=False)
+    prog = driver.loop_stages(prog)[-1][1]
+    bound = bind_grid(prog)
+    assert len(bound.kernels) >= len(prog.kernels)
+    assert sum(1 for k in bound.kernels if grid_loops(k.body)[0]) > len(bound.kernels) // 2
+    want, got = _run_on_cpu(prog, 1), _run_on_cpu(bound, 1)
+    for n in want:
+        np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+
+
+def _bound(*stmts, shapes=None):
+    shapes = shapes or {"x": (400,), "y": (16, 5, 5), "out": (10,)}
+    p = Program("t", tuple(Buffer(n, s, "param") for n, s in shapes.items()), (Kernel("k", tuple(stmts)),))
+    return [tuple(lp.var for lp in grid_loops(k.body)[0]) for k in bind_grid(p).kernels]
+
+
+def _add(a, b):
+    return Binary("+", a, b)
+
+
+def test_only_independent_loops_are_bound():
+    i, j, k = Var("i"), Var("j"), Var("k")
+    x = lambda ix: Load("x", (ix,))
+    # one sum into one element: every iteration writes out[0]
+    assert _bound(Loop("i", 10, (Store("out", (Const(0),), _add(Load("out", (Const(0),)), x(i))),))) == [()]
+    # a row sum: the rows are independent, the columns are not
+    row = Loop("i", 10, (Loop("j", 40, (Store("out", (i,), _add(Load("out", (i,)), x(_add(Binary("*", i, Const(40)), j)))),)),))
+    assert _bound(row) == [("i",)]
+    # a flattened scatter is one element per point (k / 25, k / 5 % 5, k % 5 is k)
+    flat = (Binary("/", k, Const(25)), Binary("%", Binary("/", k, Const(5)), Const(5)), Binary("%", k, Const(5)))
+    assert _bound(Loop("k", 400, (Store("y", flat, x(k)),))) == [("k",)]
+    # two points scatter into one element
+    assert _bound(Loop("k", 10, (Store("out", (Binary("/", k, Const(2)),),
+                                       _add(Load("out", (Binary("/", k, Const(2)),)), x(k))),))) == [()]
+    # a read of the element another point writes
+    assert _bound(Loop("i", 9, (Store("out", (_add(i, Const(1)),), Load("out", (i,))),))) == [()]
+    # a register carried across iterations, declared before the loop: one single-thread kernel
+    acc = (Let("s", Const(0.0)), Loop("i", 10, (Set("s", _add(Scalar("s"), x(i))),)),
+           Store("out", (Const(0),), Scalar("s")))
+    assert _bound(*acc) == [()]
+    # independent nests around it become kernels of their own, in order
+    copy = Loop("i", 10, (Store("out", (i,), x(i)),))
+    assert _bound(copy, *acc, copy) == [("i",), (), ("i",)]
+
+
+def _ptxas() -> str | None:
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    try:
+        import nvidia
+
+        for base in nvidia.__path__:
+            for cand in sorted(Path(base).glob("cu*/bin/ptxas")):
+                return str(cand)
+    except ImportError:
+        pass
+    return None
+
+
+def _ptx_of(name: str, kind: str, batch: int) -> tuple[dict, str]:
+    net = dnnc.load(EXAMPLES / f"{name}.net")
+    from dnnc.driver.unit import Job
+
+    training = kind == "train"
+    job = Job(net.at_batch(batch, training=training), get("cuda"), kind,
+              optimizer_spec("sgd(lr=0.1, momentum=0.9)") if training else None, "f32")
+    u = driver.run(job)
+    return json.loads(ptx.object_code(u.llvm_ir)), u.llvm_ir
+
+
+CASES = [(n, "forward") for n in ZOO] + [(n, "train") for n in ("lenet5", "squeezenet", "densenet")]
+
+
+@pytest.mark.parametrize("name,kind", CASES)
+def test_ptx_of_zoo_networks_assembles(name, kind, tmp_path):
+    obj, llvm_ir = _ptx_of(name, kind, 2)
+    assert ".target sm_90" in obj["ptx"]
+    entries = obj["ptx"].count(".visible .entry")
+    assert entries == len(obj["launches"]) == llvm_ir.count("; launch ")
+    assert all(x["points"] >= 1 for x in obj["launches"])
+    tool = _ptxas()
+    if tool is None:
+        pytest.skip("no ptxas (pip install nvidia-cuda-nvcc)")
+    src = tmp_path / "k.ptx"
+    src.write_text(obj["ptx"])
+    r = subprocess.run([tool, "-arch=sm_90", str(src), "-o", str(tmp_path / "k.cubin")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[:2000]
+
+
+def test_the_printed_stages_show_bound_loops_and_ptx():
+    from dnnc.cli.main import main
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "bind"]) in (0, None)
+    assert "grid for n in 0..1:" in out.getvalue() or "grid for" in out.getvalue()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "asm"]) in (0, None)
+    assert ".visible .entry" in out.getvalue()
+
+
+def gpu_available() -> bool:
+    try:
+        from dnnc.runtime.cuda import device
+
+        device(0)
+        return True
+    except Exception:
+        return False
+
+
+GPU = gpu_available()
+gpu = pytest.mark.skipif(not GPU, reason="no NVIDIA GPU, driver or cuda-bindings here")
+
+
+@pytest.mark.skipif(GPU, reason="a GPU is here")
+def test_without_a_gpu_the_cuda_target_says_so_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "dnnc.cli", "train", str(EXAMPLES / "lenet5.net"), "--target", "cuda",
+                        "--epochs", "1"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "cuda" in lines[0] and ("driver" in lines[0] or "GPU" in lines[0] or "pip install" in lines[0])
+
+
+def _compare(name: str, batch: int, steps: int = 3):
+    net = dnnc.load(EXAMPLES / f"{name}.net")
+    cpu = net.compile(batch=batch, threads=1)
+    dev = net.compile(batch=batch, target="cuda")
+    rng = np.random.default_rng(0)
+    x = {n: rng.standard_normal((batch,) + s).astype(np.float32) for n, s in net.inputs.items()}
+    a, b = cpu.forward(**x), dev.forward(**x)
+    for n in a:
+        scale = max(1.0, float(np.abs(a[n]).max()))
+        np.testing.assert_allclose(b[n], a[n], rtol=1e-4, atol=1e-4 * scale, err_msg=f"{name} forward {n}")
+    g = cpu.graph
+    classes = next(iter(net.outputs.values()))[-1]
+    labels = {n: rng.integers(0, classes, g.tensors[n].shape).astype(np.float32) for n in g.labels}
+    opt = "sgd(lr=0.01, momentum=0.9)"
+    for _ in range(steps):
+        la = cpu.train_step(opt, **x, **labels)
+        lb = dev.train_step(opt, **x, **labels)
+        assert abs(la - lb) <= 1e-4 * max(1.0, abs(la)), (name, la, lb)
+    for p in cpu.params:
+        w, v = cpu.params[p], dev.params[p]
+        np.testing.assert_allclose(v, w, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(w).max())), err_msg=p)
+
+
+@gpu
+@pytest.mark.parametrize("name", ZOO)
+def test_gpu_forward_and_three_sgd_steps_equal_the_cpu(name):
+    _compare(name, 2 if name in ("resnet18", "mobilenetv2", "vgg11_bn") else 3)
