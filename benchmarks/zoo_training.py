@@ -5,7 +5,11 @@ momentum) and the graph's PyTorch twin (tests/torch_twin.py) in float32 with tor
 they alternate step by step; medians. The learning rate is 0, so both time the full step on
 the same weights throughout.
 
+With `--target cuda` both run on the GPU (PyTorch with cuDNN, TF32 off: fp32 against fp32),
+each step awaited (dnnc's reads its loss; PyTorch's synchronizes).
+
 Usage: python benchmarks/zoo_training.py [--net resnet18] [--batch 16] [--threads 1] [--repeat 5]
+       [--target cpu|cuda]
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     import torch
     from torch_twin import Twin
@@ -40,7 +45,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     net = dnnc.load(ROOT / "examples" / f"{args.net}.net")
     t0 = time.perf_counter()
-    model = net.compile(batch=args.batch, threads=args.threads)
+    model = net.compile(batch=args.batch, threads=args.threads, target=args.target)
     opt = Optimizer("sgd", 0.0, 0.9)
     ex = model.executable("train", opt)
     compile_s = time.perf_counter() - t0
@@ -52,26 +57,38 @@ def main(argv=None) -> int:
     model.buffers[inp][...] = x
     model.buffers[lab][...] = y
     model.buffers[HYPER][...] = opt.hyper(1, 0.0)
-    twin = Twin(net.at_batch(args.batch, training=True), model.params, model.states, dtype=torch.float32)
+    gpu = args.target == "cuda"
+    dev = "cuda" if gpu else "cpu"
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    twin = Twin(net.at_batch(args.batch, training=True), model.params, model.states, dtype=torch.float32, device=dev)
     topt = torch.optim.SGD(list(twin.params.values()), lr=0.0, momentum=0.9)
-    feed = {inp: torch.from_numpy(x), lab: torch.from_numpy(y)}
+    feed = {inp: torch.from_numpy(x).to(dev), lab: torch.from_numpy(y).to(dev)}
 
     def tstep():
         topt.zero_grad()
         twin.run(feed, training=True)["loss"].backward()
         topt.step()
+        if gpu:
+            torch.cuda.synchronize()
 
-    ex.run(), tstep()
+    def ours_step():
+        ex.run()
+        float(model.buffers["loss"])
+
+    ours_step(), tstep()
     ours, theirs = [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        ex.run()
+        ours_step()
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
         tstep()
         theirs.append(time.perf_counter() - t)
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"{args.net} training step, batch {args.batch}, {args.threads} thread(s): dnnc {a * 1e3:.1f} ms, "
+    where = "GPU" if gpu else f"{args.threads} thread(s)"
+    print(f"{args.net} training step, batch {args.batch}, {where}: dnnc {a * 1e3:.1f} ms, "
           f"PyTorch eager {b * 1e3:.1f} ms, ratio {b / a:.2f}x (medians of {args.repeat}); "
           f"dnnc compile {compile_s:.1f} s")
     return 0

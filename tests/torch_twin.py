@@ -74,17 +74,19 @@ class Twin:
     """Leaf tensors for the graph's parameters (requires_grad, except inline weights) and
     states, and a run over the graph's layers."""
 
-    def __init__(self, graph, params, states=None, dtype=torch.float64):
-        self.graph, self.dtype = graph, dtype
-        self.params = {k: torch.tensor(np.asarray(params[k]), dtype=dtype, requires_grad=k not in graph.fixed)
-                       for k in graph.params}
-        self.states = {k: torch.tensor(np.asarray(states[k]), dtype=dtype) for k in graph.states}
+    def __init__(self, graph, params, states=None, dtype=torch.float64, device="cpu"):
+        self.graph, self.dtype, self.device = graph, dtype, device
+        self.params = {k: torch.tensor(np.asarray(params[k]), dtype=dtype, device=device,
+                                       requires_grad=k not in graph.fixed) for k in graph.params}
+        self.states = {k: torch.tensor(np.asarray(states[k]), dtype=dtype, device=device) for k in graph.states}
         for layer in graph.layers:
             if layer.op not in OPS:
                 raise NotImplementedError(f"no PyTorch twin for op '{layer.op}' (layer {layer.name})")
 
     def tensor(self, a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=self.dtype)
+        if isinstance(a, torch.Tensor):
+            return a.to(self.device, self.dtype)
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
 
     def run(self, feed: dict, training: bool | None = None) -> dict[str, torch.Tensor]:
         g = self.graph

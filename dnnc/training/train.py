@@ -394,16 +394,16 @@ class _Snapshot:
     def __init__(self, model: Model):
         keep = set(model.graph.params) | set(model.graph.states)
         keep |= {n for n in model.buffers if n.endswith((".v", ".m"))}
-        self.live = {n: model.buffers[n] for n in keep if n in model.buffers}
-        self.copy = {n: a.copy() for n, a in self.live.items()}
+        self.buffers = model.buffers  # looked up at each use: a GPU's are mirrors
+        self.copy = {n: model.buffers[n].copy() for n in keep if n in model.buffers}
 
     def save(self) -> None:
-        for n, a in self.live.items():
-            np.copyto(self.copy[n], a)
+        for n, a in self.copy.items():
+            np.copyto(a, self.buffers[n])
 
     def restore(self) -> None:
-        for n, a in self.live.items():
-            np.copyto(a, self.copy[n])
+        for n, a in self.copy.items():
+            np.copyto(self.buffers[n], a)
 
 
 def _first_bad(model: Model, loss: float) -> str | None:
