@@ -23,6 +23,7 @@ from dnnc.driver.programs import training_program, lower_graph
 from dnnc.front.settings import optimizer_spec
 from dnnc.ir import Buffer, Kernel, Let, Loop, Program, Set, Store
 from dnnc.ir.passes.grid import bind_grid, grid_loops
+from dnnc.ir.passes.rfactor import split_reductions
 from dnnc.runtime import ptx
 from dnnc.target import CPU, get
 from dnnc.te.expr import Binary, Const, Load, Scalar, Var
@@ -51,7 +52,7 @@ def _run_on_cpu(prog: Program, seed: int) -> dict:
 def test_bound_programs_compute_the_same_bits(name, kind):
     net = dnnc.load(EXAMPLES / f"{name}.net")
     if kind == "train":
-        prog = training_program(net.at_batch(3, training=True), optimizer_spec("sgd(lr=0.1, momentum=0.9)"),
+        prog = training_program(net.at_batch(16, training=True), optimizer_spec("sgd(lr=0.1, momentum=0.9)"),
                                 schedule=False)
     else:
         prog = lower_graph(net.at_batch(2), schedule=False)
@@ -62,6 +63,13 @@ def test_bound_programs_compute_the_same_bits(name, kind):
     want, got = _run_on_cpu(prog, 1), _run_on_cpu(bound, 1)
     for n in want:
         np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+    # long reductions of few threads split in two: the same values, summed in another order
+    split = split_reductions(bound)
+    assert any(k.name.endswith(".part") for k in split.kernels)
+    got = _run_on_cpu(split, 1)
+    for n in want:
+        scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-5 * scale, err_msg=n)
 
 
 def _bound(*stmts, shapes=None):
@@ -185,7 +193,16 @@ def test_without_a_gpu_the_cuda_target_says_so_in_one_line():
     assert "cuda" in lines[0] and ("driver" in lines[0] or "GPU" in lines[0] or "pip install" in lines[0])
 
 
+def _close(got, want, what, rtol=1e-4):
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
 def _compare(name: str, batch: int, steps: int = 3):
+    """Forward, loss and gradients on the same weights to 1e-4 of their scale (the GPU sums
+    in another order, and its exp and log are 2-ulp approximations); then three SGD steps,
+    after which the weights agree to 1e-3 of theirs (each step feeds the last one's rounding
+    through a batch's statistics)."""
     net = dnnc.load(EXAMPLES / f"{name}.net")
     cpu = net.compile(batch=batch, threads=1)
     dev = net.compile(batch=batch, target="cuda")
@@ -193,22 +210,51 @@ def _compare(name: str, batch: int, steps: int = 3):
     x = {n: rng.standard_normal((batch,) + s).astype(np.float32) for n, s in net.inputs.items()}
     a, b = cpu.forward(**x), dev.forward(**x)
     for n in a:
-        scale = max(1.0, float(np.abs(a[n]).max()))
-        np.testing.assert_allclose(b[n], a[n], rtol=1e-4, atol=1e-4 * scale, err_msg=f"{name} forward {n}")
+        _close(b[n], a[n], f"{name} forward {n}")
     g = cpu.graph
     classes = next(iter(net.outputs.values()))[-1]
     labels = {n: rng.integers(0, classes, g.tensors[n].shape).astype(np.float32) for n in g.labels}
+    la, ga = cpu.loss_and_grad(**x, **labels)
+    lb, gb = dev.loss_and_grad(**x, **labels)
+    _close(lb, la, f"{name} loss")
+    for p in ga:
+        _close(gb[p], ga[p], f"{name} gradient of {p}", 1e-3 if name == "mobilenetv2" else 1e-4)
     opt = "sgd(lr=0.01, momentum=0.9)"
     for _ in range(steps):
-        la = cpu.train_step(opt, **x, **labels)
-        lb = dev.train_step(opt, **x, **labels)
-        assert abs(la - lb) <= 1e-4 * max(1.0, abs(la)), (name, la, lb)
+        cpu.train_step(opt, **x, **labels)
+        dev.train_step(opt, **x, **labels)
     for p in cpu.params:
-        w, v = cpu.params[p], dev.params[p]
-        np.testing.assert_allclose(v, w, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(w).max())), err_msg=p)
+        _close(dev.params[p], cpu.params[p], f"{name} {p} after {steps} steps", 1e-3)
 
 
 @gpu
 @pytest.mark.parametrize("name", ZOO)
 def test_gpu_forward_and_three_sgd_steps_equal_the_cpu(name):
     _compare(name, 2 if name in ("resnet18", "mobilenetv2", "vgg11_bn") else 3)
+
+
+GPU_CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import dnnc
+from dnnc.driver import stages as pipeline
+from test_bounds import BREAKS
+pipeline.verify = lambda p: p  # the verifier off: only the run-time checks stand guard
+last = pipeline.STAGES.index(pipeline.loop_passes()[-1])
+pipeline.STAGES.insert(last + 1, pipeline.Stage("broken", pipeline.LoopPass(BREAKS["grow_outer_loops"]),
+                                                ("forward",), "loops", "a broken pass"))
+m = dnnc.load({net!r}).compile(batch=2, checks=True, target="cuda")
+m.forward(image=np.ones((2, 1, 28, 28), np.float32))
+print("no bad access was caught")
+"""
+
+
+@gpu
+def test_a_checked_gpu_kernel_stops_at_a_bad_access_and_is_named():
+    code = GPU_CHILD.format(tests=str(ROOT / "tests"), net=str(EXAMPLES / "lenet5.net"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "DNNC_CACHE": "0"})
+    assert r.returncode != 0 and "no bad access" not in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "dnnc: error: out-of-bounds load from image[2, 0" in r.stdout, r.stdout[:2000]
+    assert "kernel lenet5__k_" in r.stderr and "failed" in r.stderr, r.stderr[-2000:]

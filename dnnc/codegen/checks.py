@@ -2,7 +2,7 @@
 
 Only the lanes that really access memory are tested, so a masked-off lane of padding or a
 ragged edge is no error. On failure the generated code prints the kernel, the buffer and the
-first bad index to stderr and aborts. The verifier proves the same statically; the checks are
+first bad index to stderr and aborts (the emitter's `report`: on a GPU, printf and a trap). The verifier proves the same statically; the checks are
 the net under it.
 """
 from __future__ import annotations
@@ -44,11 +44,11 @@ def check_bounds(em: ExprEmitter, kernel: str, what: str, buf: str, index, lanes
             values = [b.extract_element(i, lane) if is_vec(i) else i for i in idx]
         text = (f"dnnc: error: out-of-bounds {what} {buf}[{', '.join(['%lld'] * len(idx))}] "
                 f"(shape {list(shape)}) in kernel {kernel}\n\0").encode()
-        _report(em.m, b, text, values)
+        em.report(text, values)
 
 
-def _report(m: ir.Module, b: ir.IRBuilder, text: bytes, values: list[ir.Value]) -> None:
-    """dprintf(2, text, values...); abort()."""
+def report(m: ir.Module, b: ir.IRBuilder, text: bytes, values: list[ir.Value]) -> None:
+    """The CPU's report of a bad access: dprintf(2, text, values...); abort()."""
     fmt = ir.GlobalVariable(m, ir.ArrayType(ir.IntType(8), len(text)), m.get_unique_name("bounds.msg"))
     fmt.initializer = ir.Constant(fmt.type.pointee, bytearray(text))
     fmt.global_constant = True

@@ -13,7 +13,7 @@ from dataclasses import replace
 from llvmlite import ir
 
 from .access import Access, access_kind
-from .checks import check_bounds
+from .checks import check_bounds, report
 from .exprs import ExprEmitter
 from .types import FLOAT, I1, I32, I64, is_vec, vconst, vname
 
@@ -26,6 +26,10 @@ class MemoryEmitter(ExprEmitter):
         self.bufs = bufs
         self.locals_ = locals_  # register tiles (stack arrays) of this function
         self.checks = checks  # the kernel's name, in the debug build
+
+    def report(self, text: bytes, values: list[ir.Value]) -> None:
+        """Print text (a C format of `values`) and stop the program: a failed bounds check."""
+        report(self.m, self.b, text, values)
 
     def access(self, buf: str, index) -> Access:
         return access_kind(self.shapes[buf], index, self.vec[0] if self.vec else None)

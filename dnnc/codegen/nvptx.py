@@ -32,8 +32,10 @@ THREADS = 256  # threads per block: 8 warps, a common default that every GPU sin
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
 
-def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: str = "") -> str:
-    """NVPTX LLVM IR text for bound program p, then its launch lines."""
+def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: str = "",
+         checks: bool = False) -> str:
+    """NVPTX LLVM IR text for bound program p, then its launch lines; with checks (the debug
+    build) every index is tested at run time, and a `; checks` line says so."""
     m = ir.Module(name=p.name)
     m.triple = TRIPLE
     m.data_layout = data_layout
@@ -50,7 +52,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
             a.name = symbol(name)
             a.add_attribute("noalias")
         tiles = [n for n in _touched(k) if n in locals_]
-        em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, None, used)
+        em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, k.name if checks else None, used)
         for name in tiles:
             em.local(name)
         points = em.kernel_body(k.body)
@@ -59,7 +61,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
         args = " ".join(f"{u}@{offsets[u]}" if u in temps else u for u in used)
         launches.append(f"; launch {fn.name} {points} {args}".rstrip())
-    return str(m) + "\n" + "\n".join(launches) + "\n"
+    return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
 
 
 def _touched(k) -> list[str]:
@@ -110,6 +112,21 @@ class GpuEmitter(KernelEmitter):
         if op == "sigmoid":
             return b.fdiv(self._c(x, 1.0), b.fadd(self._c(x, 1.0), self._exp(b.fneg(x))))
         return super()._float_unary(op, x)
+
+    def report(self, text: bytes, values: list[ir.Value]) -> None:
+        """vprintf(text, {values}), then a trap: the launch fails, and the runtime names it."""
+        m, b = self.m, self.b
+        fmt = ir.GlobalVariable(m, ir.ArrayType(ir.IntType(8), len(text)), m.get_unique_name("bounds.msg"))
+        fmt.initializer = ir.Constant(fmt.type.pointee, bytearray(text))
+        fmt.global_constant = True
+        fmt.linkage = "private"
+        i8p = ir.IntType(8).as_pointer()
+        pack = self.alloca(ir.ArrayType(I64, max(len(values), 1)), "printf.args")
+        for k, v in enumerate(values):
+            b.store(v, b.gep(pack, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
+        vprintf = self.intrinsic("vprintf", I32, [i8p, i8p])
+        b.call(vprintf, [b.bitcast(fmt, i8p), b.bitcast(pack, i8p)])
+        b.call(self.intrinsic("llvm.trap", ir.VoidType(), []), [])
 
     def _exp(self, x: ir.Value) -> ir.Value:
         return self._nvvm("ex2", self.b.fmul(x, self._c(x, LOG2E)))

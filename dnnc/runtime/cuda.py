@@ -7,8 +7,9 @@ run sends it again. Parameters and optimizer state therefore cross the bus only 
 looks at them (a checkpoint, `model.params`), inputs once a step, the loss when it is read.
 
 `CudaExecutable` loads a program's PTX into the device's primary context and runs its launch
-plan (runtime/ptx.py) on one stream, then waits for it; a failed kernel is named when the
-program was built with checks (each launch is then awaited on its own).
+plan (runtime/ptx.py) on one stream, then waits for it. The first run captures the launches
+as a CUDA graph, which every later run replays with one call. A failed kernel is named when
+the program was built with checks (each launch is then made and awaited on its own).
 """
 from __future__ import annotations
 
@@ -95,6 +96,21 @@ class Device:
 
     def sync(self, what: str) -> None:
         check(self.drv.cuStreamSynchronize(self.stream), what)
+
+    def capture(self, launches):
+        """The launches that `launches()` makes, captured as a CUDA graph ready to replay: one
+        call of the driver per run instead of one per kernel."""
+        drv = self.drv
+        check(drv.cuStreamBeginCapture(self.stream, drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+              "cannot capture the launches")
+        try:
+            launches()
+        finally:
+            graph = check(drv.cuStreamEndCapture(self.stream), "cannot capture the launches")
+        return check(drv.cuGraphInstantiate(graph, 0), "cannot instantiate the launches' graph")
+
+    def replay(self, graph) -> None:
+        check(self.drv.cuGraphLaunch(graph, self.stream), "cannot launch the program's graph")
 
     def module(self, text: str):
         return check(self.drv.cuModuleLoadData(text.encode() + b"\0"), "the driver refused the generated PTX")
@@ -189,10 +205,10 @@ class CudaExecutable:
     into one); `args` are (name, shape, kind), `workspace` the temporaries' size in elements."""
 
     def __init__(self, obj: bytes | None, llvm_ir: str | None, entry: str, args: list, workspace: int,
-                 arrays: dict, dtype: str = "f32", checks: bool = False):
+                 arrays: dict, dtype: str = "f32"):
         if obj is None:
             obj = ptxmod.object_code(llvm_ir)
-        self.obj, self.entry, self.checks = obj, entry, checks
+        self.obj, self.entry = obj, entry
         self.args = [(n, tuple(s), k) for n, s, k in args]
         if not isinstance(arrays, DeviceArrays):
             arrays = DeviceArrays(arrays)
@@ -204,11 +220,12 @@ class CudaExecutable:
                 raise AssertionError(f"{name}: {dict.__getitem__(arrays, name).shape} != {shape}")
         self.arrays = arrays
         dev = self.device = arrays.device
-        text, self.launches = ptxmod.read_object(obj)
+        text, self.launches, self.checks = ptxmod.read_object(obj)
         self.module = dev.module(text)
         item = np.dtype(npd).itemsize
         self.workspace_bytes = workspace * item
         self.workspace = dev.alloc(self.workspace_bytes, f"the temporaries of {entry}")
+        self.graph = None  # the launches captured as one CUDA graph, on the first run
         self.names = [n for n, _, _ in self.args]
         self.writes = [n for n, _, k in self.args if k not in READ_ONLY]
         self.calls = []
@@ -222,12 +239,20 @@ class CudaExecutable:
     def run(self) -> None:
         self.arrays.send(self.names)
         dev = self.device
-        for fn, points, (params, _), symbol in self.calls:
-            dev.launch(fn, points, params, symbol)
-            if self.checks:
+        if self.checks:
+            for fn, points, (params, _), symbol in self.calls:
+                dev.launch(fn, points, params, symbol)
                 dev.sync(f"kernel {symbol} failed")
+        else:
+            if self.graph is None:
+                self.graph = dev.capture(lambda: self._launch_all())
+            dev.replay(self.graph)
         dev.sync(f"a kernel of {self.entry} failed")
         self.arrays.written(self.writes)
+
+    def _launch_all(self) -> None:
+        for fn, points, (params, _), symbol in self.calls:
+            self.device.launch(fn, points, params, symbol)
 
     def kernel(self, symbol: str, buffers: list[str], offsets: dict[str, int]):
         """One launch as a call of no arguments (awaited, so it can be timed alone)."""

@@ -3,7 +3,7 @@
 No CUDA toolkit is involved: LLVM optimizes the module (O2, as on the CPU) and prints PTX,
 which the driver compiles for the device when it loads it. What a program's `compile` gives
 (its "object", cached like the CPU's machine code) is a small JSON document: the PTX text
-and the launches of codegen/nvptx.py's launch lines.
+and the launches of codegen/nvptx.py's launch lines, and whether it is the debug build.
 """
 from __future__ import annotations
 
@@ -80,9 +80,12 @@ def _arg(a: str) -> tuple[str, int | None]:
 def object_code(text: str, arch: str = ARCH) -> bytes:
     """What the loader takes: the PTX and the launch plan, as JSON."""
     plan = [{"symbol": x.symbol, "points": x.points, "args": [list(a) for a in x.args]} for x in launches(text)]
-    return json.dumps({"arch": arch, "ptx": ptx(text, arch), "launches": plan}).encode()
+    checks = "\n; checks\n" in text
+    return json.dumps({"arch": arch, "ptx": ptx(text, arch), "launches": plan, "checks": checks}).encode()
 
 
-def read_object(obj: bytes) -> tuple[str, list[Launch]]:
+def read_object(obj: bytes) -> tuple[str, list[Launch], bool]:
+    """The PTX, the launches and whether the kernels check their indices (the debug build)."""
     d = json.loads(obj)
-    return d["ptx"], [Launch(x["symbol"], x["points"], tuple((n, o) for n, o in x["args"])) for x in d["launches"]]
+    plan = [Launch(x["symbol"], x["points"], tuple((n, o) for n, o in x["args"])) for x in d["launches"]]
+    return d["ptx"], plan, d.get("checks", False)

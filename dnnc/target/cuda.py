@@ -1,7 +1,8 @@
 """NVIDIA GPUs: loops bound to threads, NVPTX LLVM IR, PTX, the CUDA driver API.
 
 The same pipeline as the CPU's up to the loop nests; then `bind` splits every kernel into
-launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), the
+launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), long
+reductions of few threads split across more (ir/passes/rfactor.py), the
 code generator emits NVPTX LLVM IR (codegen/nvptx.py), llvmlite's NVPTX backend prints PTX
 (runtime/ptx.py) and the driver loads and runs it (runtime/cuda.py, `dnnc[cuda]`).
 """
@@ -12,6 +13,7 @@ from ..codegen import nvptx
 from ..codegen.symbols import kernel_symbol, symbol
 from ..ir import Program
 from ..ir.passes.grid import bind_grid
+from ..ir.passes.rfactor import split_reductions
 from ..runtime import ptx
 from ..schedule.machine import Machine
 from .base import Target
@@ -40,12 +42,12 @@ class CudaTarget(Target):
         return []
 
     def bind(self, program: Program) -> Program:
-        return bind_grid(program)
+        return split_reductions(bind_grid(program))
 
     def emit(self, program: Program, offsets, dtype, checks):
         if dtype != "f32":
             raise DnncError(f"the cuda target computes in f32, not {dtype}")
-        return nvptx.emit(program, offsets, dtype, ptx.data_layout())
+        return nvptx.emit(program, offsets, dtype, ptx.data_layout(), checks)
 
     def entry(self, program_name):
         return symbol(program_name)

@@ -1,0 +1,152 @@
+"""Reductions across threads: a long reduction of a kernel with few threads split in two.
+
+A bias gradient sums a whole batch of feature maps into each of 64 values: bound as it is,
+64 threads each add 200,000 numbers while the rest of the GPU waits. This pass (Halide's and
+TVM's rfactor) gives such a kernel C times the threads: the reduction's loops are flattened
+into one index, dealt into C chunks (chunk c takes iterations c, c + C, ...), and each
+(point, chunk) folds its chunk into a partial
+result; a second kernel folds each point's C partials, in order, from the original initial
+value, and runs the statements after the reduction. The partials live in a temporary.
+
+Only folds whose operator is associative are split: `acc = acc + e`, `acc = max(acc, e)`,
+`acc = min(acc, e)`, with acc read nowhere else in the loop. Sums are then added in another
+order (float rounding differs, as between any two orders); max and min are exact.
+"""
+from __future__ import annotations
+
+import math
+
+from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
+from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
+from .grid import grid_loops
+
+FEW_THREADS = 16384  # a kernel with fewer threads than this leaves most of a GPU idle
+WANTED_THREADS = 65536  # what the split aims for
+MIN_CHUNK = 32  # iterations a thread folds at least
+MAX_CHUNKS = 1024
+IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+def split_reductions(p: Program) -> Program:
+    """Invariant: computes what p computes, up to the order of float additions. A bound
+    kernel (grid loops, then registers folded over a perfectly nested loop, then statements
+    using them) with fewer than FEW_THREADS points and a fold of at least 2 * MIN_CHUNK
+    iterations becomes two bound kernels, NAME.part and NAME, through temporaries
+    NAME.REGISTER.part[grid..., chunk]."""
+    buffers = list(p.buffers)
+    kernels: list[Kernel] = []
+    for k in p.kernels:
+        split = _split(k, {b.name: b for b in buffers})
+        if split is None:
+            kernels.append(k)
+            continue
+        parts, first, second = split
+        buffers += parts
+        kernels += [first, second]
+    return Program(p.name, tuple(buffers), tuple(kernels), p.schedule)
+
+
+def _split(k: Kernel, buffers):
+    loops, body = grid_loops(k.body)
+    if not loops:
+        return None
+    points = math.prod(lp.extent for lp in loops)
+    lets = []
+    while len(lets) < len(body) and isinstance(body[len(lets)], Let):
+        lets.append(body[len(lets)])
+    if points >= FEW_THREADS or not lets or len(body) <= len(lets) or not isinstance(body[len(lets)], Loop):
+        return None
+    red, rest = body[len(lets)], body[len(lets) + 1:]
+    chain = [red]
+    while len(chain[-1].body) == 1 and isinstance(chain[-1].body[0], Loop):
+        chain.append(chain[-1].body[0])
+    inner = chain[-1].body
+    ops = {}
+    for s in walk(inner):
+        if isinstance(s, Set):
+            op = _fold_op(s)
+            if op is None or ops.setdefault(s.name, op) != op:
+                return None
+    accs = [lt.name for lt in lets if lt.name in ops]
+    if not accs or any(isinstance(s, Let) and s.name in accs for s in walk(inner)):
+        return None
+    declared = {lt.name for lt in lets}
+    if any(isinstance(x, Scalar) and x.name in declared for x in _reads(inner)):
+        return None  # a register of the chunk read as it stands, not folded
+    length = math.prod(lp.extent for lp in chain)
+    chunks = min(MAX_CHUNKS, max(2, -(-WANTED_THREADS // points)), length // MIN_CHUNK)
+    if chunks < 2:
+        return None
+    size = -(-length // chunks)
+    chunks = -(-length // size)  # no empty chunk
+    names = {lp.var for lp in loops}
+    ro, ri = _fresh("ro", names, inner), _fresh("ri", names, inner)
+    # chunk ro folds iterations ro, ro + C, ro + 2C, ...: neighbouring threads read neighbouring elements
+    t = Binary("+", Binary("*", Var(ri), Const(chunks)), Var(ro))
+    at, stride = {}, 1
+    for lp in reversed(chain):  # the chain's variables from the flat index t
+        q = Binary("/", t, Const(stride)) if stride > 1 else t
+        at[lp.var] = Binary("%", q, Const(lp.extent)) if lp is not chain[0] else q
+        stride *= lp.extent
+    folded = _subst(inner, at)
+    if chunks * size != length:
+        folded = (If(Binary("<", t, Const(length)), folded),)
+    grid = [Var(lp.var) for lp in loops]
+    shape = tuple(lp.extent for lp in loops) + (chunks,)
+    parts = [Buffer(f"{k.name}.{a}.part", shape, "temp") for a in accs]
+    first = tuple(Let(a, Const(IDENTITY[ops[a]])) for a in accs) + (Loop(ri, size, folded),) + tuple(
+        Store(b.name, tuple(grid) + (Var(ro),), Scalar(a)) for a, b in zip(accs, parts))
+    first = (Loop(ro, chunks, first, "grid"),)
+    second = tuple(lets) + (Loop(ro, chunks, tuple(
+        Set(a, Binary(ops[a], Scalar(a), Load(b.name, tuple(grid) + (Var(ro),)))) for a, b in zip(accs, parts)),),
+    ) + tuple(rest)
+    return parts, Kernel(k.name + ".part", _nest(loops, first), k.layer), Kernel(k.name, _nest(loops, second), k.layer)
+
+
+def _fold_op(s: Set) -> str | None:
+    v = s.value
+    if isinstance(v, Binary) and v.op in IDENTITY and v.a == Scalar(s.name):
+        return v.op
+    return None
+
+
+def _reads(stmts):
+    """Every expression node the statements read, but for a fold's read of its own register."""
+    for s in walk(stmts):
+        if isinstance(s, If):
+            yield from s.cond.walk()
+        elif isinstance(s, Store):
+            for e in s.index + (s.value,):
+                yield from e.walk()
+        elif isinstance(s, Set) and _fold_op(s):
+            yield from s.value.b.walk()
+        elif isinstance(s, (Let, Set)):
+            yield from s.value.walk()
+
+
+def _fresh(stem: str, used: set[str], stmts) -> str:
+    taken = used | {s.var for s in walk(stmts) if isinstance(s, Loop)}
+    k = 0
+    while f"{stem}{k}" in taken:
+        k += 1
+    return f"{stem}{k}"
+
+
+def _nest(loops, body) -> tuple[Stmt, ...]:
+    for lp in reversed(loops):
+        body = (Loop(lp.var, lp.extent, tuple(body), "grid"),)
+    return tuple(body)
+
+
+def _subst(stmts, m: dict[str, Expr]) -> tuple[Stmt, ...]:
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(Loop(s.var, s.extent, _subst(s.body, m), s.kind))
+        elif isinstance(s, If):
+            out.append(If(subst_vars(s.cond, m), _subst(s.then, m), _subst(s.orelse, m)))
+        elif isinstance(s, Store):
+            out.append(Store(s.buffer, tuple(subst_vars(i, m) for i in s.index), subst_vars(s.value, m)))
+        else:
+            out.append(type(s)(s.name, subst_vars(s.value, m)))
+    return tuple(out)
