@@ -63,6 +63,20 @@ def test_bound_programs_compute_the_same_bits(name, kind):
     want, got = _run_on_cpu(prog, 1), _run_on_cpu(bound, 1)
     for n in want:
         np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+    # register tiles of outputs per thread: each output folds its terms in the same order (the
+    # CPU's code, free to reassociate sums, may still round the two differently)
+    import dnnc.ir.passes.thread_tile as tt
+
+    tt_min, tt.MIN_THREADS = tt.MIN_THREADS, 1  # these small batches would keep their threads
+    try:
+        tiled = tt.tile_threads(bound)
+    finally:
+        tt.MIN_THREADS = tt_min
+    assert any(b.kind == "local" for b in tiled.buffers) and tiled != bound
+    got = _run_on_cpu(tiled, 1)
+    for n in want:
+        scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-6, atol=1e-6 * scale, err_msg=f"tiled: {n}")
     # long reductions of few threads split in two: the same values, summed in another order
     split = split_reductions(bound)
     assert any(k.name.endswith(".part") for k in split.kernels)

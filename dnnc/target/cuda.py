@@ -1,8 +1,9 @@
 """NVIDIA GPUs: loops bound to threads, NVPTX LLVM IR, PTX, the CUDA driver API.
 
 The same pipeline as the CPU's up to the loop nests; then `bind` splits every kernel into
-launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), long
-reductions of few threads split across more (ir/passes/rfactor.py), the
+launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), long reductions of few threads split across more
+(ir/passes/rfactor.py), each thread given a register tile of outputs where that shares loads
+(ir/passes/thread_tile.py), the
 code generator emits NVPTX LLVM IR (codegen/nvptx.py), llvmlite's NVPTX backend prints PTX
 (runtime/ptx.py) and the driver loads and runs it (runtime/cuda.py, `dnnc[cuda]`).
 """
@@ -14,6 +15,7 @@ from ..codegen.symbols import kernel_symbol, symbol
 from ..ir import Program
 from ..ir.passes.grid import bind_grid
 from ..ir.passes.rfactor import split_reductions
+from ..ir.passes.thread_tile import tile_threads
 from ..runtime import ptx
 from ..schedule.machine import Machine
 from .base import Target
@@ -42,7 +44,7 @@ class CudaTarget(Target):
         return []
 
     def bind(self, program: Program) -> Program:
-        return split_reductions(bind_grid(program))
+        return tile_threads(split_reductions(bind_grid(program)))
 
     def emit(self, program: Program, offsets, dtype, checks):
         if dtype != "f32":

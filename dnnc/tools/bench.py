@@ -72,10 +72,13 @@ def bench(net: Network, batch: int = 64, training: bool = False, threads: int | 
     kernels: list[KernelTime] = []
     if per_layer:  # each kernel alone, with the FLOPs of the statements it computes
         u = ex.unit
-        for k, (name, stmts) in zip(u.program.kernels, u.groups, strict=True):
+        # a group's FLOPs go to the kernel of its name; a target that splits it into several
+        # launches (a GPU: NAME#1, NAME.part) shows the others' times beside it, with none
+        flops = {name: sum(count_flops(s) for s in stmts) for name, stmts in u.groups}
+        for k in u.program.kernels:
             call = model.target.kernel(ex.exe, u.program, k, u.offsets)
             if call is not None:
-                kernels.append(KernelTime(k.name, _median(call, repeat), sum(count_flops(s) for s in stmts)))
+                kernels.append(KernelTime(k.name, _median(call, repeat), flops.get(k.name, 0)))
     return Report(step, kernels, batch, compile_s, training, model.threads)
 
 

@@ -20,8 +20,8 @@ from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
 from .grid import grid_loops
 
-FEW_THREADS = 16384  # a kernel with fewer threads than this leaves most of a GPU idle
-WANTED_THREADS = 65536  # what the split aims for
+FEW_THREADS = 65536  # a kernel with fewer threads than this leaves much of a GPU idle
+WANTED_THREADS = 1 << 20  # what the split aims for: enough for register tiles (thread_tile.py) of 16
 MIN_CHUNK = 32  # iterations a thread folds at least
 MAX_CHUNKS = 1024
 IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}

@@ -1,0 +1,188 @@
+"""Register tiles for GPU threads: each thread computes a Ta x Tb block of outputs.
+
+Bound as it is, a convolution's thread computes one output and loads two numbers (an input
+and a weight) for every multiply-add: the GPU then waits on memory. Giving a thread Ta filters
+and Tb rows (unroll-and-jam of two grid loops into the reduction) keeps Ta * Tb sums in
+registers and loads each input once for Ta filters and each weight once for Tb rows: Ta + Tb
+loads for Ta * Tb multiply-adds. The copies of a load that no longer depends on the unrolled
+index are the same expression, which LLVM's value numbering makes one load.
+
+The pass rewrites a bound kernel of the form
+    grid loops; let acc = init; a reduction (loops, guards, acc = acc op e); statements using acc
+into
+    grid loops (a and b now counting tiles); tile[ai, bj] = init for every ai, bj (unrolled);
+    the reduction, whose folds become `tile[ai, bj] = tile[ai, bj] op e` for every ai, bj, under
+    the guards that depend on a or b; the statements after it for every ai, bj
+with a = ao * Ta + ai and b = bo * Tb + bj. Only extents the tile sizes divide are tiled.
+"""
+from __future__ import annotations
+
+import math
+
+from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, free_vars, substitute
+from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
+from .grid import grid_loops
+
+TILE = 4  # outputs along each tiled axis: 16 sums in registers
+MIN_THREADS = 32768  # a tiled kernel keeps at least this many threads (a GPU of 132 SMs runs 270,000)
+FOLDS = ("+", "max", "min")
+
+
+def tile_threads(p: Program) -> Program:
+    """Invariant: computes what p computes, each output folding its terms in the same order.
+    A bound kernel whose single reduction folds registers with + (or max, min) gets
+    a TILE x TILE (or 2 x 2) register tile over the two grid axes whose unrolling shares the
+    most loads, when that leaves MIN_THREADS threads; its tiles are `local` buffers."""
+    buffers = list(p.buffers)
+    kernels = []
+    for k in p.kernels:
+        done = _tile(k, {b.name: b.shape for b in buffers})
+        if done is None:
+            kernels.append(k)
+        else:
+            kernel, tiles = done
+            kernels.append(kernel)
+            buffers += tiles
+    return Program(p.name, tuple(buffers), tuple(kernels), p.schedule)
+
+
+def _tile(k: Kernel, shapes):
+    loops, body = grid_loops(k.body)
+    if len(loops) < 2:
+        return None
+    lets = []
+    while len(lets) < len(body) and isinstance(body[len(lets)], Let):
+        lets.append(body[len(lets)])
+    if not lets or len(body) <= len(lets) or not isinstance(body[len(lets)], Loop):
+        return None
+    red, rest = body[len(lets)], body[len(lets) + 1:]
+    accs = {lt.name for lt in lets}
+    folds = [s for s in walk((red,)) if isinstance(s, Set)]
+    if not folds or any(s.name not in accs or not _is_fold(s) for s in folds):
+        return None
+    if any(isinstance(s, Let) for s in walk((red,))) or any(
+            isinstance(x, Scalar) and x.name in accs for s in folds for x in s.value.b.walk()):
+        return None
+    if any(isinstance(s, If) and s.orelse for s in walk((red,))):
+        return None
+    if any(isinstance(s, Store) for s in walk((red,))):
+        return None
+    choice = _choose(loops, folds)
+    if choice is None:
+        return None
+    (a, ta), (b, tb) = choice
+    ext = {lp.var: lp.extent for lp in loops}
+    names = {s.var for s in walk(k.body) if isinstance(s, Loop)} | {a, b}
+    ao, ai, bo, bi = (_fresh(n, names) for n in (a + "o", a + "i", b + "o", b + "i"))
+    at = {a: Binary("+", Binary("*", Var(ao), Const(ta)), Var(ai)),
+          b: Binary("+", Binary("*", Var(bo), Const(tb)), Var(bi))}
+    tiles = {acc: Buffer(f"{k.name}.{acc}.tile", (ta, tb), "local") for acc in sorted(accs)}
+    cell = (Var(ai), Var(bi))
+
+    def each(stmts):  # stmts for every cell of the tile, a and b substituted
+        return (Loop(ai, ta, (Loop(bi, tb, tuple(stmts), "unroll"),), "unroll"),)
+
+    def sub(e: Expr) -> Expr:
+        return substitute(e, lambda x: at.get(x.name) if isinstance(x, Var) else
+                          Load(tiles[x.name].name, cell) if isinstance(x, Scalar) and x.name in tiles else None)
+
+    inits = each(Store(tiles[lt.name].name, cell, sub(lt.value)) for lt in lets)
+    reduction = _jam(red, {a, b}, (), each, sub, tiles, cell)
+    after = each(_subst_stmts(rest, sub))
+    new_loops = [Loop(ao if lp.var == a else bo if lp.var == b else lp.var,
+                      lp.extent // (ta if lp.var == a else tb if lp.var == b else 1), (), "grid") for lp in loops]
+    inner = tuple(inits) + (reduction,) + tuple(after)
+    for lp in reversed(new_loops):
+        inner = (Loop(lp.var, lp.extent, inner, "grid"),)
+    return Kernel(k.name, inner, k.layer), list(tiles.values())
+
+
+def _is_fold(s: Set) -> bool:
+    return isinstance(s.value, Binary) and s.value.op in FOLDS and s.value.a == Scalar(s.name)
+
+
+def _choose(loops: list[Loop], folds: list[Set]):
+    """((a, Ta), (b, Tb)): a shares the most loads across its copies, b the most of the rest;
+    the innermost grid axis (neighbouring threads, coalesced reads) is taken last."""
+    loads = [x for s in folds for x in s.value.b.walk() if isinstance(x, Load)]
+    if len(loads) < 2:
+        return None
+    uses = {lp.var: {i for i, ld in enumerate(loads) if lp.var in set().union(*map(free_vars, ld.index))}
+            for lp in loops}
+    points = math.prod(lp.extent for lp in loops)
+    order = {lp.var: n for n, lp in enumerate(loops)}
+    innermost = loops[-1].var
+    for size in (TILE, 2):
+        if points // (size * size) < MIN_THREADS:
+            continue
+        fits = [lp.var for lp in loops if lp.extent % size == 0 and lp.extent >= size]
+
+        def rank(v, among):
+            return (len(among - uses[v]), v != innermost, -order[v])
+
+        cands = [v for v in fits if len(uses[v]) < len(loads)]
+        if not cands:
+            continue
+        a = max(cands, key=lambda v: rank(v, set(range(len(loads)))))
+        left = uses[a]  # the loads a's copies do not share
+        rest = [v for v in fits if v != a and len(left - uses[v]) > 0]
+        if not rest:
+            continue
+        b = max(rest, key=lambda v: rank(v, left))
+        return (a, size), (b, size)
+    return None
+
+
+def _jam(s: Stmt, tiled: set[str], conds: tuple, each, sub, tiles, cell) -> Stmt | tuple:
+    """The reduction with each fold made one per tile cell, under `conds`, the guards around
+    it that depend on a tiled axis (which are evaluated per cell)."""
+    if isinstance(s, Loop):
+        body = []
+        for c in s.body:
+            out = _jam(c, tiled, conds, each, sub, tiles, cell)
+            body += list(out) if isinstance(out, tuple) else [out]
+        return Loop(s.var, s.extent, tuple(body), s.kind)
+    if isinstance(s, If):
+        if free_vars(s.cond) & tiled:
+            inner = conds + (s.cond,)
+            out = []
+            for c in s.then:
+                r = _jam(c, tiled, inner, each, sub, tiles, cell)
+                out += list(r) if isinstance(r, tuple) else [r]
+            return tuple(out)
+        then = []
+        for c in s.then:
+            r = _jam(c, tiled, conds, each, sub, tiles, cell)
+            then += list(r) if isinstance(r, tuple) else [r]
+        return If(s.cond, tuple(then))
+    assert isinstance(s, Set)
+    fold = Store(tiles[s.name].name, cell, sub(s.value))
+    if conds:
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = Binary("and", cond, c)
+        fold = If(sub(cond), (fold,))
+    return each([fold])
+
+
+def _subst_stmts(stmts, sub) -> list[Stmt]:
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(Loop(s.var, s.extent, tuple(_subst_stmts(s.body, sub)), s.kind))
+        elif isinstance(s, If):
+            out.append(If(sub(s.cond), tuple(_subst_stmts(s.then, sub)), tuple(_subst_stmts(s.orelse, sub))))
+        elif isinstance(s, Store):
+            out.append(Store(s.buffer, tuple(sub(i) for i in s.index), sub(s.value)))
+        else:
+            out.append(type(s)(s.name, sub(s.value)))
+    return out
+
+
+def _fresh(stem: str, used: set[str]) -> str:
+    name, k = stem, 0
+    while name in used:
+        k += 1
+        name = f"{stem}{k}"
+    used.add(name)
+    return name
