@@ -10,9 +10,11 @@ the math functions (the GPU has no libm: exp and log through the hardware's base
 approximations, tanh and sigmoid from exp), and parallel loops, which run serially inside
 a thread. Pointer arguments of a kernel are global memory to LLVM's NVPTX backend.
 
-After the module's text come the launch lines, `; launch SYMBOL POINTS BUFFER ...`, one per
-kernel in order, a temporary written BUFFER@OFFSET (elements into the workspace): the
-runtime launches exactly these.
+After the module's text come the launch lines, `; launch KERNEL ENTRY POINTS BUFFER ...`, one
+per kernel in order: the kernel's own symbol, the GPU function it runs (kernels that differ
+only in their buffers, as the blocks of a ResNet stage do, share one, as on the CPU), its
+threads, and its buffers, a temporary written BUFFER@OFFSET (elements into the workspace).
+The runtime launches exactly these.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from llvmlite import ir
 from ..ir import Program
 from ..ir.passes.grid import grid_loops
 from .kernel import KernelEmitter
-from .llvm import kernel_args
+from .llvm import code_key, kernel_args
 from .symbols import kernel_symbol, symbol
 from .types import FLOAT, I32, I64
 
@@ -44,8 +46,16 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
     locals_ = {b.name for b in p.buffers if b.kind == "local"}
     temps = {b.name for b in p.buffers if b.kind == "temp"}
     launches = []
+    shared: dict[tuple, tuple[str, int]] = {}  # code_key -> (entry, points)
     for k in p.kernels:
         used = kernel_args(p, k)
+        own = kernel_symbol(p.name, k.name)
+        args = " ".join(f"{u}@{offsets[u]}" if u in temps else u for u in used)
+        key = code_key(p, k, checks)
+        if key in shared:  # the same code on other buffers: one entry, launched on these
+            entry, points = shared[key]
+            launches.append(f"; launch {own} {entry} {points} {args}".rstrip())
+            continue
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ft.as_pointer()] * len(used)),
                          kernel_symbol(p.name, k.name))
         for a, name in zip(fn.args, used):
@@ -59,8 +69,8 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         em.b.ret_void()
         ir.IRBuilder(em.entry).branch(fn.blocks[1])
         m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
-        args = " ".join(f"{u}@{offsets[u]}" if u in temps else u for u in used)
-        launches.append(f"; launch {fn.name} {points} {args}".rstrip())
+        shared[key] = (fn.name, points)
+        launches.append(f"; launch {own} {fn.name} {points} {args}".rstrip())
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
 
 

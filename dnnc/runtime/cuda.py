@@ -229,9 +229,12 @@ class CudaExecutable:
         self.names = [n for n, _, _ in self.args]
         self.writes = [n for n, _, k in self.args if k not in READ_ONLY]
         self.calls = []
+        functions = {}
         for x in self.launches:
+            if x.entry not in functions:
+                functions[x.entry] = dev.function(self.module, x.entry)
             ptrs = [self.workspace + off * item if off is not None else arrays.pointer(n) for n, off in x.args]
-            self.calls.append((dev.function(self.module, x.symbol), x.points, _params(ptrs), x.symbol))
+            self.calls.append((functions[x.entry], x.points, _params(ptrs), x.symbol))
 
     def set_threads(self, n: int) -> None:
         """Host threads do not matter on the GPU."""

@@ -21,10 +21,11 @@ PTX_FEATURES = "+ptx80"
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch: its symbol, threads (the grid's points) and buffer arguments, a
-    temporary given as its offset in the workspace (elements)."""
+    """One kernel launch: the kernel's symbol, the entry it runs, its threads (the grid's
+    points) and buffer arguments, a temporary given as its offset in the workspace (elements)."""
 
     symbol: str
+    entry: str
     points: int
     args: tuple[tuple[str, int | None], ...]
 
@@ -67,8 +68,8 @@ def launches(text: str) -> list[Launch]:
     out = []
     for line in text.splitlines():
         if line.startswith("; launch "):
-            _, _, symbol, points, *args = line.split()
-            out.append(Launch(symbol, int(points), tuple(_arg(a) for a in args)))
+            _, _, symbol, entry, points, *args = line.split()
+            out.append(Launch(symbol, entry, int(points), tuple(_arg(a) for a in args)))
     return out
 
 
@@ -79,7 +80,8 @@ def _arg(a: str) -> tuple[str, int | None]:
 
 def object_code(text: str, arch: str = ARCH) -> bytes:
     """What the loader takes: the PTX and the launch plan, as JSON."""
-    plan = [{"symbol": x.symbol, "points": x.points, "args": [list(a) for a in x.args]} for x in launches(text)]
+    plan = [{"symbol": x.symbol, "entry": x.entry, "points": x.points, "args": [list(a) for a in x.args]}
+            for x in launches(text)]
     checks = "\n; checks\n" in text
     return json.dumps({"arch": arch, "ptx": ptx(text, arch), "launches": plan, "checks": checks}).encode()
 
@@ -87,5 +89,5 @@ def object_code(text: str, arch: str = ARCH) -> bytes:
 def read_object(obj: bytes) -> tuple[str, list[Launch], bool]:
     """The PTX, the launches and whether the kernels check their indices (the debug build)."""
     d = json.loads(obj)
-    plan = [Launch(x["symbol"], x["points"], tuple((n, o) for n, o in x["args"])) for x in d["launches"]]
+    plan = [Launch(x["symbol"], x["entry"], x["points"], tuple((n, o) for n, o in x["args"])) for x in d["launches"]]
     return d["ptx"], plan, d.get("checks", False)
