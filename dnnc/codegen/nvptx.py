@@ -23,6 +23,7 @@ import math
 from llvmlite import ir
 
 from ..ir import Program
+from ..ir.memory import buffers_touched
 from ..ir.passes.grid import grid_loops
 from .kernel import KernelEmitter
 from .llvm import code_key, kernel_args
@@ -61,7 +62,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
             a.add_attribute("noalias")
-        tiles = [n for n in _touched(k) if n in locals_]
+        tiles = [n for n in buffers_touched(k.body) if n in locals_]
         em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, k.name if checks else None, used)
         for name in tiles:
             em.local(name)
@@ -72,12 +73,6 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         shared[key] = (fn.name, points)
         launches.append(f"; launch {own} {fn.name} {points} {args}".rstrip())
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
-
-
-def _touched(k) -> list[str]:
-    from ..ir.memory import buffers_touched
-
-    return buffers_touched(k.body)
 
 
 class GpuEmitter(KernelEmitter):

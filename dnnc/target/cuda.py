@@ -17,6 +17,7 @@ from ..ir.passes.grid import bind_grid
 from ..ir.passes.rfactor import split_reductions
 from ..ir.passes.thread_tile import tile_threads
 from ..runtime import ptx
+from ..runtime.cuda import CudaExecutable, DeviceArrays
 from ..schedule.machine import Machine
 from .base import Target
 
@@ -30,8 +31,6 @@ class CudaTarget(Target):
         self.name = "cuda"
 
     def arrays(self, initial=None):
-        from ..runtime.cuda import DeviceArrays
-
         return DeviceArrays(initial or {}, ordinal=self.ordinal)
 
     def default_schedule(self, stmts, shapes, dtype):
@@ -67,8 +66,6 @@ class CudaTarget(Target):
         return ptx.ptx(llvm_ir)
 
     def load(self, obj, llvm_ir, entry, args, workspace, arrays, dtype, threads):
-        from ..runtime.cuda import CudaExecutable
-
         return CudaExecutable(obj, llvm_ir, entry, args, workspace, arrays, dtype)
 
     def kernel(self, loaded, program, kernel, offsets):
