@@ -120,14 +120,17 @@ class Network:
 
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
                 schedule: Schedule | bool | list = True, sparse: dict[str, int] | None = None,
-                checks: bool | None = None, target: str = "cpu") -> "Model":
+                checks: bool | None = None, target: str = "cpu", device: int = 0) -> "Model":
         """JIT-compile the forward pass for `batch` examples on `target` (dnnc.target.names()).
         `schedule`: True (the target's defaults), False (plain loop nests), a Schedule, or a
         list of steps (or their printed forms, `tile(c1.conv, vector=j:16)`) over the defaults;
         `threads` (default: every core) run the parallel loops; `sparse` maps dense-layer
         weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse);
         `checks` builds the debug version, which tests every index at run time and aborts
-        naming the buffer (default: on when the environment has DNNC_CHECKS=1)."""
+        naming the buffer (default: on when the environment has DNNC_CHECKS=1); `device` picks
+        the GPU of target "cuda" (as "cuda:N" does)."""
+        if target == "cuda" and device:
+            target = f"cuda:{device}"
         return Model(self, batch, seed, dtype, as_schedule(schedule), threads, sparse=sparse, checks=checks,
                      target=target)
 

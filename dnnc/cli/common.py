@@ -26,7 +26,10 @@ def schedule_of(args) -> Schedule:
 
 def compile_options(args) -> dict:
     """Keyword arguments for Network.compile and the commands built on it."""
-    out = {"schedule": schedule_of(args), "target": args.target}
+    target = args.target
+    if target == "cuda" and getattr(args, "device", 0):
+        target = f"cuda:{args.device}"
+    out = {"schedule": schedule_of(args), "target": target}
     if getattr(args, "threads", None):
         out["threads"] = args.threads
     return out

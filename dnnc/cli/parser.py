@@ -213,6 +213,8 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-schedule", action="store_true", help="plain loop nests: no tiling or vectors")
         sp.add_argument("--target", default="cpu", choices=target_names(),
                         help="the machine to compile for (default: cpu, this host)")
+        sp.add_argument("--device", type=_nonneg_int, default=0, metavar="N",
+                        help="with --target cuda: the GPU to run on (default: 0)")
     for sp in (u, t, e, bn):
         sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
     for sp in (u, t, e, o, bn):
