@@ -272,3 +272,55 @@ def test_a_checked_gpu_kernel_stops_at_a_bad_access_and_is_named():
     assert r.returncode != 0 and "no bad access" not in r.stdout, (r.stdout, r.stderr[-2000:])
     assert "dnnc: error: out-of-bounds load from image[2, 0" in r.stdout, r.stdout[:2000]
     assert "kernel lenet5__k_" in r.stderr and "failed" in r.stderr, r.stderr[-2000:]
+
+
+def _run_program(p: Program, values: dict) -> dict:
+    arrays: dict = {}
+    ex = driver.Built(driver.from_program(p, CPU), arrays)
+    for k, v in values.items():
+        arrays[k][...] = v
+    ex.run()
+    return arrays
+
+
+def test_a_long_max_over_few_threads_is_split_and_exact():
+    t, f = Var("t"), Var("f")
+    x = Load("x", (Binary("+", Binary("*", f, Const(5000)), t),))
+    body = (Let("m", Const(float("-inf"))), Loop("t", 5000, (Set("m", Binary("max", Scalar("m"), x)),)),
+            Store("out", (f,), Scalar("m")))
+    p = Program("t", (Buffer("x", (20000,), "input"), Buffer("out", (4,), "output")),
+                (Kernel("k", (Loop("f", 4, body),)),))
+    split = split_reductions(bind_grid(p))
+    assert [k.name for k in split.kernels] == ["k.part", "k"]
+    assert split.buffer("k.m.part").shape[0] == 4 and split.buffer("k.m.part").shape[1] > 1
+    x = np.random.default_rng(3).standard_normal(20000).astype(np.float32)
+    got = _run_program(split, {"x": x})["out"]
+    np.testing.assert_array_equal(got, x.reshape(4, 5000).max(axis=1))
+
+
+def test_register_tiles_take_the_axes_that_share_loads():
+    import dnnc.ir.passes.thread_tile as tt
+
+    # a matrix product: each thread gets 4 rows by 4 columns of the output
+    i, j, k = Var("i"), Var("j"), Var("k")
+    prod = Binary("*", Load("a", (i, k)), Load("b", (k, j)))
+    body = (Let("s", Const(0.0)), Loop("k", 64, (Set("s", Binary("+", Scalar("s"), prod)),)),
+            Store("c", (i, j), Scalar("s")))
+    p = Program("t", (Buffer("a", (256, 64), "input"), Buffer("b", (64, 512), "input"),
+                      Buffer("c", (256, 512), "output")), (Kernel("k", (Loop("i", 256, (Loop("j", 512, body),)),)),))
+    tt_min, tt.MIN_THREADS = tt.MIN_THREADS, 1
+    try:
+        tiled = tt.tile_threads(bind_grid(p))
+    finally:
+        tt.MIN_THREADS = tt_min
+    loops, _ = grid_loops(tiled.kernels[0].body)
+    assert [(lp.var, lp.extent) for lp in loops] == [("io", 64), ("jo", 128)]
+    assert tiled.buffer("k.s.tile").shape == (4, 4)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((256, 64)).astype(np.float32), rng.standard_normal((64, 512)).astype(np.float32)
+    got = _run_program(tiled, {"a": a, "b": b})["c"]
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    # an elementwise kernel shares nothing: it keeps one output a thread
+    copy = Program("t", (Buffer("a", (256, 512), "input"), Buffer("c", (256, 512), "output")),
+                   (Kernel("k", (Loop("i", 256, (Loop("j", 512, (Store("c", (i, j), Load("a", (i, j))),)),)),)),))
+    assert tt.tile_threads(bind_grid(copy)) == bind_grid(copy)
