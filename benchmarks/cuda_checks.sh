@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/dnnc-cuda}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-timeout 300 python -m pytest -q -rs tests/test_gpu.py 2>&1 | tail -40 > "$OUT/tests.log"
+timeout 300 python -m pytest -q -rfs tests/test_gpu.py 2>&1 | tail -60 > "$OUT/tests.log"
 { /usr/bin/time -f "wall %e s" python -m dnnc.cli train examples/lenet5.net --target cuda --out "$OUT/lenet5.npz"
   python -m dnnc.cli eval examples/lenet5.net --weights "$OUT/lenet5.npz"; } 2>&1 | grep -v "^ " > "$OUT/train.log"
 for spec in "lenet5 64" "lenet5 1024" "resnet18 64" "vgg16 32"; do
