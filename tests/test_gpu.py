@@ -48,11 +48,11 @@ def _run_on_cpu(prog: Program, seed: int) -> dict:
     return {b.name: arrays[b.name].copy() for b in prog.args}
 
 
-@pytest.mark.parametrize("name,kind", [("lenet5", "train"), ("mlp_dropout", "train"), ("squeezenet", "forward")])
+@pytest.mark.parametrize("name,kind", [("lenet5", "train"), ("mlp_dropout", "train"), ("resnet20", "forward")])
 def test_bound_programs_compute_the_same_bits(name, kind):
     net = dnnc.load(EXAMPLES / f"{name}.net")
     if kind == "train":
-        prog = training_program(net.at_batch(16, training=True), optimizer_spec("sgd(lr=0.1, momentum=0.9)"),
+        prog = training_program(net.at_batch(8, training=True), optimizer_spec("sgd(lr=0.1, momentum=0.9)"),
                                 schedule=False)
     else:
         prog = lower_graph(net.at_batch(2), schedule=False)
@@ -147,7 +147,7 @@ def _ptx_of(name: str, kind: str, batch: int) -> tuple[dict, str]:
     return json.loads(ptx.object_code(u.llvm_ir)), u.llvm_ir
 
 
-CASES = [(n, "forward") for n in ZOO] + [(n, "train") for n in ("lenet5", "squeezenet", "densenet")]
+CASES = [(n, "forward") for n in ZOO] + [(n, "train") for n in ("lenet5", "squeezenet")]
 
 
 @pytest.mark.parametrize("name,kind", CASES)

@@ -11,7 +11,8 @@ skipped, always the same way:
   `--resume` of such a run gets `--epochs 2`, so that it trains one epoch more;
 - `mpiexec` runs need mpi4py and mpiexec and are skipped without them; a run on a hostfile of
   other machines (`mpiexec -f hosts`) is skipped;
-- a command that reads or writes pictures needs Pillow, `--plot` needs matplotlib.
+- a command that reads or writes pictures needs Pillow, `--plot` needs matplotlib;
+- `--target cuda` needs an NVIDIA GPU, its driver and cuda-bindings.
 
 A command shown after `$ ` with its output must print that output (`...` stands for any text):
 an error on stderr, with a non-zero exit status, or lines found in its stdout. Files the
@@ -133,7 +134,19 @@ def skip_reason(c: Command) -> str | None:
         return "needs matplotlib (pip install 'dnnc[plot]')"
     if c.dnnc[1] in ("export", "import") and importlib.util.find_spec("onnx") is None:
         return "needs onnx (pip install 'dnnc[onnx]')"
+    if "cuda" in words and words[words.index("cuda") - 1] == "--target" and not gpu_here():
+        return "needs an NVIDIA GPU, its driver and cuda-bindings (pip install 'dnnc[cuda]')"
     return None
+
+
+def gpu_here() -> bool:
+    try:
+        from dnnc.runtime.cuda import device
+
+        device(0)
+        return True
+    except Exception:
+        return False
 
 
 def mpiexec() -> str | None:

@@ -316,7 +316,7 @@ def test_split_edges_peels_masked_edges_and_computes_the_same(training, monkeypa
 
     monkeypatch.setattr(split, "MIN_ENTRIES", 1)  # split even the loops of these small shapes
 
-    g = dnnc.load(WIDE).at_batch(3, training=training)
+    g = dnnc.load(WIDE).at_batch(2, training=training)
     prog = training_program(g, Optimizer("sgd", 0.1, 0.9), "f64") if training else lower_graph(g, dtype="f64")
     stages = dict(loop_stages(prog))
 
