@@ -329,7 +329,9 @@ def pack_reads(u: Unit) -> Unit:
         for t, s in temps:
             shapes[t] = s
             buffers.append(Buffer(t, s, "temp", u.job.dtype))
-            tiles.setdefault((t, 0), u.job.target.pack_tile(t, s, u.job.dtype))
+            tile = u.job.target.pack_tile(t, s, u.job.dtype)
+            if tile is not None:  # None: the copy is a plain nest
+                tiles.setdefault((t, 0), tile)
         groups.append((kname, stmts))
     return u.but(groups=groups, shapes=shapes, buffers=tuple(buffers), tiles=tiles)
 

@@ -18,7 +18,8 @@ class Target:
         raise NotImplementedError
 
     def pack_tile(self, tensor: str, shape: tuple[int, ...], dtype: str):
-        """The Tile step of a packed copy (a permuted copy of a tensor, made by a Pack step)."""
+        """The Tile step of a packed copy (a permuted copy of a tensor, made by a Pack step), or
+        None for a plain nest."""
         raise NotImplementedError
 
     def default_algorithms(self, groups, shapes: dict, training: bool) -> list:

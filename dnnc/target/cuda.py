@@ -18,12 +18,13 @@ from ..ir.passes.rfactor import split_reductions
 from ..ir.passes.thread_tile import tile_threads
 from ..runtime import ptx
 from ..runtime.cuda import CudaExecutable, DeviceArrays
+from ..schedule.gpu import gpu_schedule
 from ..schedule.machine import Machine
 from .base import Target
 
 
 class CudaTarget(Target):
-    # the machine model of the CPU's heuristics does not apply: no default tile steps yet
+    # the machine model of the CPU's heuristics does not apply: the GPU's schedule is its own
     machine = Machine("cuda", vector_bits=32, l2_bytes=50 << 20, cores=1, parallel_flops=1 << 62)
 
     def __init__(self, ordinal: int = 0):
@@ -34,10 +35,10 @@ class CudaTarget(Target):
         return DeviceArrays(initial or {}, ordinal=self.ordinal)
 
     def default_schedule(self, stmts, shapes, dtype):
-        return []
+        return gpu_schedule(stmts)
 
     def pack_tile(self, tensor, shape, dtype):
-        raise DnncError("pack steps are for the cpu target's vector lanes")
+        return None  # a permuted copy is a plain nest, bound to threads like any other
 
     def default_algorithms(self, groups, shapes, training):
         return []
