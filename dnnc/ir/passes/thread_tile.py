@@ -13,7 +13,10 @@ into
     grid loops (a and b now counting tiles); tile[ai, bj] = init for every ai, bj (unrolled);
     the reduction, whose folds become `tile[ai, bj] = tile[ai, bj] op e` for every ai, bj, under
     the guards that depend on a or b; the statements after it for every ai, bj
-with a = ao * Ta + ai and b = bo * Tb + bj. Only extents the tile sizes divide are tiled.
+with a = ao * Ta + ai and b = bo * Tb + bj. Where a tile size does not divide its extent, the
+cells of the last tile past it compute the last element again (a = min(ao * Ta + ai, A - 1),
+so every read stays in bounds) and store nothing; the axes chosen are those that share the
+most loads, then those that waste the fewest cells.
 """
 from __future__ import annotations
 
@@ -74,8 +77,17 @@ def _tile(k: Kernel, shapes):
     ext = {lp.var: lp.extent for lp in loops}
     names = {s.var for s in walk(k.body) if isinstance(s, Loop)} | {a, b}
     ao, ai, bo, bi = (_fresh(n, names) for n in (a + "o", a + "i", b + "o", b + "i"))
-    at = {a: Binary("+", Binary("*", Var(ao), Const(ta)), Var(ai)),
-          b: Binary("+", Binary("*", Var(bo), Const(tb)), Var(bi))}
+    # a ragged last tile: its cells past the extent compute nothing
+    ragged = [Binary("<", Binary("+", Binary("*", Var(o), Const(t)), Var(i)), Const(ext[v]))
+              for v, t, o, i in ((a, ta, ao, ai), (b, tb, bo, bi)) if ext[v] % t]
+    valid = None
+    for c in ragged:
+        valid = c if valid is None else Binary("and", valid, c)
+    at = {}
+    for v, t, o, i in ((a, ta, ao, ai), (b, tb, bo, bi)):
+        at[v] = Binary("+", Binary("*", Var(o), Const(t)), Var(i))
+        if ext[v] % t:  # the cells past the edge recompute the last element, and do not store it
+            at[v] = Binary("min", at[v], Const(ext[v] - 1))
     tiles = {acc: Buffer(f"{k.name}.{acc}.tile", (ta, tb), "local") for acc in sorted(accs)}
     cell = (Var(ai), Var(bi))
 
@@ -86,12 +98,14 @@ def _tile(k: Kernel, shapes):
         return substitute(e, lambda x: at.get(x.name) if isinstance(x, Var) else
                           Load(tiles[x.name].name, cell) if isinstance(x, Scalar) and x.name in tiles else None)
 
-    inits = each(Store(tiles[lt.name].name, cell, sub(lt.value)) for lt in lets)
+    inits = [Store(tiles[lt.name].name, cell, sub(lt.value)) for lt in lets]
     reduction = _jam(red, {a, b}, (), each, sub, tiles, cell)
-    after = each(_subst_stmts(rest, sub))
+    after = _subst_stmts(rest, sub)
+    after = each(after if valid is None else [If(valid, tuple(after))])
     new_loops = [Loop(ao if lp.var == a else bo if lp.var == b else lp.var,
-                      lp.extent // (ta if lp.var == a else tb if lp.var == b else 1), (), "grid") for lp in loops]
-    inner = tuple(inits) + (reduction,) + tuple(after)
+                      -(-lp.extent // (ta if lp.var == a else tb if lp.var == b else 1)), (), "grid")
+                 for lp in loops]
+    inner = tuple(each(inits)) + (reduction,) + tuple(after)
     for lp in reversed(new_loops):
         inner = (Loop(lp.var, lp.extent, inner, "grid"),)
     return Kernel(k.name, inner, k.layer), list(tiles.values())
@@ -110,15 +124,17 @@ def _choose(loops: list[Loop], folds: list[Set]):
     uses = {lp.var: {i for i, ld in enumerate(loads) if lp.var in set().union(*map(free_vars, ld.index))}
             for lp in loops}
     points = math.prod(lp.extent for lp in loops)
+    ext = {lp.var: lp.extent for lp in loops}
     order = {lp.var: n for n, lp in enumerate(loops)}
     innermost = loops[-1].var
     for size in (TILE, 2):
         if points // (size * size) < MIN_THREADS:
             continue
-        fits = [lp.var for lp in loops if lp.extent % size == 0 and lp.extent >= size]
+        fits = [lp.var for lp in loops if lp.extent >= size]
 
-        def rank(v, among):
-            return (len(among - uses[v]), v != innermost, -order[v])
+        def rank(v, among):  # loads shared, then the least padding of a ragged last tile
+            waste = -(-ext[v] // size) * size - ext[v]
+            return (len(among - uses[v]), -waste / ext[v], v != innermost, -order[v])
 
         cands = [v for v in fits if len(uses[v]) < len(loads)]
         if not cands:
