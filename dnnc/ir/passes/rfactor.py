@@ -57,9 +57,7 @@ def _split(k: Kernel, buffers):
     if points >= FEW_THREADS or not lets or len(body) <= len(lets) or not isinstance(body[len(lets)], Loop):
         return None
     red, rest = body[len(lets)], body[len(lets) + 1:]
-    chain = [red]
-    while len(chain[-1].body) == 1 and isinstance(chain[-1].body[0], Loop):
-        chain.append(chain[-1].body[0])
+    chain, conds = _chain(red)
     inner = chain[-1].body
     ops = {}
     for s in walk(inner):
@@ -88,6 +86,11 @@ def _split(k: Kernel, buffers):
         q = Binary("/", t, Const(stride)) if stride > 1 else t
         at[lp.var] = Binary("%", q, Const(lp.extent)) if lp is not chain[0] else q
         stride *= lp.extent
+    if conds:  # the guards between the flattened loops, tested at each iteration
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = Binary("and", cond, c)
+        inner = (If(cond, tuple(inner)),)
     folded = _subst(inner, at)
     if chunks * size != length:
         folded = (If(Binary("<", t, Const(length)), folded),)
@@ -101,6 +104,23 @@ def _split(k: Kernel, buffers):
         Set(a, Binary(ops[a], Scalar(a), Load(b.name, tuple(grid) + (Var(ro),)))) for a, b in zip(accs, parts)),),
     ) + tuple(rest)
     return parts, Kernel(k.name + ".part", _nest(loops, first), k.layer), Kernel(k.name, _nest(loops, second), k.layer)
+
+
+def _chain(red: Loop) -> tuple[list[Loop], list[Expr]]:
+    """The loops nested at the top of the reduction, through guards that hold one loop
+    (a padded convolution's row guard), and those guards' conditions: all of it is flattened
+    into one index, so that neighbouring threads take neighbouring iterations of the
+    innermost loop."""
+    chain, conds = [red], []
+    while len(chain[-1].body) == 1:
+        s = chain[-1].body[0]
+        if isinstance(s, If) and not s.orelse and len(s.then) == 1 and isinstance(s.then[0], Loop):
+            conds.append(s.cond)
+            s = s.then[0]
+        if not isinstance(s, Loop):
+            break
+        chain.append(s)
+    return chain, conds
 
 
 def _fold_op(s: Set) -> str | None:
