@@ -26,7 +26,8 @@ def list_stages() -> str:
             " [training]" if "forward" not in s.kinds else " [inference]"
         lines.append(f"{s.name:<17} {s.summary}{only}")
     lines += ["llvm-opt          the LLVM IR after the target's optimization pipeline",
-              "asm               the target's assembly"]
+              "asm               the target's assembly",
+              "ptx               the same as asm: the cuda target's assembly is PTX"]
     return "\n".join(lines)
 
 
@@ -94,6 +95,7 @@ def cmd_ir(args) -> int:
                 print(f"  {b.name:<32} at {u.offsets[b.name]}")
         return 0
     target = job.target
+    stage = "asm" if stage == "ptx" else stage
     out = {"llvm": lambda t: t, "llvm-opt": target.optimized_ir, "asm": target.assembly}[stage](u.llvm_ir)
     if args.layer:
         out = "\n\n".join(_extract(out, target.kernel_symbol(u.program.name, k.name), stage)
@@ -118,7 +120,9 @@ def _wanted(g, layer: str | None):
 
 def _extract(text: str, sym: str, stage: str) -> str:
     """One function's text from an LLVM module or an assembly listing."""
-    if stage == "asm":
+    if stage == "asm" and ".visible .entry" in text:  # PTX
+        m = re.search(rf"^\.visible \.entry {re.escape(sym)}\(.*?^\}}", text, re.S | re.M)
+    elif stage == "asm":
         m = re.search(rf"^{re.escape(sym)}:.*?(?=^\s*\.Lfunc_end|\Z)", text, re.S | re.M)
     else:
         m = re.search(rf'^define[^\n]*@"?{re.escape(sym)}"?\(.*?^\}}', text, re.S | re.M)

@@ -446,7 +446,7 @@ STAGES: list[Stage] = [
           "the target's code generator: LLVM IR text"),
 ]
 FRONT = ("ast", "graph")  # the front end's stages (front/parse.py, front/graph.py), before these
-MACHINE = ("llvm-opt", "asm")  # views of the target's machine code, after these
+MACHINE = ("llvm-opt", "asm", "ptx")  # views of the target's machine code, after these (ptx: asm)
 
 
 def names() -> list[str]:
