@@ -48,7 +48,7 @@ def test_list_stages_prints_the_stage_list_in_order():
     assert r.returncode == 0, r.stderr
     printed = [line.split()[0] for line in r.stdout.splitlines()]
     assert printed == pipeline.names()
-    assert printed[:3] == ["ast", "graph", "te"] and printed[-3:] == ["llvm", "llvm-opt", "asm"]
+    assert printed[:3] == ["ast", "graph", "te"] and printed[-4:] == ["llvm", "llvm-opt", "asm", "ptx"]
 
 
 @pytest.mark.parametrize("kind", ["forward", "train"])
