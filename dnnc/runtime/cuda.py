@@ -54,12 +54,11 @@ class Device:
     def __init__(self, ordinal: int = 0):
         drv = self.drv = _driver()
         try:
-            check(drv.cuInit(0), "cannot start the CUDA driver")
-        except DnncError:
-            raise
+            started = drv.cuInit(0)
         except Exception as e:  # cuda-bindings finds no libcuda: no driver on this machine
             raise DnncError(f"no NVIDIA driver on this machine ({type(e).__name__}): the cuda target "
                             "needs an NVIDIA GPU and its driver") from None
+        check(started, "cannot start the CUDA driver")
         count = check(drv.cuDeviceGetCount(), "cannot count the GPUs")
         if count == 0:
             raise DnncError("no NVIDIA GPU on this machine: the cuda target needs one")
@@ -199,6 +198,13 @@ class DeviceArrays(dict):
         for n in list(self.device_newer):
             self[n]
 
+    def __del__(self):
+        ptrs = getattr(self, "ptrs", {})
+        if ptrs:  # the device copies go with the model's buffers
+            dev = device(self.ordinal)
+            for p in ptrs.values():
+                dev.free(p)
+
 
 class CudaExecutable:
     """A program loaded on a GPU, bound to `arrays` (a DeviceArrays: a plain dict is copied
@@ -269,10 +275,8 @@ class CudaExecutable:
         self.device.sync(f"kernel {symbol} failed")
 
     def __del__(self):
-        try:
+        if getattr(self, "workspace", None) is not None:  # a load that failed allocated none
             self.device.free(self.workspace)
-        except Exception:
-            pass
 
 
 def _params(ptrs: list[int]):
