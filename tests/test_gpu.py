@@ -336,3 +336,51 @@ def test_register_tiles_take_the_axes_that_share_loads():
     copy = Program("t", (Buffer("a", (256, 512), "input"), Buffer("c", (256, 512), "output")),
                    (Kernel("k", (Loop("i", 256, (Loop("j", 512, (Store("c", (i, j), Load("a", (i, j))),)),)),)),))
     assert tt.tile_threads(bind_grid(copy)) == bind_grid(copy)
+
+
+class _FakeDevice:
+    """Device memory as numpy arrays: what DeviceArrays asks of a GPU, without one."""
+
+    def __init__(self):
+        self.mem, self.copies = {}, []
+
+    def alloc(self, nbytes, what):
+        ptr = 4096 * (len(self.mem) + 1)
+        self.mem[ptr] = np.zeros(nbytes, np.uint8)
+        return ptr
+
+    def upload(self, ptr, a):
+        self.copies.append(("to device", ptr))
+        self.mem[ptr][:] = np.frombuffer(a.tobytes(), np.uint8)
+
+    def download(self, a, ptr):
+        self.copies.append(("to host", ptr))
+        a[...] = np.frombuffer(self.mem[ptr].tobytes(), a.dtype).reshape(a.shape)
+
+    def free(self, ptr):
+        self.mem.pop(ptr, None)
+
+
+def test_device_arrays_cross_the_bus_only_when_the_host_looks(monkeypatch):
+    import dnnc.runtime.cuda as cuda
+
+    fake = _FakeDevice()
+    monkeypatch.setattr(cuda, "device", lambda ordinal=0: fake)
+    arrays = cuda.DeviceArrays({"w": np.ones(4, np.float32), "x": np.zeros(4, np.float32)})
+    pw, px = arrays.pointer("w"), arrays.pointer("x")
+    arrays.send(["w", "x"])  # first use: both sent
+    assert fake.copies == [("to device", pw), ("to device", px)]
+    fake.copies.clear()
+    arrays.send(["w", "x"])  # nothing changed on the host: nothing sent
+    assert fake.copies == []
+    fake.mem[pw][:] = np.frombuffer(np.full(4, 7, np.float32).tobytes(), np.uint8)  # a kernel wrote w
+    arrays.written(["w"])
+    assert fake.copies == []  # not brought back until someone looks
+    np.testing.assert_array_equal(arrays["w"], np.full(4, 7))  # the host reads: brought back once
+    np.testing.assert_array_equal(arrays["w"], np.full(4, 7))
+    assert fake.copies == [("to host", pw)]
+    arrays["x"][...] = 3  # a write through a read: sent before the next run
+    fake.copies.clear()
+    arrays.send(["w", "x"])
+    assert ("to device", px) in fake.copies
+    np.testing.assert_array_equal(np.frombuffer(fake.mem[px].tobytes(), np.float32), np.full(4, 3))
