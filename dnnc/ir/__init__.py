@@ -184,6 +184,21 @@ def rewrite(stmts, on_loop, on_if=None, ranges=None, entries: int = 1) -> tuple[
     return tuple(out)
 
 
+def map_exprs(stmts, fn) -> tuple[Stmt, ...]:
+    """stmts with every expression in them (conditions, indices, values) replaced by fn(expr)."""
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(Loop(s.var, s.extent, map_exprs(s.body, fn), s.kind))
+        elif isinstance(s, If):
+            out.append(If(fn(s.cond), map_exprs(s.then, fn), map_exprs(s.orelse, fn)))
+        elif isinstance(s, Store):
+            out.append(Store(s.buffer, tuple(fn(i) for i in s.index), fn(s.value)))
+        else:
+            out.append(type(s)(s.name, fn(s.value)))
+    return tuple(out)
+
+
 def rename_buffers(stmts, names: dict[str, str]) -> tuple[Stmt, ...]:
     """stmts with every buffer they read or write renamed by `names` (the others kept)."""
 

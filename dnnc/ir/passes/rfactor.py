@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
-from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
+from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
 from .grid import grid_loops
 
 FEW_THREADS = 65536  # a kernel with fewer threads than this leaves much of a GPU idle
@@ -91,7 +91,7 @@ def _split(k: Kernel, buffers):
         for c in conds[1:]:
             cond = Binary("and", cond, c)
         inner = (If(cond, tuple(inner)),)
-    folded = _subst(inner, at)
+    folded = map_exprs(inner, lambda e: subst_vars(e, at))
     if chunks * size != length:
         folded = (If(Binary("<", t, Const(length)), folded),)
     grid = [Var(lp.var) for lp in loops]
@@ -156,17 +156,3 @@ def _nest(loops, body) -> tuple[Stmt, ...]:
     for lp in reversed(loops):
         body = (Loop(lp.var, lp.extent, tuple(body), "grid"),)
     return tuple(body)
-
-
-def _subst(stmts, m: dict[str, Expr]) -> tuple[Stmt, ...]:
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Loop):
-            out.append(Loop(s.var, s.extent, _subst(s.body, m), s.kind))
-        elif isinstance(s, If):
-            out.append(If(subst_vars(s.cond, m), _subst(s.then, m), _subst(s.orelse, m)))
-        elif isinstance(s, Store):
-            out.append(Store(s.buffer, tuple(subst_vars(i, m) for i in s.index), subst_vars(s.value, m)))
-        else:
-            out.append(type(s)(s.name, subst_vars(s.value, m)))
-    return tuple(out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, free_vars, substitute
-from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
+from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
 from .grid import grid_loops
 
 TILE = 4  # outputs along each tiled axis: 16 sums in registers
@@ -100,7 +100,7 @@ def _tile(k: Kernel, shapes):
 
     inits = [Store(tiles[lt.name].name, cell, sub(lt.value)) for lt in lets]
     reduction = _jam(red, {a, b}, (), each, sub, tiles, cell)
-    after = _subst_stmts(rest, sub)
+    after = map_exprs(rest, sub)
     after = each(after if valid is None else [If(valid, tuple(after))])
     new_loops = [Loop(ao if lp.var == a else bo if lp.var == b else lp.var,
                       -(-lp.extent // (ta if lp.var == a else tb if lp.var == b else 1)), (), "grid")
@@ -179,20 +179,6 @@ def _jam(s: Stmt, tiled: set[str], conds: tuple, each, sub, tiles, cell) -> Stmt
             cond = Binary("and", cond, c)
         fold = If(sub(cond), (fold,))
     return each([fold])
-
-
-def _subst_stmts(stmts, sub) -> list[Stmt]:
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, Loop):
-            out.append(Loop(s.var, s.extent, tuple(_subst_stmts(s.body, sub)), s.kind))
-        elif isinstance(s, If):
-            out.append(If(sub(s.cond), tuple(_subst_stmts(s.then, sub)), tuple(_subst_stmts(s.orelse, sub))))
-        elif isinstance(s, Store):
-            out.append(Store(s.buffer, tuple(sub(i) for i in s.index), sub(s.value)))
-        else:
-            out.append(type(s)(s.name, sub(s.value)))
-    return out
 
 
 def _fresh(stem: str, used: set[str]) -> str:
