@@ -102,7 +102,8 @@ def test_only_independent_loops_are_bound():
     # one sum into one element: every iteration writes out[0]
     assert _bound(Loop("i", 10, (Store("out", (Const(0),), _add(Load("out", (Const(0),)), x(i))),))) == [()]
     # a row sum: the rows are independent, the columns are not
-    row = Loop("i", 10, (Loop("j", 40, (Store("out", (i,), _add(Load("out", (i,)), x(_add(Binary("*", i, Const(40)), j)))),)),))
+    term = x(_add(Binary("*", i, Const(40)), j))
+    row = Loop("i", 10, (Loop("j", 40, (Store("out", (i,), _add(Load("out", (i,)), term)),)),))
     assert _bound(row) == [("i",)]
     # a flattened scatter is one element per point (k / 25, k / 5 % 5, k % 5 is k)
     flat = (Binary("/", k, Const(25)), Binary("%", Binary("/", k, Const(5)), Const(5)), Binary("%", k, Const(5)))
@@ -178,7 +179,8 @@ def test_the_printed_stages_show_bound_loops_and_ptx():
     assert "grid for n in 0..1:" in out.getvalue() or "grid for" in out.getvalue()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "ptx", "--layer", "f3"]) in (0, None)
+        argv = ["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "ptx", "--layer", "f3"]
+        assert main(argv) in (0, None)
     assert ".visible .entry" in out.getvalue()
 
 

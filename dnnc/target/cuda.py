@@ -1,11 +1,12 @@
 """NVIDIA GPUs: loops bound to threads, NVPTX LLVM IR, PTX, the CUDA driver API.
 
-The same pipeline as the CPU's up to the loop nests; then `bind` splits every kernel into
-launches whose leading data-parallel loops are the GPU's threads (ir/passes/grid.py), long reductions of few threads split across more
-(ir/passes/rfactor.py), each thread given a register tile of outputs where that shares loads
-(ir/passes/thread_tile.py), the
-code generator emits NVPTX LLVM IR (codegen/nvptx.py), llvmlite's NVPTX backend prints PTX
-(runtime/ptx.py) and the driver loads and runs it (runtime/cuda.py, `dnnc[cuda]`).
+The same pipeline as the CPU's up to the loop nests (with the GPU's own default schedule,
+schedule/gpu.py); then `bind` splits every kernel into launches whose leading data-parallel
+loops are the GPU's threads (ir/passes/grid.py), splits long reductions of few threads across
+more (ir/passes/rfactor.py) and gives each thread a register tile of outputs where that shares
+loads (ir/passes/thread_tile.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
+llvmlite's NVPTX backend prints PTX (runtime/ptx.py) and the driver loads and runs it
+(runtime/cuda.py, `dnnc[cuda]`).
 """
 from __future__ import annotations
 

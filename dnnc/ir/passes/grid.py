@@ -98,7 +98,8 @@ def _independent(loops: list[Loop], shapes, local) -> bool:
         for x in e.walk():
             if isinstance(x, Scalar) and x.name not in declared:
                 return False  # a register of the statements before the nest
-            if isinstance(x, Load) and x.tensor in writes and _address(shapes[x.tensor], x.index, ranges) != writes[x.tensor]:
+            if isinstance(x, Load) and x.tensor in writes and (
+                    _address(shapes[x.tensor], x.index, ranges) != writes[x.tensor]):
                 return False  # another point's element, perhaps
     bound = {lp.var: lp.extent for lp in loops}
     return all(_distinct(a, bound, ranges) for a in writes.values())
