@@ -386,3 +386,21 @@ def test_device_arrays_cross_the_bus_only_when_the_host_looks(monkeypatch):
     arrays.send(["w", "x"])
     assert ("to device", px) in fake.copies
     np.testing.assert_array_equal(np.frombuffer(fake.mem[px].tobytes(), np.float32), np.full(4, 3))
+
+
+def test_a_program_too_big_for_the_gpu_is_refused_before_allocating(monkeypatch):
+    import dnnc.runtime.cuda as cuda
+
+    fake = _FakeDevice()
+    fake.ordinal = 0
+    fake.free_bytes = lambda: 1 << 20  # 1 MiB free
+    fake.module = lambda text: pytest.fail("the PTX was loaded")
+    monkeypatch.setattr(cuda, "device", lambda ordinal=0: fake)
+    net = dnnc.load(EXAMPLES / "lenet5.net")
+    from dnnc.driver.unit import Job
+
+    u = driver.run(Job(net.at_batch(512), get("cuda"), "forward", None, "f32"))
+    args = [(b.name, b.shape, b.kind) for b in u.program.args]
+    with pytest.raises(dnnc.DnncError, match=r"needs .* of GPU memory .* GPU 0 has 1(\.0)? MiB free"):
+        cuda.CudaExecutable(None, u.llvm_ir, "lenet5", args, u.workspace, cuda.DeviceArrays())
+    assert fake.mem == {}  # nothing was allocated

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..base.dtypes import NP_DTYPE
 from ..base.errors import DnncError
+from ..base.units import human_bytes
 from ..codegen.nvptx import THREADS
 from . import ptx as ptxmod
 
@@ -226,10 +227,17 @@ class CudaExecutable:
                 raise AssertionError(f"{name}: {dict.__getitem__(arrays, name).shape} != {shape}")
         self.arrays = arrays
         dev = self.device = arrays.device
-        text, self.launches, self.checks = ptxmod.read_object(obj)
-        self.module = dev.module(text)
         item = np.dtype(npd).itemsize
         self.workspace_bytes = workspace * item
+        # refused whole, before any allocation: what this program adds to the device
+        need = self.workspace_bytes + sum(dict.__getitem__(arrays, n).nbytes for n, _, _ in self.args
+                                          if n not in arrays.ptrs)
+        free = dev.free_bytes()
+        if need > free:
+            raise DnncError(f"{entry} needs {human_bytes(need)} of GPU memory (its buffers and temporaries); "
+                            f"GPU {dev.ordinal} has {human_bytes(free)} free: use a smaller batch")
+        text, self.launches, self.checks = ptxmod.read_object(obj)
+        self.module = dev.module(text)
         self.workspace = dev.alloc(self.workspace_bytes, f"the temporaries of {entry}")
         self.graph = None  # the launches captured as one CUDA graph, on the first run
         self.names = [n for n, _, _ in self.args]
