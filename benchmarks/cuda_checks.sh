@@ -20,5 +20,5 @@ timeout 240 python -m dnnc.cli bench examples/resnet18.net --target cuda --batch
 { /usr/bin/time -f "wall %e s" python -m dnnc.cli train examples/lenet5.net --target cuda --out "$OUT/lenet5.npz"
   python -m dnnc.cli eval examples/lenet5.net --weights "$OUT/lenet5.npz"; } 2>&1 | grep -v "^ " > "$OUT/train.log"
 cat "$OUT/bench.log" "$OUT/train.log"
-timeout "${1:-600}" python -m pytest -v -rfs -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+DNNC_GPU_ZOO=full timeout "${1:-600}" python -m pytest -v -rfs -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
 grep -E "PASSED|FAILED|SKIPPED|Error|passed|failed" "$OUT/tests.log" | grep -v "^tests/test_gpu.py::test_ptx" | tail -40
