@@ -31,6 +31,7 @@ from .symbols import kernel_symbol, symbol
 from .types import FLOAT, I32, I64
 
 TRIPLE = "nvptx64-nvidia-cuda"
+ALIGN = 64  # bytes every buffer starts at: cuMemAlloc aligns to 256, the memory plan to 16 elements
 THREADS = 256  # threads per block: 8 warps, a common default that every GPU since sm_30 runs
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
@@ -62,6 +63,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
             a.add_attribute("noalias")
+            a.attributes.align = ALIGN  # cuMemAlloc and the memory plan's offsets: so loads can be vectors
         tiles = [n for n in buffers_touched(k.body) if n in locals_]
         em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, k.name if checks else None, used)
         for name in tiles:
