@@ -29,14 +29,14 @@ IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}
 
 def split_reductions(p: Program) -> Program:
     """Invariant: computes what p computes, up to the order of float additions. A bound
-    kernel (grid loops, then registers folded over a perfectly nested loop, then statements
-    using them) with fewer than FEW_THREADS points and a fold of at least 2 * MIN_CHUNK
+    kernel (grid loops, then registers folded over nested loops, perhaps with a guard between
+    two of them, then statements using the registers) with fewer than FEW_THREADS points and a fold of at least 2 * MIN_CHUNK
     iterations becomes two bound kernels, NAME.part and NAME, through temporaries
     NAME.REGISTER.part[grid..., chunk]."""
     buffers = list(p.buffers)
     kernels: list[Kernel] = []
     for k in p.kernels:
-        split = _split(k, {b.name: b for b in buffers})
+        split = _split(k)
         if split is None:
             kernels.append(k)
             continue
@@ -46,7 +46,7 @@ def split_reductions(p: Program) -> Program:
     return Program(p.name, tuple(buffers), tuple(kernels), p.schedule)
 
 
-def _split(k: Kernel, buffers):
+def _split(k: Kernel):
     loops, body = grid_loops(k.body)
     if not loops:
         return None

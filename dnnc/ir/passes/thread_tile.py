@@ -39,7 +39,7 @@ def tile_threads(p: Program) -> Program:
     buffers = list(p.buffers)
     kernels = []
     for k in p.kernels:
-        done = _tile(k, {b.name: b.shape for b in buffers})
+        done = _tile(k)
         if done is None:
             kernels.append(k)
         else:
@@ -49,7 +49,7 @@ def tile_threads(p: Program) -> Program:
     return Program(p.name, tuple(buffers), tuple(kernels), p.schedule)
 
 
-def _tile(k: Kernel, shapes):
+def _tile(k: Kernel):
     loops, body = grid_loops(k.body)
     if len(loops) < 2:
         return None
