@@ -24,6 +24,7 @@ from .ir import Program
 from .runtime import cache
 from .schedule.steps import Schedule, as_schedule, from_block
 from .target import get as get_target
+from .target import on_device
 from .target.base import Target
 from .te.optim import HYPER
 from .te.sparse import ell, rows_needed
@@ -129,10 +130,8 @@ class Network:
         `checks` builds the debug version, which tests every index at run time and aborts
         naming the buffer (default: on when the environment has DNNC_CHECKS=1); `device` picks
         the GPU of target "cuda" (as "cuda:N" does)."""
-        if target == "cuda" and device:
-            target = f"cuda:{device}"
         return Model(self, batch, seed, dtype, as_schedule(schedule), threads, sparse=sparse, checks=checks,
-                     target=target)
+                     target=on_device(target, device))
 
 
 def checks_wanted(checks: bool | None = None) -> bool:

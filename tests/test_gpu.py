@@ -187,7 +187,7 @@ def test_the_printed_stages_show_bound_loops_and_ptx():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "bind"]) in (0, None)
-    assert "grid for n in 0..1:" in out.getvalue() or "grid for" in out.getvalue()
+    assert "grid for" in out.getvalue()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         argv = ["ir", str(EXAMPLES / "lenet5.net"), "--target", "cuda", "--stage", "ptx", "--layer", "f3"]

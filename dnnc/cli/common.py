@@ -7,6 +7,7 @@ from ..api import load
 from ..base.errors import DnncError, UsageError
 from ..base.fileio import no_such_file
 from ..schedule.steps import Schedule, parse_step
+from ..target import on_device
 
 
 def load_network(path: str):
@@ -26,10 +27,7 @@ def schedule_of(args) -> Schedule:
 
 def compile_options(args) -> dict:
     """Keyword arguments for Network.compile and the commands built on it."""
-    target = args.target
-    if target == "cuda" and getattr(args, "device", 0):
-        target = f"cuda:{args.device}"
-    out = {"schedule": schedule_of(args), "target": target}
+    out = {"schedule": schedule_of(args), "target": on_device(args.target, getattr(args, "device", 0))}
     if getattr(args, "threads", None):
         out["threads"] = args.threads
     return out

@@ -36,10 +36,7 @@ class Access:
 
 def linear_offset(shape: tuple[int, ...], index) -> Expr:
     """The element offset of index in a row-major buffer of this shape, as one integer expression."""
-    lin: Expr = Const(0)
-    for k, ix in enumerate(index):
-        lin = Binary("+", Binary("*", lin, Const(shape[k])), ix)
-    return affine.simplify(lin, split=True)
+    return affine.simplify(affine.row_major(shape, index), split=True)
 
 
 @lru_cache(maxsize=1 << 14)

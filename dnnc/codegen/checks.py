@@ -2,8 +2,8 @@
 
 Only the lanes that really access memory are tested, so a masked-off lane of padding or a
 ragged edge is no error. On failure the generated code prints the kernel, the buffer and the
-first bad index to stderr and aborts (the emitter's `report`: on a GPU, printf and a trap). The verifier proves the same statically; the checks are
-the net under it.
+first bad index to stderr and aborts (the emitter's `report`: on a GPU, printf and a trap).
+The verifier proves the same statically; the checks are the net under it.
 """
 from __future__ import annotations
 

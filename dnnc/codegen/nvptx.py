@@ -58,8 +58,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
             entry, points = shared[key]
             launches.append(f"; launch {own} {entry} {points} {args}".rstrip())
             continue
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ft.as_pointer()] * len(used)),
-                         kernel_symbol(p.name, k.name))
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ft.as_pointer()] * len(used)), own)
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
             a.add_attribute("noalias")
@@ -72,8 +71,8 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         em.b.ret_void()
         ir.IRBuilder(em.entry).branch(fn.blocks[1])
         m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
-        shared[key] = (fn.name, points)
-        launches.append(f"; launch {own} {fn.name} {points} {args}".rstrip())
+        shared[key] = (own, points)
+        launches.append(f"; launch {own} {own} {points} {args}".rstrip())
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
 
 

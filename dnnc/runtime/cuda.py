@@ -79,9 +79,6 @@ class Device:
         return int(check(self.drv.cuMemGetInfo(), "cannot read the GPU's memory")[0])
 
     def alloc(self, nbytes: int, what: str) -> int:
-        free = self.free_bytes()
-        if nbytes > free:
-            raise DnncError(f"{what} needs {nbytes} bytes of GPU memory; GPU {self.ordinal} has {free} free")
         return int(check(self.drv.cuMemAlloc(max(nbytes, 4)), f"cannot allocate {nbytes} bytes for {what}"))
 
     def free(self, ptr: int) -> None:
@@ -195,10 +192,6 @@ class DeviceArrays(dict):
         self.device_newer.update(names)
         self.host_newer.difference_update(names)
 
-    def to_host(self) -> None:
-        for n in list(self.device_newer):
-            self[n]
-
     def __del__(self):
         ptrs = getattr(self, "ptrs", {})
         if ptrs:  # the device copies go with the model's buffers
@@ -262,7 +255,7 @@ class CudaExecutable:
                 dev.sync(f"kernel {symbol} failed")
         else:
             if self.graph is None:
-                self.graph = dev.capture(lambda: self._launch_all())
+                self.graph = dev.capture(self._launch_all)
             dev.replay(self.graph)
         dev.sync(f"a kernel of {self.entry} failed")
         self.arrays.written(self.writes)

@@ -8,7 +8,7 @@ and the launches of codegen/nvptx.py's launch lines, and whether it is the debug
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import llvmlite.binding as llvm
@@ -41,7 +41,7 @@ def data_layout(arch: str = ARCH) -> str:
     return str(target_machine(arch).target_data)
 
 
-def parse(text: str, arch: str = ARCH):
+def parse(text: str):
     mod = llvm.parse_assembly(text)
     mod.verify()
     return mod
@@ -55,12 +55,12 @@ def optimize(mod, arch: str = ARCH):
 
 
 def optimized_ir(text: str, arch: str = ARCH) -> str:
-    return str(optimize(parse(text, arch), arch))
+    return str(optimize(parse(text), arch))
 
 
 def ptx(text: str, arch: str = ARCH) -> str:
     """PTX assembly of NVPTX LLVM IR text."""
-    return target_machine(arch).emit_assembly(optimize(parse(text, arch), arch))
+    return target_machine(arch).emit_assembly(optimize(parse(text), arch))
 
 
 def launches(text: str) -> list[Launch]:
@@ -80,8 +80,7 @@ def _arg(a: str) -> tuple[str, int | None]:
 
 def object_code(text: str, arch: str = ARCH) -> bytes:
     """What the loader takes: the PTX and the launch plan, as JSON."""
-    plan = [{"symbol": x.symbol, "entry": x.entry, "points": x.points, "args": [list(a) for a in x.args]}
-            for x in launches(text)]
+    plan = [asdict(x) for x in launches(text)]
     checks = "\n; checks\n" in text
     return json.dumps({"arch": arch, "ptx": ptx(text, arch), "launches": plan, "checks": checks}).encode()
 
@@ -89,5 +88,5 @@ def object_code(text: str, arch: str = ARCH) -> bytes:
 def read_object(obj: bytes) -> tuple[str, list[Launch], bool]:
     """The PTX, the launches and whether the kernels check their indices (the debug build)."""
     d = json.loads(obj)
-    plan = [Launch(x["symbol"], x["entry"], x["points"], tuple((n, o) for n, o in x["args"])) for x in d["launches"]]
+    plan = [Launch(**{**x, "args": tuple(map(tuple, x["args"]))}) for x in d["launches"]]
     return d["ptx"], plan, d.get("checks", False)

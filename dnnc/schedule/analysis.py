@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..te import affine
-from ..te.expr import Binary, Const, Expr, Load, Reduce, Var, free_vars
+from ..te.expr import Load, Reduce, Var, free_vars
 from ..te.stmt import TStmt
 
 
@@ -95,9 +95,7 @@ def reshape(st: TStmt, shapes: dict) -> bool:
     be tiled like a statement over the tensor's own axes)."""
     if st.index is None or st.accumulate or len(st.axes) != 1:
         return False
-    flat: Expr = Const(0)
-    for ix, x in zip(st.index, shapes[st.tensor], strict=True):
-        flat = Binary("+", Binary("*", flat, Const(x)), ix)
+    flat = affine.row_major(shapes[st.tensor], st.index)
     return affine.simplify(flat) == Var(st.axes[0][0]) and st.axes[0][1] == math.prod(shapes[st.tensor])
 
 

@@ -32,5 +32,10 @@ def get(target: str | Target) -> Target:
     return TARGETS[target]
 
 
+def on_device(target: str, device: int) -> str:
+    """The name of `target` on GPU `device` ("cuda:N"); other targets keep their name."""
+    return f"cuda:{device}" if target == "cuda" and device else target
+
+
 def names() -> list[str]:
     return list(TARGETS)

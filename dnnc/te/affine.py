@@ -125,6 +125,14 @@ def from_affine(d: dict) -> Expr:
     return out
 
 
+def row_major(shape: tuple[int, ...], index) -> Expr:
+    """The element offset of index in a row-major array of this shape (not simplified)."""
+    flat: Expr = Const(0)
+    for ix, n in zip(index, shape, strict=True):
+        flat = Binary("+", Binary("*", flat, Const(n)), ix)
+    return flat
+
+
 def simplify(e: Expr, split: bool = False) -> Expr:
     """The canonical form of an integer expression (other expressions are returned as they are)."""
     d = affine(e, split)

@@ -16,7 +16,7 @@ writes is read only at that same address; and it touches no register declared ou
 from __future__ import annotations
 
 from ...te import affine
-from ...te.expr import Binary, Const, Expr, Load, Scalar, free_vars
+from ...te.expr import Expr, Load, Scalar, free_vars
 from .. import If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
 
 
@@ -119,12 +119,7 @@ def _exprs(stmts):
 def _address(shape: tuple[int, ...], index: tuple[Expr, ...], ranges) -> dict | None:
     """The element offset of buffer[index] as a canonical affine form, with what the loops'
     ranges settle folded (a / 25 % 1 is 0; i % 10 is i for i < 10)."""
-    flat: Expr = Const(0)
-    stride = 1
-    for d, ix in reversed(list(zip(shape, index))):
-        flat = Binary("+", flat, Binary("*", ix, Const(stride)))
-        stride *= d
-    return affine.affine(affine.simplify_in(flat, ranges))
+    return affine.affine(affine.simplify_in(affine.row_major(shape, index), ranges))
 
 
 def _distinct(a: dict, bound: dict[str, int], ranges) -> bool:

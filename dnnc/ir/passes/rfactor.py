@@ -17,21 +17,21 @@ from __future__ import annotations
 import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
-from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
+from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Store, map_exprs, walk
+from .folds import IDENTITY, all_of, fold_op, grid_nest, reduction
 from .grid import grid_loops
 
 FEW_THREADS = 65536  # a kernel with fewer threads than this leaves much of a GPU idle
 WANTED_THREADS = 1 << 20  # what the split aims for: enough for register tiles (thread_tile.py) of 16
 MIN_CHUNK = 32  # iterations a thread folds at least
 MAX_CHUNKS = 1024
-IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
 def split_reductions(p: Program) -> Program:
     """Invariant: computes what p computes, up to the order of float additions. A bound
     kernel (grid loops, then registers folded over nested loops, perhaps with a guard between
-    two of them, then statements using the registers) with fewer than FEW_THREADS points and a fold of at least 2 * MIN_CHUNK
-    iterations becomes two bound kernels, NAME.part and NAME, through temporaries
+    two of them, then statements using the registers) with fewer than FEW_THREADS points and
+    a fold of at least 2 * MIN_CHUNK iterations becomes two bound kernels, NAME.part and NAME, through temporaries
     NAME.REGISTER.part[grid..., chunk]."""
     buffers = list(p.buffers)
     kernels: list[Kernel] = []
@@ -51,18 +51,16 @@ def _split(k: Kernel):
     if not loops:
         return None
     points = math.prod(lp.extent for lp in loops)
-    lets = []
-    while len(lets) < len(body) and isinstance(body[len(lets)], Let):
-        lets.append(body[len(lets)])
-    if points >= FEW_THREADS or not lets or len(body) <= len(lets) or not isinstance(body[len(lets)], Loop):
+    form = reduction(body)
+    if points >= FEW_THREADS or form is None:
         return None
-    red, rest = body[len(lets)], body[len(lets) + 1:]
+    lets, red, rest = form
     chain, conds = _chain(red)
     inner = chain[-1].body
     ops = {}
     for s in walk(inner):
         if isinstance(s, Set):
-            op = _fold_op(s)
+            op = fold_op(s)
             if op is None or ops.setdefault(s.name, op) != op:
                 return None
     accs = [lt.name for lt in lets if lt.name in ops]
@@ -87,10 +85,7 @@ def _split(k: Kernel):
         at[lp.var] = Binary("%", q, Const(lp.extent)) if lp is not chain[0] else q
         stride *= lp.extent
     if conds:  # the guards between the flattened loops, tested at each iteration
-        cond = conds[0]
-        for c in conds[1:]:
-            cond = Binary("and", cond, c)
-        inner = (If(cond, tuple(inner)),)
+        inner = (If(all_of(conds), tuple(inner)),)
     folded = map_exprs(inner, lambda e: subst_vars(e, at))
     if chunks * size != length:
         folded = (If(Binary("<", t, Const(length)), folded),)
@@ -99,11 +94,13 @@ def _split(k: Kernel):
     parts = [Buffer(f"{k.name}.{a}.part", shape, "temp") for a in accs]
     first = tuple(Let(a, Const(IDENTITY[ops[a]])) for a in accs) + (Loop(ri, size, folded),) + tuple(
         Store(b.name, tuple(grid) + (Var(ro),), Scalar(a)) for a, b in zip(accs, parts))
-    first = (Loop(ro, chunks, first, "grid"),)
+    first = grid_nest([(ro, chunks)], first)
     second = tuple(lets) + (Loop(ro, chunks, tuple(
         Set(a, Binary(ops[a], Scalar(a), Load(b.name, tuple(grid) + (Var(ro),)))) for a, b in zip(accs, parts)),),
     ) + tuple(rest)
-    return parts, Kernel(k.name + ".part", _nest(loops, first), k.layer), Kernel(k.name, _nest(loops, second), k.layer)
+    outer = [(lp.var, lp.extent) for lp in loops]
+    first_kernel = Kernel(k.name + ".part", grid_nest(outer, first), k.layer)
+    return parts, first_kernel, Kernel(k.name, grid_nest(outer, second), k.layer)
 
 
 def _chain(red: Loop) -> tuple[list[Loop], list[Expr]]:
@@ -123,13 +120,6 @@ def _chain(red: Loop) -> tuple[list[Loop], list[Expr]]:
     return chain, conds
 
 
-def _fold_op(s: Set) -> str | None:
-    v = s.value
-    if isinstance(v, Binary) and v.op in IDENTITY and v.a == Scalar(s.name):
-        return v.op
-    return None
-
-
 def _reads(stmts):
     """Every expression node the statements read, but for a fold's read of its own register."""
     for s in walk(stmts):
@@ -138,7 +128,7 @@ def _reads(stmts):
         elif isinstance(s, Store):
             for e in s.index + (s.value,):
                 yield from e.walk()
-        elif isinstance(s, Set) and _fold_op(s):
+        elif isinstance(s, Set) and fold_op(s):
             yield from s.value.b.walk()
         elif isinstance(s, (Let, Set)):
             yield from s.value.walk()
@@ -150,9 +140,3 @@ def _fresh(stem: str, used: set[str], stmts) -> str:
     while f"{stem}{k}" in taken:
         k += 1
     return f"{stem}{k}"
-
-
-def _nest(loops, body) -> tuple[Stmt, ...]:
-    for lp in reversed(loops):
-        body = (Loop(lp.var, lp.extent, tuple(body), "grid"),)
-    return tuple(body)

@@ -24,11 +24,11 @@ import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, free_vars, substitute
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
+from .folds import all_of, fold_op, grid_nest, reduction
 from .grid import grid_loops
 
 TILE = 4  # outputs along each tiled axis: 16 sums in registers
 MIN_THREADS = 32768  # a tiled kernel keeps at least this many threads (a GPU of 132 SMs runs 270,000)
-FOLDS = ("+", "max", "min")
 
 
 def tile_threads(p: Program) -> Program:
@@ -53,15 +53,13 @@ def _tile(k: Kernel):
     loops, body = grid_loops(k.body)
     if len(loops) < 2:
         return None
-    lets = []
-    while len(lets) < len(body) and isinstance(body[len(lets)], Let):
-        lets.append(body[len(lets)])
-    if not lets or len(body) <= len(lets) or not isinstance(body[len(lets)], Loop):
+    form = reduction(body)
+    if form is None:
         return None
-    red, rest = body[len(lets)], body[len(lets) + 1:]
+    lets, red, rest = form
     accs = {lt.name for lt in lets}
     folds = [s for s in walk((red,)) if isinstance(s, Set)]
-    if not folds or any(s.name not in accs or not _is_fold(s) for s in folds):
+    if not folds or any(s.name not in accs or not fold_op(s) for s in folds):
         return None
     if any(isinstance(s, Let) for s in walk((red,))) or any(
             isinstance(x, Scalar) and x.name in accs for s in folds for x in s.value.b.walk()):
@@ -77,17 +75,13 @@ def _tile(k: Kernel):
     ext = {lp.var: lp.extent for lp in loops}
     names = {s.var for s in walk(k.body) if isinstance(s, Loop)} | {a, b}
     ao, ai, bo, bi = (_fresh(n, names) for n in (a + "o", a + "i", b + "o", b + "i"))
-    # a ragged last tile: its cells past the extent compute nothing
-    ragged = [Binary("<", Binary("+", Binary("*", Var(o), Const(t)), Var(i)), Const(ext[v]))
-              for v, t, o, i in ((a, ta, ao, ai), (b, tb, bo, bi)) if ext[v] % t]
-    valid = None
-    for c in ragged:
-        valid = c if valid is None else Binary("and", valid, c)
-    at = {}
+    at, ragged = {}, []
     for v, t, o, i in ((a, ta, ao, ai), (b, tb, bo, bi)):
         at[v] = Binary("+", Binary("*", Var(o), Const(t)), Var(i))
-        if ext[v] % t:  # the cells past the edge recompute the last element, and do not store it
+        if ext[v] % t:  # a ragged last tile: the cells past the edge recompute the last element
+            ragged.append(Binary("<", at[v], Const(ext[v])))  # and do not store it
             at[v] = Binary("min", at[v], Const(ext[v] - 1))
+    valid = all_of(ragged)
     tiles = {acc: Buffer(f"{k.name}.{acc}.tile", (ta, tb), "local") for acc in sorted(accs)}
     cell = (Var(ai), Var(bi))
 
@@ -99,20 +93,14 @@ def _tile(k: Kernel):
                           Load(tiles[x.name].name, cell) if isinstance(x, Scalar) and x.name in tiles else None)
 
     inits = [Store(tiles[lt.name].name, cell, sub(lt.value)) for lt in lets]
-    reduction = _jam(red, {a, b}, (), each, sub, tiles, cell)
+    jammed = _jam(red, {a, b}, (), each, sub, tiles, cell)
     after = map_exprs(rest, sub)
     after = each(after if valid is None else [If(valid, tuple(after))])
-    new_loops = [Loop(ao if lp.var == a else bo if lp.var == b else lp.var,
-                      -(-lp.extent // (ta if lp.var == a else tb if lp.var == b else 1)), (), "grid")
-                 for lp in loops]
-    inner = tuple(each(inits)) + (reduction,) + tuple(after)
-    for lp in reversed(new_loops):
-        inner = (Loop(lp.var, lp.extent, inner, "grid"),)
-    return Kernel(k.name, inner, k.layer), list(tiles.values())
-
-
-def _is_fold(s: Set) -> bool:
-    return isinstance(s.value, Binary) and s.value.op in FOLDS and s.value.a == Scalar(s.name)
+    tiled = {a: (ao, ta), b: (bo, tb)}
+    outer = [(tiled[lp.var][0], -(-lp.extent // tiled[lp.var][1])) if lp.var in tiled else (lp.var, lp.extent)
+             for lp in loops]
+    inner = tuple(each(inits)) + (jammed,) + tuple(after)
+    return Kernel(k.name, grid_nest(outer, inner), k.layer), list(tiles.values())
 
 
 def _choose(loops: list[Loop], folds: list[Set]):
@@ -174,10 +162,7 @@ def _jam(s: Stmt, tiled: set[str], conds: tuple, each, sub, tiles, cell) -> Stmt
     assert isinstance(s, Set)
     fold = Store(tiles[s.name].name, cell, sub(s.value))
     if conds:
-        cond = conds[0]
-        for c in conds[1:]:
-            cond = Binary("and", cond, c)
-        fold = If(sub(cond), (fold,))
+        fold = If(sub(all_of(conds)), (fold,))
     return each([fold])
 
 
