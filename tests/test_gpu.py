@@ -57,7 +57,7 @@ BOUND = [("lenet5", "train"), ("mlp_dropout", "train"), ("resnet20", "forward")]
 
 
 @pytest.mark.parametrize("name,kind", BOUND)
-def test_bound_programs_compute_the_same_bits(name, kind):
+def test_bound_programs_compute_the_same_bits(name, kind, monkeypatch):
     net = dnnc.load(EXAMPLES / f"{name}.net")
     if name in SMALL:
         net = net.with_inputs({"image": SMALL[name]})
@@ -88,6 +88,20 @@ def test_bound_programs_compute_the_same_bits(name, kind):
     for n in want:
         scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
         np.testing.assert_allclose(got[n], want[n], rtol=1e-9, atol=1e-9 * scale, err_msg=f"tiled: {n}")
+    # contractions staged through shared memory by blocks of threads: unsplit, each output
+    # adds the same terms in the same order (and zeros past the edges); split, in slices
+    import dnnc.ir.passes.shared as sh
+
+    monkeypatch.setattr(sh, "MAX_PADDING", 8.0)  # these small batches would not fill a tile
+    for min_slice in (sh.MIN_SLICE, 1):
+        monkeypatch.setattr(sh, "MIN_SLICE", min_slice)
+        staged = sh.stage_shared(bound)
+        assert any(b.kind == "shared" for b in staged.buffers)
+        assert min_slice > 1 or any(k.name.endswith(".split") for k in staged.kernels)
+        got = _run_on_cpu(staged, 1)
+        for n in want:
+            scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
+            np.testing.assert_allclose(got[n], want[n], rtol=1e-9, atol=1e-9 * scale, err_msg=f"staged: {n}")
     # long reductions of few threads split in two: the same values, summed in another order
     split = split_reductions(bound)
     assert any(k.name.endswith(".part") for k in split.kernels)

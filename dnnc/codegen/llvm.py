@@ -30,7 +30,7 @@ import re
 
 from llvmlite import ir
 
-from ..ir import Kernel, Program, rename_buffers
+from ..ir import PRIVATE, Kernel, Program, rename_buffers
 from ..ir.memory import buffers_touched
 from .kernel import KernelEmitter
 from .symbols import kernel_symbol, symbol
@@ -42,7 +42,7 @@ __all__ = ["emit", "kernel_args", "kernel_symbol", "symbol"]
 
 def kernel_args(p: Program, k: Kernel) -> list[str]:
     """The buffers a kernel's function takes, in order (register tiles are its own)."""
-    local = {b.name for b in p.buffers if b.kind == "local"}
+    local = {b.name for b in p.buffers if b.kind in PRIVATE}
     return [u for u in buffers_touched(k.body) if u not in local]
 
 
@@ -74,7 +74,7 @@ def code_key(p: Program, k: Kernel, checks: bool = False) -> tuple:
     """All that a kernel's code depends on: its body with the buffers it takes renamed by
     position (a0, a1, ...) and its register tiles likewise (l0, ...), and their shapes. The
     debug build names the kernel in its messages, so there the name counts too."""
-    local = {b.name for b in p.buffers if b.kind == "local"}
+    local = {b.name for b in p.buffers if b.kind in PRIVATE}
     shapes = {b.name: b.shape for b in p.buffers}
     touched = buffers_touched(k.body)
     args = [u for u in touched if u not in local]
@@ -100,7 +100,7 @@ def _kernel_function(m: ir.Module, p: Program, k: Kernel, ft, checks: bool) -> i
     used = kernel_args(p, k)
     ptr = ft.as_pointer()
     shapes = {b.name: b.shape for b in p.buffers}
-    locals_ = {b.name for b in p.buffers if b.kind == "local"}
+    locals_ = {b.name for b in p.buffers if b.kind in PRIVATE}
     # external, so `dnnc bench` can time each kernel on its own
     fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ptr] * len(used)), kernel_symbol(p.name, k.name))
     _attrs(fn)

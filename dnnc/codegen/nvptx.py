@@ -4,7 +4,11 @@ Every kernel of the program (ir/passes/grid.py split them into launches) is one 
 `void NAME(float *buffer, ...)`, marked as such in `nvvm.annotations`. Its leading grid
 loops are flattened into one index, the thread's place in the launch (block * THREADS +
 thread), which is decoded into the loops' variables; a thread past their product does
-nothing. Everything inside is emitted by the CPU's statement emitter (kernel.py), so loops,
+nothing. A kernel led by block loops instead (ir/passes/shared.py) decodes the block's
+index into them, and each thread loop inside is one phase of the block's THREADS threads:
+its variable is the thread's index in the block, and a barrier follows a phase that touches
+the block's shared memory (address space 3). There a register tile's first index, the
+thread, is dropped: each thread holds its own cells. Everything inside is emitted by the CPU's statement emitter (kernel.py), so loops,
 guards, registers and index arithmetic mean the same on both targets; what differs is here:
 the math functions (the GPU has no libm: exp and log through the hardware's base-2
 approximations, tanh and sigmoid from exp), and parallel loops, which run serially inside
@@ -22,7 +26,9 @@ import math
 
 from llvmlite import ir
 
-from ..ir import Program
+from ..te.expr import Load, substitute
+
+from ..ir import PRIVATE, If, Loop, Program, Stmt, Store
 from ..ir.memory import buffers_touched
 from ..ir.passes.grid import grid_loops
 from .kernel import KernelEmitter
@@ -45,7 +51,8 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
     m.data_layout = data_layout
     ft = FLOAT[dtype]
     shapes = {b.name: b.shape for b in p.buffers}
-    locals_ = {b.name for b in p.buffers if b.kind == "local"}
+    kinds = {b.name: b.kind for b in p.buffers}
+    locals_ = {b.name for b in p.buffers if b.kind in PRIVATE}
     temps = {b.name for b in p.buffers if b.kind == "temp"}
     launches = []
     shared: dict[tuple, tuple[str, int]] = {}  # code_key -> (entry, points)
@@ -64,10 +71,13 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
             a.add_attribute("noalias")
             a.attributes.align = ALIGN  # cuMemAlloc and the memory plan's offsets: so loads can be vectors
         tiles = [n for n in buffers_touched(k.body) if n in locals_]
-        em = GpuEmitter(m, fn, dict(zip(used, fn.args)), shapes, ft, tiles, k.name if checks else None, used)
+        body, own_shapes = k.body, shapes
+        if block_loops(body)[0]:
+            body, own_shapes = _per_thread(body, shapes, {n for n in tiles if kinds[n] == "local"})
+        em = GpuEmitter(m, fn, dict(zip(used, fn.args)), own_shapes, ft, tiles, k.name if checks else None, used)
         for name in tiles:
-            em.local(name)
-        points = em.kernel_body(k.body)
+            em.shared(name) if kinds[name] == "shared" else em.local(name)
+        points = em.kernel_body(body)
         em.b.ret_void()
         ir.IRBuilder(em.entry).branch(fn.blocks[1])
         m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
@@ -76,33 +86,101 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
 
 
+def block_loops(body: tuple[Stmt, ...]) -> tuple[list[Loop], tuple[Stmt, ...]]:
+    """The leading block loops of a kernel's body and the statements inside them."""
+    loops: list[Loop] = []
+    while len(body) == 1 and isinstance(body[0], Loop) and body[0].kind == "block":
+        loops.append(body[0])
+        body = body[0].body
+    return loops, body
+
+
+def _per_thread(body, shapes: dict, tiles: set[str]):
+    """body with each register tile's first index (the thread) dropped, and the shapes so."""
+    def expr(e):
+        return substitute(e, lambda x: Load(x.tensor, x.index[1:], x.loc)
+                          if isinstance(x, Load) and x.tensor in tiles else None)
+
+    def stmts(ss):
+        out = []
+        for s in ss:
+            if isinstance(s, Loop):
+                out.append(Loop(s.var, s.extent, stmts(s.body), s.kind))
+            elif isinstance(s, If):
+                out.append(If(expr(s.cond), stmts(s.then), stmts(s.orelse)))
+            elif isinstance(s, Store):
+                index = s.index[1:] if s.buffer in tiles else s.index
+                out.append(Store(s.buffer, tuple(expr(i) for i in index), expr(s.value)))
+            else:
+                out.append(type(s)(s.name, expr(s.value)))
+        return tuple(out)
+
+    return stmts(body), {n: shape[1:] if n in tiles else shape for n, shape in shapes.items()}
+
+
 class GpuEmitter(KernelEmitter):
     """One GPU kernel's statements (see the module's docstring for what differs)."""
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.block_memory: set[str] = set()  # the shared buffers
+
     def kernel_body(self, body) -> int:
         """Emit the kernel's body; returns how many threads it runs on (its grid's points)."""
+        blocks, inside = block_loops(body)
+        if blocks:
+            self._decode(blocks, self._sreg("ctaid.x"))
+            self.block(inside)
+            return math.prod(lp.extent for lp in blocks) * THREADS
         loops, inner = grid_loops(body)
         if not loops:
             self.block(body)
             return 1
         b = self.b
         points = math.prod(lp.extent for lp in loops)
-        sreg = lambda name: b.zext(b.call(self.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}", I32, []), []), I64)
-        me = b.add(b.mul(sreg("ctaid.x"), sreg("ntid.x"), flags=("nuw", "nsw")), sreg("tid.x"), flags=("nuw", "nsw"))
+        me = b.add(b.mul(self._sreg("ctaid.x"), self._sreg("ntid.x"), flags=("nuw", "nsw")), self._sreg("tid.x"),
+                   flags=("nuw", "nsw"))
         with b.if_then(b.icmp_unsigned("<", me, ir.Constant(I64, points)), likely=True):
-            rest = me
-            for lp in reversed(loops):  # the innermost loop moves fastest, as adjacent threads
-                ext = ir.Constant(I64, lp.extent)
-                self.vars[lp.var] = b.urem(rest, ext) if lp is not loops[0] else rest
-                rest = b.udiv(rest, ext)
+            self._decode(loops, me)
             self.block(inner)
             for lp in loops:
                 del self.vars[lp.var]
         return points
 
+    def _sreg(self, name: str) -> ir.Value:
+        b = self.b
+        return b.zext(b.call(self.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}", I32, []), []), I64)
+
+    def _decode(self, loops: list[Loop], index: ir.Value) -> None:
+        """The loops' variables at this point of their product (the innermost moves fastest)."""
+        rest = index
+        for lp in reversed(loops):
+            ext = ir.Constant(I64, lp.extent)
+            self.vars[lp.var] = self.b.urem(rest, ext) if lp is not loops[0] else rest
+            rest = self.b.udiv(rest, ext)
+
+    def shared(self, name: str) -> None:
+        """A block's shared buffer: an array in address space 3."""
+        n = math.prod(self.shapes[name])
+        g = ir.GlobalVariable(self.m, ir.ArrayType(self.ft, n), f"{self.fn.name}.{symbol(name)}", addrspace=3)
+        g.linkage = "internal"
+        g.initializer = ir.Constant(g.type.pointee, ir.Undefined)
+        g.align = 16
+        self.block_memory.add(name)
+        self.bufs[name] = ir.IRBuilder(self.entry).gep(g, [ir.Constant(I32, 0), ir.Constant(I32, 0)])
+
     def loop(self, s) -> None:
         if s.kind in ("parallel", "grid"):  # inside a thread: serial
             self.counted_loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+            return
+        if s.kind == "thread":  # a phase: this thread's iteration, then the block's barrier
+            if s.extent != THREADS:
+                raise NotImplementedError(f"thread loop {s.var} of {s.extent} threads, not {THREADS}")
+            self.vars[s.var] = self._sreg("tid.x")
+            self.block(s.body)
+            del self.vars[s.var]
+            if set(buffers_touched(s.body)) & self.block_memory:
+                self.b.call(self.intrinsic("llvm.nvvm.barrier0", ir.VoidType(), []), [])
             return
         super().loop(s)
 

@@ -1,8 +1,9 @@
 """The loop-nest IR: buffers, kernels and immutable statements, with a readable printer.
 
 A Program is a list of kernels over named buffers. A kernel body is a tuple of statements:
-loops (serial, parallel, vector, unrolled, GPU grid), guards, stores to buffers, and float registers
-(Let declares one, Set updates it). Expressions are the shared nodes of dnnc.te.expr.
+loops (serial, parallel, vector, unrolled, GPU grid, block and thread), guards, stores to buffers,
+and float registers (Let declares one, Set updates it). Expressions are the shared nodes of
+dnnc.te.expr.
 """
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from dataclasses import dataclass
 
 from ..te.expr import Expr, Load, show, substitute
 
-# grid: the points of a kernel's leading grid loops are a GPU's threads (ir/passes/grid.py)
-LOOP_KINDS = ("serial", "parallel", "vector", "unroll", "grid")
+# grid: the points of a kernel's leading grid loops are a GPU's threads (ir/passes/grid.py);
+# block: its leading block loops are a GPU's blocks, and each thread loop inside them one phase
+# of the block's threads, all running at once, a barrier after it (ir/passes/shared.py)
+LOOP_KINDS = ("serial", "parallel", "vector", "unroll", "grid", "block", "thread")
+# buffers a kernel keeps to itself: registers of a thread (register tiles, whose first index is
+# the thread inside thread loops) and the memory of a GPU block
+PRIVATE = ("local", "shared")
 
 
 @dataclass(frozen=True)
 class Buffer:
     name: str
     shape: tuple[int, ...]
-    kind: str  # input | label | hyper | param | state | derived | output | grad | temp | local
+    kind: str  # input | label | hyper | param | state | derived | output | grad | temp | local | shared
     dtype: str = "f32"
 
     @property
@@ -92,8 +98,8 @@ class Program:
     @property
     def args(self) -> tuple[Buffer, ...]:
         """Buffers passed to the compiled function, in this order; temps live in the workspace
-        and locals (register tiles) inside their kernels."""
-        return tuple(b for b in self.buffers if b.kind not in ("temp", "local"))
+        and private buffers (register tiles, a GPU block's memory) inside their kernels."""
+        return tuple(b for b in self.buffers if b.kind != "temp" and b.kind not in PRIVATE)
 
     def replace_kernels(self, kernels) -> "Program":
         return Program(self.name, self.buffers, tuple(kernels), self.schedule)

@@ -4,14 +4,17 @@ It proves, by interval analysis over loop ranges and enclosing guards, that ever
 store is in bounds; that every register is declared before use; that every temporary buffer
 is written before it is read; and that no two iterations of a parallel loop store to the
 same element (each store's index must depend on the parallel variable), and that no register
-declared outside a parallel (or GPU grid) loop is updated inside it (the iterations would race on it).
+declared outside a parallel (or GPU grid, block or thread) loop is updated inside it (the
+iterations would race on it). A register tile is private to its thread; a GPU block's shared
+buffer to its block, and no phase (thread loop) of the block both writes and reads one, since
+only the barrier after a phase orders its threads' accesses.
 """
 from __future__ import annotations
 
 from ..te import affine
 from ..base.errors import CompilerBug
 from ..te.expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
-from . import If, Let, Loop, Program, Set, Stmt, Store
+from . import If, Let, Loop, Program, Set, Stmt, Store, walk
 
 
 class VerifyError(CompilerBug):
@@ -49,10 +52,12 @@ class _Checker:
                 self.fail(f"loop variable {s.var} is already bound")
             inner = dict(ranges)
             inner[s.var] = (0, s.extent - 1)
-            shared = s.kind in ("parallel", "grid")  # iterations that run at once
-            if shared:
+            at_once = s.kind in ("parallel", "grid", "block", "thread")  # iterations that run at once
+            if at_once:
                 self.outer_regs[s.var] = set(regs)
-            self.block(s.body, inner, facts, regs, parallel + ([s.var] if shared else []))
+            if s.kind == "thread":
+                self.phase(s)
+            self.block(s.body, inner, facts, regs, parallel + ([(s.var, s.kind)] if at_once else []))
         elif isinstance(s, If):
             self.expr(s.cond, ranges, facts, regs)
             self.block(s.then, ranges, affine.facts_from(s.cond, ranges, facts), regs, parallel)
@@ -60,9 +65,11 @@ class _Checker:
         elif isinstance(s, Store):
             self.access(s.buffer, s.index, ranges, facts, "store to")
             self.expr(s.value, ranges, facts, regs)
-            for v in parallel:
+            for v, kind in parallel:
                 if self.kinds.get(s.buffer) == "local":
                     break  # register tiles are private to each thread
+                if self.kinds.get(s.buffer) == "shared" and kind == "block":
+                    continue  # each block has its own
                 if not any(v in free_vars(i) for i in s.index):
                     self.fail(f"store to {s.buffer} in parallel loop {v} does not depend on {v}: iterations race")
             self.written.add(s.buffer)
@@ -72,13 +79,25 @@ class _Checker:
         elif isinstance(s, Set):
             if s.name not in regs:
                 self.fail(f"register {s.name} is set before it is declared")
-            for v in parallel:
+            for v, _ in parallel:
                 if s.name in self.outer_regs[v]:
                     self.fail(f"register {s.name} is declared outside parallel loop {v} and updated in it: "
                               f"iterations race")
             self.expr(s.value, ranges, facts, regs)
         else:
             self.fail(f"unknown statement {s!r}")
+
+    def phase(self, s: Loop):
+        """A thread loop neither writes a shared buffer it reads nor reads one it writes."""
+        shared = {n for n, kind in self.kinds.items() if kind == "shared"}
+        stored = {x.buffer for x in walk(s.body) if isinstance(x, Store)} & shared
+        for x in walk(s.body):
+            exprs = (x.cond,) if isinstance(x, If) else x.index + (x.value,) if isinstance(x, Store) else (
+                (x.value,) if isinstance(x, (Let, Set)) else ())
+            for e in exprs:
+                for ld in e.walk():
+                    if isinstance(ld, Load) and ld.tensor in stored:
+                        self.fail(f"thread loop {s.var} writes and reads shared {ld.tensor}: threads race")
 
     def expr(self, e: Expr, ranges, facts, regs):
         if isinstance(e, Reduce):

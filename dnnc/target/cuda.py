@@ -2,9 +2,11 @@
 
 The same pipeline as the CPU's up to the loop nests (with the GPU's own default schedule,
 schedule/gpu.py); then `bind` splits every kernel into launches whose leading data-parallel
-loops are the GPU's threads (ir/passes/grid.py), splits long reductions of few threads across
-more (ir/passes/rfactor.py) and gives each thread a register tile of outputs where that shares
-loads (ir/passes/thread_tile.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
+loops are the GPU's threads (ir/passes/grid.py), gives contractions (convolutions, dense
+layers, their gradients) to blocks of threads that stage operand tiles in shared memory
+(ir/passes/shared.py), splits long reductions of few threads across more (ir/passes/rfactor.py)
+and gives each thread a register tile of outputs where that shares loads
+(ir/passes/thread_tile.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
 llvmlite's NVPTX backend prints PTX (runtime/ptx.py) and the driver loads and runs it
 (runtime/cuda.py, `dnnc[cuda]`).
 """
@@ -16,6 +18,7 @@ from ..codegen.symbols import kernel_symbol, symbol
 from ..ir import Program
 from ..ir.passes.grid import bind_grid
 from ..ir.passes.rfactor import split_reductions
+from ..ir.passes.shared import stage_shared
 from ..ir.passes.thread_tile import tile_threads
 from ..runtime import ptx
 from ..runtime.cuda import CudaExecutable, DeviceArrays
@@ -45,7 +48,7 @@ class CudaTarget(Target):
         return []
 
     def bind(self, program: Program) -> Program:
-        return tile_threads(split_reductions(bind_grid(program)))
+        return tile_threads(split_reductions(stage_shared(bind_grid(program))))
 
     def emit(self, program: Program, offsets, dtype, checks):
         if dtype != "f32":

@@ -22,6 +22,9 @@ REDUCE = ("sum", "max", "min", "mean")
 class Expr:
     __slots__ = ()
 
+    def __getstate__(self):  # a cached hash (below) is this process's: never copied elsewhere
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def children(self) -> tuple["Expr", ...]:
         return ()
 
@@ -29,6 +32,21 @@ class Expr:
         yield self
         for c in self.children():
             yield from c.walk()
+
+
+def _cached_hash(*names: str):
+    """The hash a frozen dataclass of these fields has, computed once per node: the passes
+    key dictionaries by whole index expressions, which would otherwise be rehashed down
+    to the leaves at every lookup."""
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, n) for n in names))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    return __hash__
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,8 @@ class Load(Expr):
     index: tuple[Expr, ...]
     loc: Loc | None = field(default=None, compare=False, repr=False)
 
+    __hash__ = _cached_hash("tensor", "index")
+
     def children(self):
         return self.index
 
@@ -71,6 +91,8 @@ class Unary(Expr):
     op: str
     a: Expr
     loc: Loc | None = field(default=None, compare=False, repr=False)
+
+    __hash__ = _cached_hash("op", "a")
 
     def children(self):
         return (self.a,)
@@ -82,6 +104,8 @@ class Binary(Expr):
     a: Expr
     b: Expr
     loc: Loc | None = field(default=None, compare=False, repr=False)
+
+    __hash__ = _cached_hash("op", "a", "b")
 
     def children(self):
         return (self.a, self.b)
@@ -95,6 +119,8 @@ class Select(Expr):
     a: Expr
     b: Expr
     loc: Loc | None = field(default=None, compare=False, repr=False)
+
+    __hash__ = _cached_hash("cond", "a", "b")
 
     def children(self):
         return (self.cond, self.a, self.b)

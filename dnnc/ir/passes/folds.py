@@ -3,7 +3,7 @@ kernel's reduction, its folds, conjunctions of guards and nests of grid loops.""
 from __future__ import annotations
 
 from ...te.expr import Binary, Expr, Scalar
-from .. import Let, Loop, Set, Stmt
+from .. import If, Let, Loop, Set, Stmt
 
 IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}  # the folds, by their operator
 
@@ -17,6 +17,23 @@ def reduction(body: tuple[Stmt, ...]):
     if n == 0 or n == len(body) or not isinstance(body[n], Loop):
         return None
     return list(body[:n]), body[n], body[n + 1:]
+
+
+def reduction_chain(red: Loop) -> tuple[list[Loop], list[Expr]]:
+    """The loops nested at the top of the reduction, through guards that hold one loop
+    (a padded convolution's row guard), and those guards' conditions: all of it is flattened
+    into one index, so that neighbouring threads take neighbouring iterations of the
+    innermost loop."""
+    chain, conds = [red], []
+    while len(chain[-1].body) == 1:
+        s = chain[-1].body[0]
+        if isinstance(s, If) and not s.orelse and len(s.then) == 1 and isinstance(s.then[0], Loop):
+            conds.append(s.cond)
+            s = s.then[0]
+        if not isinstance(s, Loop):
+            break
+        chain.append(s)
+    return chain, conds
 
 
 def fold_op(s: Set) -> str | None:

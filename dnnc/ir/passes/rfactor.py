@@ -18,7 +18,7 @@ import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Store, map_exprs, walk
-from .folds import IDENTITY, all_of, fold_op, grid_nest, reduction
+from .folds import IDENTITY, all_of, fold_op, grid_nest, reduction, reduction_chain
 from .grid import grid_loops
 
 FEW_THREADS = 65536  # a kernel with fewer threads than this leaves much of a GPU idle
@@ -55,7 +55,7 @@ def _split(k: Kernel):
     if points >= FEW_THREADS or form is None:
         return None
     lets, red, rest = form
-    chain, conds = _chain(red)
+    chain, conds = reduction_chain(red)
     inner = chain[-1].body
     ops = {}
     for s in walk(inner):
@@ -101,23 +101,6 @@ def _split(k: Kernel):
     outer = [(lp.var, lp.extent) for lp in loops]
     first_kernel = Kernel(k.name + ".part", grid_nest(outer, first), k.layer)
     return parts, first_kernel, Kernel(k.name, grid_nest(outer, second), k.layer)
-
-
-def _chain(red: Loop) -> tuple[list[Loop], list[Expr]]:
-    """The loops nested at the top of the reduction, through guards that hold one loop
-    (a padded convolution's row guard), and those guards' conditions: all of it is flattened
-    into one index, so that neighbouring threads take neighbouring iterations of the
-    innermost loop."""
-    chain, conds = [red], []
-    while len(chain[-1].body) == 1:
-        s = chain[-1].body[0]
-        if isinstance(s, If) and not s.orelse and len(s.then) == 1 and isinstance(s.then[0], Loop):
-            conds.append(s.cond)
-            s = s.then[0]
-        if not isinstance(s, Loop):
-            break
-        chain.append(s)
-    return chain, conds
 
 
 def _reads(stmts):
