@@ -102,6 +102,15 @@ def test_bound_programs_compute_the_same_bits(name, kind, monkeypatch):
         for n in want:
             scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
             np.testing.assert_allclose(got[n], want[n], rtol=1e-9, atol=1e-9 * scale, err_msg=f"staged: {n}")
+    # narrow folds unrolled: the same terms added in the same order
+    from dnnc.ir.passes.unroll import unroll_folds
+
+    unrolled = unroll_folds(bound)
+    assert unrolled != bound
+    got = _run_on_cpu(unrolled, 1)
+    for n in want:
+        scale = max(1.0, float(np.abs(want[n]).max(initial=0)))
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-12, atol=1e-12 * scale, err_msg=f"unrolled: {n}")
     # long reductions of few threads split in two: the same values, summed in another order
     split = split_reductions(bound)
     assert any(k.name.endswith(".part") for k in split.kernels)

@@ -5,8 +5,8 @@ schedule/gpu.py); then `bind` splits every kernel into launches whose leading da
 loops are the GPU's threads (ir/passes/grid.py), gives contractions (convolutions, dense
 layers, their gradients) to blocks of threads that stage operand tiles in shared memory
 (ir/passes/shared.py), splits long reductions of few threads across more (ir/passes/rfactor.py)
-and gives each thread a register tile of outputs where that shares loads
-(ir/passes/thread_tile.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
+gives each thread a register tile of outputs where that shares loads
+(ir/passes/thread_tile.py) and unrolls narrow folds so their loads overlap (ir/passes/unroll.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
 llvmlite's NVPTX backend prints PTX (runtime/ptx.py) and the driver loads and runs it
 (runtime/cuda.py, `dnnc[cuda]`).
 """
@@ -20,6 +20,7 @@ from ..ir.passes.grid import bind_grid
 from ..ir.passes.rfactor import split_reductions
 from ..ir.passes.shared import stage_shared
 from ..ir.passes.thread_tile import tile_threads
+from ..ir.passes.unroll import unroll_folds
 from ..runtime import ptx
 from ..runtime.cuda import CudaExecutable, DeviceArrays
 from ..schedule.gpu import gpu_schedule
@@ -48,7 +49,7 @@ class CudaTarget(Target):
         return []
 
     def bind(self, program: Program) -> Program:
-        return tile_threads(split_reductions(stage_shared(bind_grid(program))))
+        return unroll_folds(tile_threads(split_reductions(stage_shared(bind_grid(program)))))
 
     def emit(self, program: Program, offsets, dtype, checks):
         if dtype != "f32":

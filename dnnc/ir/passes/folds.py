@@ -1,5 +1,6 @@
-"""What the GPU's reduction passes (rfactor.py, thread_tile.py) read and build: a bound
-kernel's reduction, its folds, conjunctions of guards and nests of grid loops."""
+"""What the GPU's loop passes (shared.py, rfactor.py, thread_tile.py, unroll.py) read and
+build: a bound kernel's reduction, its folds, conjunctions of guards, nests of grid loops
+and fresh loop names."""
 from __future__ import annotations
 
 from ...te.expr import Binary, Expr, Scalar
@@ -57,3 +58,13 @@ def grid_nest(loops, body) -> tuple[Stmt, ...]:
     for var, extent in reversed(list(loops)):
         body = (Loop(var, extent, tuple(body), "grid"),)
     return tuple(body)
+
+
+def fresh(stem: str, used: set[str]) -> str:
+    """stem, or stem1, stem2, ...: the first not in used, which it joins."""
+    name, k = stem, 0
+    while name in used:
+        k += 1
+        name = f"{stem}{k}"
+    used.add(name)
+    return name

@@ -18,6 +18,7 @@ columns:
         thread for t: A[kk, mm] = operand a at (m0 + mm, kc * BK + kk), 0 past the edges
                       B[kk, nn] = operand b at (n0 + nn, kc * BK + kk)
         thread for t: tile[t, i, j] += A[kk, row(t) + i] * B[kk, col(t) + j]  for every kk
+                      (STEP of them unrolled at a time)
     thread for t: the statements after the reduction, for each cell inside the M x N edge
 
 Each `thread` loop is one phase: its iterations run at once on the block's threads, and a
@@ -39,12 +40,14 @@ from dataclasses import dataclass
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Select, Var, free_vars, subst_vars, substitute
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
-from .folds import all_of, fold_op, grid_nest, reduction, reduction_chain
+from .folds import all_of, fold_op, fresh, grid_nest, reduction, reduction_chain
 from .grid import grid_loops
 
 THREADS = 256  # a block: codegen/nvptx.py launches this many threads per block
 CELL = 4  # each thread's cells along M and along N: 16 sums in registers
 BK = 16  # reduction iterations staged at once: (BM + BN) * BK * 4 bytes of shared memory
+STEP = 4  # of which a thread's loop over them unrolls this many: its reads of the next step
+# overlap the multiply-adds of this one (all 16 would make LLVM IR too long to build quickly)
 LAYOUTS = ((16, 16), (8, 32), (32, 8), (4, 64), (64, 4))  # threads along M x along N
 MAX_PADDING = 1.5  # a tile shape computes at most this times the real outputs, or is not used
 FULL_GPU = 528  # tiles wanted at once, 4 per multiprocessor of a 132-SM GPU; fewer split K
@@ -176,7 +179,8 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int):
     M, N, K = c.shape
     bm, bn = tm * CELL, tn * CELL
     names = {s.var for s in walk(k.body) if isinstance(s, Loop)}
-    mb, nb, kc, t, kk, i, j, e, s = (_fresh(n, names) for n in ("mb", "nb", "kc", "t", "kk", "i", "j", "e", "s"))
+    mb, nb, kc, t, ko, ki, i, j, e, s = (fresh(n, names) for n in ("mb", "nb", "kc", "t", "ko", "ki", "i", "j", "e", "s"))
+    kk = Binary("+", Binary("*", Var(ko), Const(STEP)), Var(ki))
     split = slices > 1
     a_buf = Buffer(f"{k.name}.a", (BK, bm), "shared")
     b_buf = Buffer(f"{k.name}.b", (BK, bn), "shared")
@@ -210,11 +214,11 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int):
     inside = all_of(([Binary("<", Binary("+", m0, row), Const(M))] if _ragged(c.rows, bm) else []) +
                     ([Binary("<", Binary("+", n0, col), Const(N))] if _ragged(c.cols, bn) else []))
     init = Const(0.0) if split else subst_vars(c.init, at)
-    fold = Store(tile.name, cell, Binary("+", acc, Binary("*", Load(a_buf.name, (Var(kk), row)),
-                                                         Load(b_buf.name, (Var(kk), col)))))
+    fold = Store(tile.name, cell, Binary("+", acc, Binary("*", Load(a_buf.name, (kk, row)),
+                                                         Load(b_buf.name, (kk, col)))))
     chunk = Loop(kc, per, (
         Loop(t, THREADS, (staging(a_buf, c.a, c.rows, bm, m0), staging(b_buf, c.b, c.cols, bn, n0)), "thread"),
-        Loop(t, THREADS, (Loop(kk, BK, each([fold])),), "thread"),
+        Loop(t, THREADS, (Loop(ko, BK // STEP, (Loop(ki, STEP, each([fold]), "unroll"),)),), "thread"),
     ))
     point = tuple(Var(v) for v, _ in c.batch) + tuple(at[v] for v, _ in c.rows + c.cols)
     grid_ext = {v: n for v, n in c.grid}
@@ -303,11 +307,3 @@ def _extent(loops) -> int:
 def _ragged(loops, size: int) -> bool:
     return _extent(loops) % size != 0
 
-
-def _fresh(stem: str, used: set[str]) -> str:
-    name, k = stem, 0
-    while name in used:
-        k += 1
-        name = f"{stem}{k}"
-    used.add(name)
-    return name

@@ -24,7 +24,7 @@ import math
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, free_vars, substitute
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
-from .folds import all_of, fold_op, grid_nest, reduction
+from .folds import all_of, fold_op, fresh, grid_nest, reduction
 from .grid import grid_loops
 
 TILE = 4  # outputs along each tiled axis: 16 sums in registers
@@ -74,7 +74,7 @@ def _tile(k: Kernel):
     (a, ta), (b, tb) = choice
     ext = {lp.var: lp.extent for lp in loops}
     names = {s.var for s in walk(k.body) if isinstance(s, Loop)} | {a, b}
-    ao, ai, bo, bi = (_fresh(n, names) for n in (a + "o", a + "i", b + "o", b + "i"))
+    ao, ai, bo, bi = (fresh(n, names) for n in (a + "o", a + "i", b + "o", b + "i"))
     at, ragged = {}, []
     for v, t, o, i in ((a, ta, ao, ai), (b, tb, bo, bi)):
         at[v] = Binary("+", Binary("*", Var(o), Const(t)), Var(i))
@@ -165,11 +165,3 @@ def _jam(s: Stmt, tiled: set[str], conds: tuple, each, sub, tiles, cell) -> Stmt
         fold = If(sub(all_of(conds)), (fold,))
     return each([fold])
 
-
-def _fresh(stem: str, used: set[str]) -> str:
-    name, k = stem, 0
-    while name in used:
-        k += 1
-        name = f"{stem}{k}"
-    used.add(name)
-    return name
