@@ -121,7 +121,8 @@ class Network:
 
     def compile(self, batch: int = 1, seed: int = 0, dtype: str = "f32", threads: int | None = None,
                 schedule: Schedule | bool | list = True, sparse: dict[str, int] | None = None,
-                checks: bool | None = None, target: str = "cpu", device: int = 0) -> "Model":
+                checks: bool | None = None, target: str = "cpu", device: int = 0,
+                precision: str = "fp32") -> "Model":
         """JIT-compile the forward pass for `batch` examples on `target` (dnnc.target.names()).
         `schedule`: True (the target's defaults), False (plain loop nests), a Schedule, or a
         list of steps (or their printed forms, `tile(c1.conv, vector=j:16)`) over the defaults;
@@ -129,9 +130,10 @@ class Network:
         weights to the most nonzeros in a row, to be read in ELL form (see fill_sparse);
         `checks` builds the debug version, which tests every index at run time and aborts
         naming the buffer (default: on when the environment has DNNC_CHECKS=1); `device` picks
-        the GPU of target "cuda" (as "cuda:N" does)."""
+        the GPU of target "cuda" (as "cuda:N" does) and `precision` ("fp32", "tf32", "bf16") the
+        format of its tensor cores' operands (as "cuda:tf32" does)."""
         return Model(self, batch, seed, dtype, as_schedule(schedule), threads, sparse=sparse, checks=checks,
-                     target=on_device(target, device))
+                     target=on_device(target, device, precision))
 
 
 def checks_wanted(checks: bool | None = None) -> bool:

@@ -22,7 +22,7 @@ import dnnc
 from dnnc.driver import compile as driver
 from dnnc.driver.programs import training_program, lower_graph
 from dnnc.front.settings import optimizer_spec
-from dnnc.ir import Buffer, Kernel, Let, Loop, Program, Set, Store
+from dnnc.ir import Buffer, Kernel, Let, Loop, Program, Set, Store, show_program
 from dnnc.ir.passes.grid import bind_grid, grid_loops
 from dnnc.ir.passes.rfactor import split_reductions
 from dnnc.runtime import ptx
@@ -130,6 +130,51 @@ def _add(a, b):
     return Binary("+", a, b)
 
 
+def _rounded(x: np.ndarray, precision: str) -> np.ndarray:
+    """x rounded to a tensor core's operand format, in numpy: float32, then its mantissa cut
+    to 10 bits (tf32, to nearest, ties away) or 7 (bf16, to nearest, ties to even)."""
+    if precision == "fp32":
+        return x
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    if precision == "tf32":
+        bits = (bits + 0x1000) & 0xFFFFE000
+    else:
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("m,n,k", [(48, 40, 37), (64, 128, 64), (7, 300, 20)])
+def test_a_staged_product_computes_the_product_of_its_rounded_operands(precision, m, n, k, monkeypatch):
+    """A matrix product through shared memory, in each precision's layout of the threads'
+    cells (tensor cores: the fragments of ir.Mma), against numpy on operands rounded alike:
+    ragged tiles, ragged chunks of the reduction and split reductions included."""
+    import dnnc.ir.passes.shared as sh
+    from dnnc.ir.verify import verify
+
+    monkeypatch.setattr(sh, "MAX_PADDING", 64.0)
+    i, j, r = Var("i"), Var("j"), Var("r")
+    fold = Set("acc", _add(Scalar("acc"), Binary("*", Load("x", (i, r)), Load("w", (r, j)))))
+    body = Loop("i", m, (Loop("j", n, (Let("acc", Load("b", (j,))), Loop("r", k, (fold,)),
+                                       Store("y", (i, j), Scalar("acc"))), "grid"),), "grid")
+    bufs = (Buffer("x", (m, k), "input"), Buffer("w", (k, n), "param"), Buffer("b", (n,), "param"),
+            Buffer("y", (m, n), "output"))
+    p = Program("mm", bufs, (Kernel("mm", (body,)),))
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((m, k)), rng.standard_normal((k, n)), rng.standard_normal(n)
+    want = _rounded(x, precision) @ _rounded(w, precision) + b
+    for min_slice in (sh.MIN_SLICE, 1):
+        monkeypatch.setattr(sh, "MIN_SLICE", min_slice)
+        staged = verify(sh.stage_shared(p, precision))
+        assert any(bf.kind == "shared" for bf in staged.buffers)
+        assert (precision != "fp32") == ("mma." in show_program(staged))
+        arrays: dict = {}
+        ex = driver.Built(driver.from_program(staged, CPU, dtype="f64"), arrays)
+        arrays["x"][...], arrays["w"][...], arrays["b"][...] = x, w, b
+        ex.run()
+        np.testing.assert_allclose(arrays["y"], want, rtol=1e-12, atol=1e-12)
+
+
 def test_only_independent_loops_are_bound():
     i, j, k = Var("i"), Var("j"), Var("k")
     x = lambda ix: Load("x", (ix,))
@@ -171,24 +216,26 @@ def _ptxas() -> str | None:
     return None
 
 
-def _ptx_of(name: str, kind: str, batch: int) -> tuple[dict, str]:
+def _ptx_of(name: str, kind: str, batch: int, target: str = "cuda") -> tuple[dict, str]:
     net = dnnc.load(EXAMPLES / f"{name}.net")
     from dnnc.driver.unit import Job
 
     training = kind == "train"
-    job = Job(net.at_batch(batch, training=training), get("cuda"), kind,
+    job = Job(net.at_batch(batch, training=training), get(target), kind,
               optimizer_spec("sgd(lr=0.1, momentum=0.9)") if training else None, "f32")
     u = driver.run(job)
     return json.loads(ptx.object_code(u.llvm_ir)), u.llvm_ir
 
 
-CASES = [(n, "forward") for n in ZOO] + [(n, "train") for n in ("lenet5", "squeezenet")]
+CASES = [(n, "forward", "fp32") for n in ZOO] + [(n, "train", "fp32") for n in ("lenet5", "squeezenet")] + [
+    (n, kind, p) for p in ("tf32", "bf16") for n, kind in (("resnet20", "forward"), ("lenet5", "train"))]
 
 
-@pytest.mark.parametrize("name,kind", CASES)
-def test_ptx_of_zoo_networks_assembles(name, kind, tmp_path):
-    obj, llvm_ir = _ptx_of(name, kind, 2)
+@pytest.mark.parametrize("name,kind,precision", CASES)
+def test_ptx_of_zoo_networks_assembles(name, kind, precision, tmp_path):
+    obj, llvm_ir = _ptx_of(name, kind, 2 if precision == "fp32" else 16, f"cuda:{precision}")
     assert ".target sm_90" in obj["ptx"]
+    assert (precision == "fp32") == ("mma.sync" not in obj["ptx"])
     entries = obj["ptx"].count(".visible .entry")
     assert entries == len({x["entry"] for x in obj["launches"]}) and len(obj["launches"]) == llvm_ir.count("; launch ")
     assert all(x["points"] >= 1 for x in obj["launches"])
@@ -293,6 +340,37 @@ def _compare(name: str, batch: int, steps: int = 3):
 @pytest.mark.parametrize("name", ZOO)
 def test_gpu_forward_and_three_sgd_steps_equal_the_cpu(name):
     _compare(name, 2 if name in ("resnet18", "mobilenetv2", "vgg11_bn") else 3)
+
+
+@gpu
+@pytest.mark.parametrize("precision,tol", [("tf32", 2e-2), ("bf16", 1e-1)])
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "resnet18"])
+def test_gpu_tensor_cores_compute_to_their_precision(name, precision, tol):
+    """The forward pass, loss and gradients with contractions on the tensor cores against
+    float64 on the CPU: off by the operands' rounding (2^-11 for tf32, 2^-8 for bf16, grown
+    through the layers), which a wrong fragment layout would exceed by far."""
+    net = dnnc.load(EXAMPLES / f"{name}.net")
+    batch = 2 if name == "resnet18" else 16
+    ref = net.compile(batch=batch, dtype="f64")
+    dev = net.compile(batch=batch, target="cuda", precision=precision)
+    dev.params.update_from({k: v.astype(np.float32) for k, v in ref.params.items()})
+    rng = np.random.default_rng(0)
+    x = {n: rng.standard_normal((batch,) + s) for n, s in net.inputs.items()}
+    classes = next(iter(net.outputs.values()))[-1]
+    labels = {n: rng.integers(0, classes, ref.graph.tensors[n].shape) for n in ref.graph.labels}
+
+    def check(what, want, got):
+        floor = 1e-3 * max(float(np.abs(v).max(initial=0.0)) for v in want.values())
+        for k, w in want.items():
+            scale = max(float(np.abs(w).max(initial=0.0)), floor, 1e-30)
+            err = float(np.abs(np.asarray(got[k], np.float64) - w).max(initial=0.0)) / scale
+            assert err <= tol, f"{name} {precision} {what} {k}: {err:.1e} off float64"
+
+    check("forward", ref.forward(**x), dev.forward(**{n: v.astype(np.float32) for n, v in x.items()}))
+    want, got = (m.loss_and_grad(**{n: v.astype(np.float32) if m is dev else v for n, v in x.items()}, **labels)
+                 for m in (ref, dev))
+    check("loss", {"loss": np.asarray(want[0])}, {"loss": np.asarray(got[0])})
+    check("gradient", want[1], got[1])
 
 
 GPU_CHILD = """

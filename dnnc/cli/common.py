@@ -27,7 +27,11 @@ def schedule_of(args) -> Schedule:
 
 def compile_options(args) -> dict:
     """Keyword arguments for Network.compile and the commands built on it."""
-    out = {"schedule": schedule_of(args), "target": on_device(args.target, getattr(args, "device", 0))}
+    try:
+        target = on_device(args.target, getattr(args, "device", 0), getattr(args, "precision", "fp32"))
+    except DnncError as e:
+        raise UsageError(e.message) from None
+    out = {"schedule": schedule_of(args), "target": target}
     if getattr(args, "threads", None):
         out["threads"] = args.threads
     return out

@@ -15,7 +15,7 @@ from ..ir import show_program
 from ..schedule.primitives import show_composition
 from ..schedule.steps import Tile
 from ..target import get as get_target
-from .common import load_network, schedule_of
+from .common import compile_options, load_network, schedule_of
 
 
 def list_stages() -> str:
@@ -63,7 +63,8 @@ def cmd_ir(args) -> int:
     optimizer = settings_from(net).optimizer if args.grad else None
     if args.grad and args.prepare:
         raise UsageError("--prepare is the forward pass's weight program; it does not go with --grad")
-    job = Job(g, get_target(args.target), "train" if args.grad else "prepare" if args.prepare else "forward", optimizer,
+    target = get_target(compile_options(args)["target"])
+    job = Job(g, target, "train" if args.grad else "prepare" if args.prepare else "forward", optimizer,
               schedule=schedule_of(args), checks=checks_wanted())
     found = {s.name: s for s in pipeline.STAGES}
     upto = stage if stage in found else "llvm"

@@ -10,6 +10,7 @@ import re
 
 from ..base.version import __version__
 from ..base.errors import UsageError, did_you_mean
+from ..target import PRECISIONS
 from ..target import names as target_names
 
 
@@ -215,6 +216,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="the machine to compile for (default: cpu, this host)")
         sp.add_argument("--device", type=_nonneg_int, default=0, metavar="N",
                         help="with --target cuda: the GPU to run on (default: 0)")
+        sp.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="with --target cuda: the operands of convolutions and dense layers (and their "
+                             "gradients) on the tensor cores, rounded to tf32 or bf16 with fp32 sums "
+                             "(default: fp32, no rounding)")
     for sp in (u, t, e, bn):
         sp.add_argument("--threads", type=_positive, help="threads for parallel loops (default: every core)")
     for sp in (u, t, e, o, bn):

@@ -203,7 +203,26 @@ class ExprEmitter:
             one = self.splat(ir.Constant(ft, 1.0)) if is_vec(x) else ir.Constant(ft, 1.0)
             ex = b.call(self._math("exp", ty), [b.fneg(x)])
             return b.fdiv(one, b.fadd(one, ex))
+        if op in ("tf32", "bf16"):
+            return self._rounded(op, x)
         raise TypeError(f"cannot emit the float operator {op!r}")
+
+    def _rounded(self, op: str, x: ir.Value) -> ir.Value:
+        """x as float32, its bits rounded to tf32 (nearest, ties away) or bf16 (nearest, ties to
+        even): the interpreter's definition, bit for bit."""
+        b, f32 = self.b, FLOAT["f32"]
+        lanes = x.type.count if is_vec(x) else None
+        wide = lambda t: ir.VectorType(t, lanes) if lanes else t
+        c = lambda v: vconst(wide(I32), (v,) * lanes) if lanes else ir.Constant(I32, v)
+        narrow = x if self.ft == f32 else b.fptrunc(x, wide(f32))
+        i = b.bitcast(narrow, wide(I32))
+        if op == "tf32":
+            i = b.and_(b.add(i, c(0x1000)), c(-0x2000))  # 0xFFFFE000
+        else:
+            odd = b.and_(b.lshr(i, c(16)), c(1))
+            i = b.and_(b.add(b.add(i, c(0x7FFF)), odd), c(-0x10000))  # 0xFFFF0000
+        y = b.bitcast(i, wide(f32))
+        return y if self.ft == f32 else b.fpext(y, x.type)
 
     def uniform(self, seed: ir.Value, index: ir.Value) -> ir.Value:
         """splitmix64(seed * golden + index) -> its top 24 bits / 2**24, in [0, 1)."""

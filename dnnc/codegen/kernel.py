@@ -10,7 +10,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..te.expr import Binary, Load
-from ..ir import If, Let, Loop, Set, Stmt, Store
+from ..ir import If, Let, Loop, Mma, Set, Stmt, Store
 from .loadstore import MemoryEmitter
 from .symbols import symbol
 from .threads import parallel_for
@@ -70,6 +70,8 @@ class KernelEmitter(MemoryEmitter):
             self.set_reg(s.name, self.float(s.value))
         elif isinstance(s, Set):
             self.set_reg(s.name, self.float(s.value))
+        elif isinstance(s, Mma):  # on the GPU one instruction (nvptx.py); here what it computes
+            self.block(s.expand())
         else:
             raise TypeError(s)
 

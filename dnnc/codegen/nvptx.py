@@ -26,9 +26,9 @@ import math
 
 from llvmlite import ir
 
-from ..te.expr import Load, substitute
+from ..te.expr import Binary, Const, Load, substitute
 
-from ..ir import PRIVATE, If, Loop, Program, Stmt, Store
+from ..ir import PRIVATE, If, Loop, Mma, Program, Stmt, Store
 from ..ir.memory import buffers_touched
 from ..ir.passes.grid import grid_loops
 from .kernel import KernelEmitter
@@ -40,6 +40,9 @@ TRIPLE = "nvptx64-nvidia-cuda"
 ALIGN = 64  # bytes every buffer starts at: cuMemAlloc aligns to 256, the memory plan to 16 elements
 THREADS = 256  # threads per block: 8 warps, a common default that every GPU since sm_30 runs
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+# the a fragment's registers as (k, row) offsets from (k + q, row + g) (bf16: (k + 2q, row + g))
+MMA_A_TF32 = ((0, 0), (0, 8), (4, 0), (4, 8))
+MMA_A_BF16 = ((0, 0), (0, 8), (8, 0), (8, 8))
 
 
 def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: str = "",
@@ -111,6 +114,9 @@ def _per_thread(body, shapes: dict, tiles: set[str]):
             elif isinstance(s, Store):
                 index = s.index[1:] if s.buffer in tiles else s.index
                 out.append(Store(s.buffer, tuple(expr(i) for i in index), expr(s.value)))
+            elif isinstance(s, Mma):
+                cell = s.cell[1:] if s.acc in tiles else s.cell
+                out.append(Mma(s.kind, s.acc, cell, s.a, s.b, s.row, s.col, s.k, s.lane))
             else:
                 out.append(type(s)(s.name, expr(s.value)))
         return tuple(out)
@@ -168,6 +174,50 @@ class GpuEmitter(KernelEmitter):
         g.align = 16
         self.block_memory.add(name)
         self.bufs[name] = ir.IRBuilder(self.entry).gep(g, [ir.Constant(I32, 0), ir.Constant(I32, 0)])
+
+    def stmt(self, s) -> None:
+        if isinstance(s, Mma):
+            self.mma(s)
+        else:
+            super().stmt(s)
+
+    def mma(self, s: Mma) -> None:
+        """The warp's mma.sync: this thread's fragments of a and b (PTX's layouts for
+        m16n8k8.tf32 and m16n8k16.bf16: a[k + q (+4), row + g (+8)] and b[k + q (+4), col + g],
+        bf16 two consecutive k to a register) and its four cells of the accumulator."""
+        b = self.b
+        c = lambda v: Const(v)
+
+        def add(x, y):  # x + y, for y an expression or a constant offset
+            if isinstance(y, int):
+                return Binary("+", x, Const(y)) if y else x
+            return Binary("+", x, y)
+
+        g, q = Binary("/", s.lane, c(4)), Binary("%", s.lane, c(4))
+        bits = lambda buf, kx, x: b.bitcast(self.load(buf, (kx, x)), I32)
+        if s.kind == "tf32":
+            a_regs = [bits(s.a, add(add(s.k, q), dk), add(add(s.row, g), dr)) for dk, dr in MMA_A_TF32]
+            b_regs = [bits(s.b, add(add(s.k, q), dk), add(s.col, g)) for dk in (0, 4)]
+            shape, kind = "m16n8k8", "tf32"
+        else:
+            q2 = Binary("*", q, c(2))
+
+            def pair(buf, kx, x):  # bf16 (already rounded: the top half of its f32) at k and k + 1
+                lo, hi = bits(buf, kx, x), bits(buf, add(kx, 1), x)
+                return b.or_(b.and_(hi, ir.Constant(I32, -0x10000)), b.lshr(lo, ir.Constant(I32, 16)))
+
+            a_regs = [pair(s.a, add(add(s.k, q2), dk), add(add(s.row, g), dr)) for dk, dr in MMA_A_BF16]
+            b_regs = [pair(s.b, add(add(s.k, q2), dk), add(s.col, g)) for dk in (0, 8)]
+            shape, kind = "m16n8k16", "bf16"
+        cells = [s.cell + (c(r),) for r in range(4)]
+        acc = [self.load(s.acc, cell) for cell in cells]
+        f32 = self.ft
+        fty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [I32] * 6 + [f32] * 4)
+        asm = (f"mma.sync.aligned.{shape}.row.col.f32.{kind}.{kind}.f32 "
+               "{$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, {$10,$11,$12,$13};")
+        out = b.asm(fty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", a_regs + b_regs + acc, False)
+        for r, cell in enumerate(cells):
+            self.store(s.acc, cell, b.extract_value(out, r))
 
     def loop(self, s) -> None:
         if s.kind in ("parallel", "grid"):  # inside a thread: serial

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..te.expr import Expr, Load, show, substitute
+from ..te.expr import Binary, Const, Expr, Load, Var, show, substitute
 
 # grid: the points of a kernel's leading grid loops are a GPU's threads (ir/passes/grid.py);
 # block: its leading block loops are a GPU's blocks, and each thread loop inside them one phase
@@ -75,6 +75,51 @@ class Set(Stmt):
     value: Expr
 
 
+# a warp's tensor-core step, by operand format: (rows, columns, reduction) of one instruction
+MMA_SHAPES = {"tf32": (16, 8, 8), "bf16": (16, 8, 16)}
+WARP = 32
+
+
+@dataclass(frozen=True)
+class Mma(Stmt):
+    """One thread's part of a warp's matrix multiply-accumulate on tensor cores (mma.sync):
+    with g = lane / 4 and q = lane % 4, the thread's four cells acc[cell + (r,)] are the
+    outputs (row + g + 8 * (r / 2), col + 2 * q + r % 2) of the warp's 16 x 8 tile, and each
+    adds, for kk in order, a[k + kk, its row] * b[k + kk, its column] over the instruction's
+    reduction (8 for tf32, 16 for bf16). a and b are a block's shared buffers, indexed
+    [reduction, row] and [reduction, column], holding values already rounded to the format.
+    Per thread it is plain arithmetic (`expand`), which the interpreter, the verifier and the
+    CPU run; the GPU runs it as one instruction of the warp, with the sums in its own order."""
+
+    kind: str  # tf32 | bf16
+    acc: str
+    cell: tuple[Expr, ...]  # the tile's index before the cell's r
+    a: str
+    b: str
+    row: Expr
+    col: Expr
+    k: Expr
+    lane: Expr
+
+    def expand(self) -> tuple[Stmt, ...]:
+        g, q = Binary("/", self.lane, Const(4)), Binary("%", self.lane, Const(4))
+        r, kk = Var("r.mma"), Var("kk.mma")
+        row = Binary("+", Binary("+", self.row, g), Binary("*", Binary("/", r, Const(2)), Const(8)))
+        col = Binary("+", Binary("+", self.col, Binary("*", q, Const(2))), Binary("%", r, Const(2)))
+        at = Binary("+", self.k, kk)
+        cell = self.cell + (r,)
+        term = Binary("*", Load(self.a, (at, row)), Load(self.b, (at, col)))
+        fold = Store(self.acc, cell, Binary("+", Load(self.acc, cell), term))
+        return (Loop(r.name, 4, (Loop(kk.name, MMA_SHAPES[self.kind][2], (fold,)),), "unroll"),)
+
+    def exprs(self) -> tuple[Expr, ...]:
+        return self.cell + (self.row, self.col, self.k, self.lane)
+
+    def with_exprs(self, fn) -> "Mma":
+        cell = tuple(fn(e) for e in self.cell)
+        return Mma(self.kind, self.acc, cell, self.a, self.b, fn(self.row), fn(self.col), fn(self.k), fn(self.lane))
+
+
 @dataclass(frozen=True)
 class Kernel:
     name: str
@@ -130,6 +175,10 @@ def show_stmt(s: Stmt, indent: int = 0) -> list[str]:
         return [f"{pad}let {s.name} = {show(s.value)}"]
     if isinstance(s, Set):
         return [f"{pad}{s.name} = {show(s.value)}"]
+    if isinstance(s, Mma):
+        cell = ", ".join(show(i) for i in s.cell)
+        return [f"{pad}mma.{s.kind} {s.acc}[{cell}, :] += {s.a}[{show(s.k)}:, {show(s.row)}:] "
+                f"* {s.b}[{show(s.k)}:, {show(s.col)}:] (lane {show(s.lane)})"]
     raise TypeError(s)
 
 
@@ -200,6 +249,8 @@ def map_exprs(stmts, fn) -> tuple[Stmt, ...]:
             out.append(If(fn(s.cond), map_exprs(s.then, fn), map_exprs(s.orelse, fn)))
         elif isinstance(s, Store):
             out.append(Store(s.buffer, tuple(fn(i) for i in s.index), fn(s.value)))
+        elif isinstance(s, Mma):
+            out.append(s.with_exprs(fn))
         else:
             out.append(type(s)(s.name, fn(s.value)))
     return tuple(out)
@@ -220,6 +271,9 @@ def rename_buffers(stmts, names: dict[str, str]) -> tuple[Stmt, ...]:
             out.append(If(expr(s.cond), rename_buffers(s.then, names), rename_buffers(s.orelse, names)))
         elif isinstance(s, Store):
             out.append(Store(names.get(s.buffer, s.buffer), tuple(expr(i) for i in s.index), expr(s.value)))
+        elif isinstance(s, Mma):
+            n = lambda b: names.get(b, b)
+            out.append(Mma(s.kind, n(s.acc), s.cell, n(s.a), n(s.b), s.row, s.col, s.k, s.lane))
         else:
             out.append(type(s)(s.name, expr(s.value)))
     return tuple(out)

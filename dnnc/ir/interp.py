@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var
-from . import If, Let, Loop, Program, Set, Store
+from . import If, Let, Loop, Mma, Program, Set, Store
 
 DTYPES = {"f32": np.float32, "f64": np.float64}
 
@@ -44,13 +44,24 @@ def _block(stmts, env, regs, bufs):
             bufs[s.buffer][idx] = _eval(s.value, env, regs, bufs)
         elif isinstance(s, (Let, Set)):
             regs[s.name] = float(_eval(s.value, env, regs, bufs))
+        elif isinstance(s, Mma):
+            _block(s.expand(), env, regs, bufs)
         else:
             raise TypeError(s)
 
 
 _UN = {"neg": lambda a: -a, "exp": math.exp, "log": lambda a: math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan),
        "sqrt": math.sqrt, "tanh": math.tanh, "abs": abs, "not": lambda a: not a,
-       "sigmoid": lambda a: 1.0 / (1.0 + math.exp(-a)) if a > -700 else 0.0, "index": lambda a: int(a)}
+       "sigmoid": lambda a: 1.0 / (1.0 + math.exp(-a)) if a > -700 else 0.0, "index": lambda a: int(a),
+       "tf32": lambda a: _rounded(a, lambda i: i + 0x1000, 0xFFFFE000),
+       "bf16": lambda a: _rounded(a, lambda i: i + 0x7FFF + ((i >> 16) & 1), 0xFFFF0000)}
+
+
+def _rounded(a: float, carry, mask: int) -> float:
+    """a as float32, its bits rounded (carry) and cut (mask) to a shorter mantissa."""
+    with np.errstate(over="ignore"):
+        bits = int(np.float32(a).view(np.uint32))
+    return float(np.uint32((carry(bits) & mask) & 0xFFFFFFFF).view(np.float32))
 
 
 def _eval(e: Expr, env, regs, bufs):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..te.expr import Load
-from . import If, Loop, Program, Store
+from . import If, Loop, Mma, Program, Store
 
 
 def lifetimes(p: Program) -> dict[str, tuple[int, int]]:
@@ -44,6 +44,9 @@ def buffers_touched(stmts) -> list[str]:
                     reads(i)
                 reads(s.value)
                 seen.setdefault(s.buffer)
+            elif isinstance(s, Mma):
+                for name in (s.a, s.b, s.acc):
+                    seen.setdefault(name)
             else:
                 reads(s.value)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..te import affine
 from ..base.errors import CompilerBug
 from ..te.expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
-from . import If, Let, Loop, Program, Set, Stmt, Store, walk
+from . import If, Let, Loop, Mma, Program, Set, Stmt, Store, walk
 
 
 class VerifyError(CompilerBug):
@@ -76,6 +76,8 @@ class _Checker:
         elif isinstance(s, Let):
             self.expr(s.value, ranges, facts, regs)
             regs.add(s.name)
+        elif isinstance(s, Mma):
+            self.block(s.expand(), ranges, facts, regs, parallel)
         elif isinstance(s, Set):
             if s.name not in regs:
                 self.fail(f"register {s.name} is set before it is declared")
@@ -90,8 +92,9 @@ class _Checker:
     def phase(self, s: Loop):
         """A thread loop neither writes a shared buffer it reads nor reads one it writes."""
         shared = {n for n, kind in self.kinds.items() if kind == "shared"}
-        stored = {x.buffer for x in walk(s.body) if isinstance(x, Store)} & shared
-        for x in walk(s.body):
+        body = tuple(_expanded(s.body))
+        stored = {x.buffer for x in walk(body) if isinstance(x, Store)} & shared
+        for x in walk(body):
             exprs = (x.cond,) if isinstance(x, If) else x.index + (x.value,) if isinstance(x, Store) else (
                 (x.value,) if isinstance(x, (Let, Set)) else ())
             for e in exprs:
@@ -129,3 +132,16 @@ class _Checker:
             if b[0] < 0 or b[1] >= shape[k]:
                 self.fail(f"{what} {buf}: index {k} ({show(ix)}) spans [{b[0]}, {b[1]}], "
                           f"outside [0, {shape[k] - 1}]")
+
+
+def _expanded(stmts):
+    """stmts with each tensor-core step as the per-thread arithmetic it stands for."""
+    for s in stmts:
+        if isinstance(s, Mma):
+            yield from s.expand()
+        elif isinstance(s, Loop):
+            yield Loop(s.var, s.extent, tuple(_expanded(s.body)), s.kind)
+        elif isinstance(s, If):
+            yield If(s.cond, tuple(_expanded(s.then)), tuple(_expanded(s.orelse)))
+        else:
+            yield s

@@ -28,13 +28,19 @@ from ..schedule.machine import Machine
 from .base import Target
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")  # of the contractions' operands; sums are fp32 in each
+
+
 class CudaTarget(Target):
     # the machine model of the CPU's heuristics does not apply: the GPU's schedule is its own
     machine = Machine("cuda", vector_bits=32, l2_bytes=50 << 20, cores=1, parallel_flops=1 << 62)
 
-    def __init__(self, ordinal: int = 0):
+    def __init__(self, ordinal: int = 0, precision: str = "fp32"):
+        """GPU `ordinal`; precision tf32 or bf16 runs the contractions on its tensor cores,
+        their operands rounded to that format (each sum, and all else, stays fp32)."""
         self.ordinal = ordinal
-        self.name = "cuda"
+        self.precision = precision
+        self.name = "cuda" if precision == "fp32" else f"cuda:{precision}"  # what the code depends on
 
     def arrays(self, initial=None):
         return DeviceArrays(initial or {}, ordinal=self.ordinal)
@@ -49,7 +55,8 @@ class CudaTarget(Target):
         return []
 
     def bind(self, program: Program) -> Program:
-        return unroll_folds(tile_threads(split_reductions(stage_shared(bind_grid(program)))))
+        staged = stage_shared(bind_grid(program), self.precision)
+        return unroll_folds(tile_threads(split_reductions(staged)))
 
     def emit(self, program: Program, offsets, dtype, checks):
         if dtype != "f32":

@@ -15,7 +15,9 @@ from ..base.errors import Loc
 ARITH = ("+", "-", "*", "/", "%", "max", "min")
 COMPARE = ("<", "<=", ">", ">=", "==", "!=")
 LOGIC = ("and", "or")
-UNARY = ("neg", "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "not")
+# tf32 and bf16: a value rounded to float32, then to a tensor core's operand format (10 and 7
+# mantissa bits; to nearest, ties away from zero for tf32 as cvt.rna does, to even for bf16)
+UNARY = ("neg", "exp", "log", "sqrt", "tanh", "sigmoid", "abs", "not", "tf32", "bf16")
 REDUCE = ("sum", "max", "min", "mean")
 
 

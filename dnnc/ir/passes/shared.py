@@ -38,14 +38,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ...te.expr import Binary, Const, Expr, Load, Scalar, Select, Var, free_vars, subst_vars, substitute
-from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Stmt, Store, map_exprs, walk
+from ...te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, free_vars, subst_vars, substitute
+from .. import MMA_SHAPES, WARP, Buffer, If, Kernel, Let, Loop, Mma, Program, Set, Stmt, Store, map_exprs, walk
 from .folds import all_of, fold_op, fresh, grid_nest, reduction, reduction_chain
 from .grid import grid_loops
 
 THREADS = 256  # a block: codegen/nvptx.py launches this many threads per block
 CELL = 4  # each thread's cells along M and along N: 16 sums in registers
 BK = 16  # reduction iterations staged at once: (BM + BN) * BK * 4 bytes of shared memory
+PAD = 8  # tensor cores: a shared row is padded so a fragment's 32 reads fall in 32 banks
 STEP = 4  # of which a thread's loop over them unrolls this many: its reads of the next step
 # overlap the multiply-adds of this one (all 16 would make LLVM IR too long to build quickly)
 LAYOUTS = ((16, 16), (8, 32), (32, 8), (4, 64), (64, 4))  # threads along M x along N
@@ -76,14 +77,15 @@ class Contraction:
         return ext(self.rows), ext(self.cols), ext(self.red)
 
 
-def stage_shared(p: Program) -> Program:
+def stage_shared(p: Program, precision: str = "fp32") -> Program:
     """Invariant: computes what p computes, up to the order of float additions where K is
     split (unsplit, each output folds its terms in the same order, adding 0 past the edges).
     A bound kernel that is a contraction of M x N outputs over K >= BK terms, with a tile
     shape that pads it by at most MAX_PADDING, becomes a kernel of `block`
     loops (one block per tile) whose `thread` loops stage its operands in `shared` buffers
     NAME.a and NAME.b and fold into `local` NAME.ACC.tile; split, it is NAME.split and NAME,
-    through the temporary NAME.ACC.split."""
+    through the temporary NAME.ACC.split. With precision tf32 or bf16 the operands are staged
+    rounded to that format and folded by the tensor cores (ir.Mma steps of each warp)."""
     buffers = list(p.buffers)
     kernels: list[Kernel] = []
     for k in p.kernels:
@@ -92,7 +94,7 @@ def stage_shared(p: Program) -> Program:
         if tiling is None:
             kernels.append(k)
             continue
-        made, bufs = _stage(k, c, *tiling)
+        made, bufs = _stage(k, c, *tiling, precision)
         kernels += made
         buffers += bufs
     return Program(p.name, tuple(buffers), tuple(kernels), p.schedule)
@@ -175,16 +177,15 @@ def _tiling(c: Contraction):
     return tm, tn, -(-chunks // per), per  # no empty slice
 
 
-def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int):
+def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int, precision: str):
     M, N, K = c.shape
     bm, bn = tm * CELL, tn * CELL
     names = {s.var for s in walk(k.body) if isinstance(s, Loop)}
-    mb, nb, kc, t, ko, ki, i, j, e, s = (fresh(n, names) for n in ("mb", "nb", "kc", "t", "ko", "ki", "i", "j", "e", "s"))
-    kk = Binary("+", Binary("*", Var(ko), Const(STEP)), Var(ki))
+    mb, nb, kc, t, e, s = (fresh(n, names) for n in ("mb", "nb", "kc", "t", "e", "s"))
     split = slices > 1
-    a_buf = Buffer(f"{k.name}.a", (BK, bm), "shared")
-    b_buf = Buffer(f"{k.name}.b", (BK, bn), "shared")
-    tile = Buffer(f"{k.name}.{c.acc}.tile", (THREADS, CELL, CELL), "local")
+    pad = 0 if precision == "fp32" else PAD
+    a_buf = Buffer(f"{k.name}.a", (BK, bm + pad), "shared")
+    b_buf = Buffer(f"{k.name}.b", (BK, bn + pad), "shared")
     kbase = Binary("*", Binary("+", Binary("*", Var(s), Const(per)), Var(kc)) if split else Var(kc), Const(BK))
 
     def staging(buf, operand, loops, size, base):
@@ -199,26 +200,31 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int):
         valid = all_of(([Binary("<", m, Const(_extent(loops)))] if _ragged(loops, size) else []) +
                        ([Binary("<", kx, Const(K))] if slices * per * BK != K else []))
         value = subst_vars(operand, at)
+        if precision != "fp32":  # the tensor cores' operands, rounded once as they are staged
+            value = Unary(precision, value)
         if valid is not None:
             value = Select(valid, value, Const(0.0))
         return Loop(e, size * BK // THREADS, (Store(buf.name, (q, x), value),), "unroll")
 
+    lay = (_cuda_cores if precision == "fp32" else _tensor_cores)(names, Var(t), tm, tn, precision)
+    tile = Buffer(f"{k.name}.{c.acc}.tile", (THREADS,) + tuple(n for _, n in lay.cells), "local")
+    cell = (Var(t),) + tuple(Var(v) for v, _ in lay.cells)
+    acc = Load(tile.name, cell)
+
+    def each(body):  # body for each of the thread's cells
+        for v, n in reversed(lay.cells):
+            body = (Loop(v, n, tuple(body), "unroll"),)
+        return tuple(body)
+
     m0 = Binary("*", Var(mb), Const(bm))
     n0 = Binary("*", Var(nb), Const(bn))
-    row = Binary("+", Binary("*", Binary("/", Var(t), Const(tn)), Const(CELL)), Var(i))
-    col = Binary("+", Binary("*", Binary("%", Var(t), Const(tn)), Const(CELL)), Var(j))
-    cell = (Var(t), Var(i), Var(j))
-    acc = Load(tile.name, cell)
-    each = lambda body: (Loop(i, CELL, (Loop(j, CELL, tuple(body), "unroll"),), "unroll"),)
-    at = _decode(Binary("+", m0, row), c.rows) | _decode(Binary("+", n0, col), c.cols)
-    inside = all_of(([Binary("<", Binary("+", m0, row), Const(M))] if _ragged(c.rows, bm) else []) +
-                    ([Binary("<", Binary("+", n0, col), Const(N))] if _ragged(c.cols, bn) else []))
+    at = _decode(Binary("+", m0, lay.row), c.rows) | _decode(Binary("+", n0, lay.col), c.cols)
+    inside = all_of(([Binary("<", Binary("+", m0, lay.row), Const(M))] if _ragged(c.rows, bm) else []) +
+                    ([Binary("<", Binary("+", n0, lay.col), Const(N))] if _ragged(c.cols, bn) else []))
     init = Const(0.0) if split else subst_vars(c.init, at)
-    fold = Store(tile.name, cell, Binary("+", acc, Binary("*", Load(a_buf.name, (kk, row)),
-                                                         Load(b_buf.name, (kk, col)))))
     chunk = Loop(kc, per, (
         Loop(t, THREADS, (staging(a_buf, c.a, c.rows, bm, m0), staging(b_buf, c.b, c.cols, bn, n0)), "thread"),
-        Loop(t, THREADS, (Loop(ko, BK // STEP, (Loop(ki, STEP, each([fold]), "unroll"),)),), "thread"),
+        Loop(t, THREADS, lay.fold(tile.name, a_buf.name, b_buf.name), "thread"),
     ))
     point = tuple(Var(v) for v, _ in c.batch) + tuple(at[v] for v, _ in c.rows + c.cols)
     grid_ext = {v: n for v, n in c.grid}
@@ -245,6 +251,65 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int):
         Set(c.acc, Binary("+", Scalar(c.acc), Load(part.name, (Var(s),) + point))),)), *c.rest)
     second = Kernel(k.name, grid_nest(order, fold_parts), k.layer)
     return [Kernel(k.name + ".split", body, k.layer), second], bufs + [part]
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Which outputs of the block's tile a thread holds: its cells (unrolled loops), the row
+    and column of each, and the statements that fold a staged chunk into them."""
+
+    cells: tuple[tuple[str, int], ...]
+    row: Expr
+    col: Expr
+    step: tuple  # (what folds one chunk: "cores" or an Mma kind, its loop names and extents)
+    t: Expr
+
+    def fold(self, tile: str, a: str, b: str) -> tuple[Stmt, ...]:
+        cell = (self.t,) + tuple(Var(v) for v, _ in self.cells)
+        kind, names, extra = self.step
+        if kind == "cores":  # tile[t, i, j] += a[kk, row] * b[kk, col], kk in order
+            ko, ki = names
+            kk = Binary("+", Binary("*", Var(ko), Const(STEP)), Var(ki))
+            acc = Load(tile, cell)
+            body: tuple[Stmt, ...] = (Store(tile, cell, Binary("+", acc, Binary("*", Load(a, (kk, self.row)),
+                                                                              Load(b, (kk, self.col))))),)
+            for v, n in reversed(self.cells):
+                body = (Loop(v, n, body, "unroll"),)
+            return (Loop(ko, BK // STEP, (Loop(ki, STEP, body, "unroll"),)),)
+        ks, = names
+        (mi, mt), (ni, nt), _ = self.cells
+        wr, wc, lane = extra
+        k_step = MMA_SHAPES[kind][2]
+        step = Mma(kind, tile, (self.t, Var(mi), Var(ni)), a, b, Binary("+", wr, Binary("*", Var(mi), Const(16))),
+                   Binary("+", wc, Binary("*", Var(ni), Const(8))), Binary("*", Var(ks), Const(k_step)), lane)
+        return (Loop(ks, BK // k_step, (Loop(mi, mt, (Loop(ni, nt, (step,), "unroll"),), "unroll"),), "unroll"),)
+
+
+def _cuda_cores(names, t, tm, tn, precision) -> _Cells:
+    """CELL x CELL cells per thread, the threads a tm x tn grid over the tile."""
+    i, j, ko, ki = (fresh(n, names) for n in ("i", "j", "ko", "ki"))
+    row = Binary("+", Binary("*", Binary("/", t, Const(tn)), Const(CELL)), Var(i))
+    col = Binary("+", Binary("*", Binary("%", t, Const(tn)), Const(CELL)), Var(j))
+    return _Cells(((i, CELL), (j, CELL)), row, col, ("cores", (ko, ki), None), t)
+
+
+def _tensor_cores(names, t, tm, tn, precision) -> _Cells:
+    """The accumulators of mma.sync: the block's 8 warps a wm x wn grid over the tile, each
+    warp mt x nt instructions of 16 x 8 outputs, 4 cells per thread in each (ir.Mma)."""
+    bm, bn = tm * CELL, tn * CELL
+    warps = THREADS // WARP
+    wm = next(w for w in (2, 4, 1, 8) if bm % (16 * w) == 0 and bn % (8 * (warps // w)) == 0)
+    wn = warps // wm
+    mt, nt = bm // wm // 16, bn // wn // 8
+    mi, ni, r, ks = (fresh(n, names) for n in ("mi", "ni", "r", "ks"))
+    warp, lane = Binary("/", t, Const(WARP)), Binary("%", t, Const(WARP))
+    wr = Binary("*", Binary("/", warp, Const(wn)), Const(bm // wm))
+    wc = Binary("*", Binary("%", warp, Const(wn)), Const(bn // wn))
+    row = Binary("+", Binary("+", Binary("+", wr, Binary("*", Var(mi), Const(16))), Binary("/", lane, Const(4))),
+                 Binary("*", Binary("/", Var(r), Const(2)), Const(8)))
+    col = Binary("+", Binary("+", Binary("+", wc, Binary("*", Var(ni), Const(8))),
+                             Binary("*", Binary("%", lane, Const(4)), Const(2))), Binary("%", Var(r), Const(2)))
+    return _Cells(((mi, mt), (ni, nt), (r, 4)), row, col, (precision, (ks,), (wr, wc, lane)), t)
 
 
 def _factors(e: Expr) -> list[Expr]:
