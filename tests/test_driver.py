@@ -98,7 +98,7 @@ def test_a_target_with_another_machine_plugs_in():
 
 
 def test_an_unknown_target_is_one_clear_error():
-    with pytest.raises(DnncError, match=r"unknown target 'tpu' \(targets: cpu, cuda\)"):
+    with pytest.raises(DnncError, match=r"unknown target 'tpu' \(targets: cpu, cuda; cuda\[:N\]\[:fp32\|tf32\|bf16\]\)"):
         get("tpu")
     r = subprocess.run([sys.executable, "-m", "dnnc.cli", "run", str(LENET), "--target", "tpu", "--input", "x.npy"],
                        capture_output=True, text=True, cwd=ROOT)
