@@ -255,13 +255,15 @@ class Fusion:
     to keep (and, `with_shapes`, the shapes) to new groups. It runs only with the schedule's
     defaults; `--no-schedule` keeps every statement in its own nest.
 
-    Invariant of every fusion: each kept tensor gets the same values."""
+    Invariant of every fusion: each kept tensor gets the same values. `wanted`, where given,
+    names the target's attribute that says whether the fusion pays there."""
 
     fn: Callable
     with_shapes: bool = False
+    wanted: str | None = None
 
     def __call__(self, u: Unit) -> Unit:
-        if not u.job.schedule.defaults:
+        if not u.job.schedule.defaults or (self.wanted and not getattr(u.job.target, self.wanted)):
             return u
         shapes = (u.shapes,) if self.with_shapes else ()
         return u.but(groups=self.fn(u.groups, u.keep, *shapes))
@@ -422,7 +424,7 @@ STAGES: list[Stage] = [
           "copies of unwritten tensors dropped (an inference batchnorm's statistics)"),
     Stage("fuse_elementwise", Fusion(fuse_elementwise), INFERENCE, "te",
           "elementwise statements in their producer's epilogue"),
-    Stage("fuse_pool", Fusion(fuse_pool, with_shapes=True), PROGRAMS, "te",
+    Stage("fuse_pool", Fusion(fuse_pool, with_shapes=True, wanted="fuses_pools"), PROGRAMS, "te",
           "each pool window computed straight from the convolution"),
     Stage("buffers", collect_buffers, GRAPHS, "te",
           "the program's buffers: inputs, parameters, outputs, temporaries"),

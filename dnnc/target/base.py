@@ -12,6 +12,7 @@ class Target:
 
     name: str
     machine: Machine
+    fuses_pools = True  # a max pool computed straight from the convolution before it (te/pool.py)
 
     def default_schedule(self, stmts: list[TStmt], shapes: dict, dtype: str) -> list:
         """Tile and Pack steps for the statements of one program."""

@@ -34,6 +34,10 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # of the contractions' operands; sums are
 class CudaTarget(Target):
     # the machine model of the CPU's heuristics does not apply: the GPU's schedule is its own
     machine = Machine("cuda", vector_bits=32, l2_bytes=50 << 20, cores=1, parallel_flops=1 << 62)
+    # a convolution fused into its pool is no longer a contraction for blocks of threads to stage
+    # (ir/passes/shared.py), and training computes it twice (the window's max, then its argmax):
+    # VGG-16's four pooled convolutions and their twins took 236 of a 404 ms step that way
+    fuses_pools = False
 
     def __init__(self, ordinal: int = 0, precision: str = "fp32"):
         """GPU `ordinal`; precision tf32 or bf16 runs the contractions on its tensor cores,
