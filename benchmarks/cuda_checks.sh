@@ -36,8 +36,9 @@ if [ "$WHAT" != tests ]; then
     /usr/bin/time -f "wall %e s" python -m dnnc.cli train examples/lenet5.net --target cuda --precision $p \
       --out "$OUT/lenet5_$p.npz" 2>&1 | grep -v "^ " | tail -2 | sed "s/^/$p: /"
   done > "$OUT/train.log" 2>&1
-  python -m dnnc.cli eval examples/lenet5.net --weights "$OUT/lenet5_fp32.npz" 2>&1 | tail -1 | sed "s/^/cpu eval: /" \
-    >> "$OUT/train.log"
+  for p in fp32 tf32 bf16; do
+    python -m dnnc.cli eval examples/lenet5.net --weights "$OUT/lenet5_$p.npz" 2>&1 | grep accuracy | sed "s/^/$p on the cpu: /"
+  done >> "$OUT/train.log"
   grep -v "^ *$" "$OUT/bench.log" "$OUT/train.log" | cut -d: -f2- | tail -50
 fi
 if [ "$WHAT" = all ]; then
