@@ -370,22 +370,37 @@ def test_gpu_tensor_cores_compute_to_their_precision(name, precision, tol):
     assert abs(got - want) <= tol * abs(want), (name, precision, got, want)
 
 
+def _staged_on_cpu(prog: Program, precision: str, dtype: str) -> dict:
+    """prog bound and staged for the tensor cores, run on the CPU in dtype from _fill's values."""
+    import dnnc.ir.passes.shared as sh
+
+    staged = sh.stage_shared(bind_grid(prog), precision)
+    arrays: dict = {}
+    ex = driver.Built(driver.from_program(staged, CPU, dtype=dtype), arrays)
+    _fill(staged, arrays, 1)
+    ex.run()
+    return {b.name: np.asarray(arrays[b.name], np.float64).copy() for b in staged.args}
+
+
 @gpu
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])
 def test_gpu_tensor_core_gradients_are_the_cpus_from_the_same_rounding(name, precision):
     """Every gradient of a training program on the tensor cores against the same program on
     the CPU in float64, its contractions staged alike (ir/passes/shared.py: the operands
-    rounded where the GPU rounds them, the tensor-core steps as plain arithmetic). Against
-    exact arithmetic rounding alone moves batchnorm's gradients by up to a fifth of their
-    scale (resnet20, tf32); against this they differ only by the GPU's float32 arithmetic
-    and its order of additions."""
-    import dnnc.ir.passes.shared as sh
-
+    rounded where the GPU rounds them, the tensor-core steps as plain arithmetic), which
+    leaves only float32 arithmetic and the order of additions between them. Through
+    batchnorm that is no small difference: an operand that float32 moves across a rounding
+    boundary of tf32 or bf16 moves by the format's step, and the channel sums cancel. So the
+    GPU must be as close as the CPU running the same staged program in float32 (measured on
+    an H200: LeNet-5 1e-5 of a gradient's scale; ResNet-20's batchnorm gradients 1.1e-1
+    (tf32) and 2.3e-1 (bf16), the CPU's own 1.5e-1 and 2.6e-1); a wrong fragment layout is
+    off by the gradients' whole scale."""
     net = dnnc.load(EXAMPLES / f"{name}.net").at_batch(16, training=True)
     progs = {dt: driver.loop_stages(training_program(net, None, dtype=dt, schedule=False))[-1][1]
              for dt in ("f64", "f32")}
-    want = _run_on_cpu(sh.stage_shared(bind_grid(progs["f64"]), precision), 1)
+    want = _staged_on_cpu(progs["f64"], precision, "f64")
+    cpu = _staged_on_cpu(progs["f32"], precision, "f32")
     target = get(f"cuda:{precision}")
     arrays = target.arrays()
     ex = driver.Built(driver.from_program(progs["f32"], target), arrays)
@@ -394,13 +409,15 @@ def test_gpu_tensor_core_gradients_are_the_cpus_from_the_same_rounding(name, pre
     grads = [n for n in want if n.endswith(".grad")]
     assert len(grads) >= 8
     floor = 1e-3 * max(float(np.abs(want[n]).max()) for n in grads)
-    errs = []
-    for n in grads + ["loss"]:
-        scale = max(float(np.abs(want[n]).max()), floor, 1e-30)
-        errs.append((float(np.abs(np.asarray(arrays[n], np.float64) - want[n]).max()) / scale, n))
-    worst = sorted(errs, reverse=True)[:3]
-    print(f"{name} {precision}: worst gradients off the CPU's " + ", ".join(f"{n} {e:.1e}" for e, n in worst))
-    assert worst[0][0] <= 5e-2, f"{name} {precision}: {worst}"
+
+    def worst(got):
+        errs = [(float(np.abs(np.asarray(got[n], np.float64) - want[n]).max())
+                 / max(float(np.abs(want[n]).max()), floor, 1e-30), n) for n in grads + ["loss"]]
+        return max(errs)
+
+    gpu_err, cpu_err = worst(arrays), worst(cpu)
+    print(f"{name} {precision}: worst gradient off float64, GPU {gpu_err}, CPU in float32 {cpu_err}")
+    assert gpu_err[0] <= 4 * cpu_err[0] + 1e-4, (gpu_err, cpu_err)
 
 
 GPU_CHILD = """
