@@ -28,9 +28,9 @@ from llvmlite import ir
 
 from ..te.expr import Binary, Const, Load, substitute
 
-from ..ir import PRIVATE, If, Loop, Mma, Program, Stmt, Store
+from ..ir import PRIVATE, If, Loop, Mma, Program, Store
 from ..ir.memory import buffers_touched
-from ..ir.passes.grid import grid_loops
+from ..ir.passes.grid import grid_loops, leading_loops
 from .kernel import KernelEmitter
 from .llvm import code_key, kernel_args
 from .symbols import kernel_symbol, symbol
@@ -75,7 +75,7 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
             a.attributes.align = ALIGN  # cuMemAlloc and the memory plan's offsets: so loads can be vectors
         tiles = [n for n in buffers_touched(k.body) if n in locals_]
         body, own_shapes = k.body, shapes
-        if block_loops(body)[0]:
+        if leading_loops(body, "block")[0]:
             body, own_shapes = _per_thread(body, shapes, {n for n in tiles if kinds[n] == "local"})
         em = GpuEmitter(m, fn, dict(zip(used, fn.args)), own_shapes, ft, tiles, k.name if checks else None, used)
         for name in tiles:
@@ -87,15 +87,6 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         shared[key] = (own, points)
         launches.append(f"; launch {own} {own} {points} {args}".rstrip())
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
-
-
-def block_loops(body: tuple[Stmt, ...]) -> tuple[list[Loop], tuple[Stmt, ...]]:
-    """The leading block loops of a kernel's body and the statements inside them."""
-    loops: list[Loop] = []
-    while len(body) == 1 and isinstance(body[0], Loop) and body[0].kind == "block":
-        loops.append(body[0])
-        body = body[0].body
-    return loops, body
 
 
 def _per_thread(body, shapes: dict, tiles: set[str]):
@@ -133,7 +124,7 @@ class GpuEmitter(KernelEmitter):
 
     def kernel_body(self, body) -> int:
         """Emit the kernel's body; returns how many threads it runs on (its grid's points)."""
-        blocks, inside = block_loops(body)
+        blocks, inside = leading_loops(body, "block")
         if blocks:
             self._decode(blocks, self._sreg("ctaid.x"))
             self.block(inside)

@@ -50,8 +50,13 @@ def bind_grid(p: Program) -> Program:
 
 def grid_loops(body: tuple[Stmt, ...]) -> tuple[list[Loop], tuple[Stmt, ...]]:
     """The leading grid loops of a bound kernel's body and the statements inside them."""
+    return leading_loops(body, "grid")
+
+
+def leading_loops(body: tuple[Stmt, ...], kind: str) -> tuple[list[Loop], tuple[Stmt, ...]]:
+    """The perfectly nested loops of this kind that lead body, and the statements inside them."""
     loops: list[Loop] = []
-    while len(body) == 1 and isinstance(body[0], Loop) and body[0].kind == "grid":
+    while len(body) == 1 and isinstance(body[0], Loop) and body[0].kind == kind:
         loops.append(body[0])
         body = body[0].body
     return loops, body
