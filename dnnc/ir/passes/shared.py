@@ -206,7 +206,7 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int, p
             value = Select(valid, value, Const(0.0))
         return Loop(e, size * BK // THREADS, (Store(buf.name, (q, x), value),), "unroll")
 
-    lay = (_cuda_cores if precision == "fp32" else _tensor_cores)(names, Var(t), tm, tn, precision)
+    lay = _cuda_cores(names, Var(t), tn) if precision == "fp32" else _tensor_cores(names, Var(t), tm, tn, precision)
     tile = Buffer(f"{k.name}.{c.acc}.tile", (THREADS,) + tuple(n for _, n in lay.cells), "local")
     cell = (Var(t),) + tuple(Var(v) for v, _ in lay.cells)
     acc = Load(tile.name, cell)
@@ -285,8 +285,8 @@ class _Cells:
         return (Loop(ks, BK // k_step, (Loop(mi, mt, (Loop(ni, nt, (step,), "unroll"),), "unroll"),), "unroll"),)
 
 
-def _cuda_cores(names, t, tm, tn, precision) -> _Cells:
-    """CELL x CELL cells per thread, the threads a tm x tn grid over the tile."""
+def _cuda_cores(names, t, tn) -> _Cells:
+    """CELL x CELL cells per thread, the threads a grid of tn columns over the tile."""
     i, j, ko, ki = (fresh(n, names) for n in ("i", "j", "ko", "ki"))
     row = Binary("+", Binary("*", Binary("/", t, Const(tn)), Const(CELL)), Var(i))
     col = Binary("+", Binary("*", Binary("%", t, Const(tn)), Const(CELL)), Var(j))
