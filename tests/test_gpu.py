@@ -34,10 +34,11 @@ EXAMPLES = ROOT / "examples"
 ZOO = ["lenet5", "resnet18", "resnet20", "mobilenetv2", "squeezenet", "densenet", "vgg11_bn"]
 
 
-def _run_on_cpu(prog: Program, seed: int) -> dict:
-    """Every argument of prog after one run on the CPU in float64, from seeded random values."""
+def _run_on_cpu(prog: Program, seed: int, dtype: str = "f64") -> dict:
+    """Every argument of prog after one run on the CPU in dtype (float64 unless asked), from
+    seeded random values."""
     arrays: dict = {}
-    ex = driver.Built(driver.from_program(prog, CPU, dtype="f64"), arrays)
+    ex = driver.Built(driver.from_program(prog, CPU, dtype=dtype), arrays)
     _fill(prog, arrays, seed)
     ex.run()
     return {b.name: arrays[b.name].copy() for b in prog.args}
@@ -364,22 +365,11 @@ def test_gpu_tensor_cores_compute_to_their_precision(name, precision, tol):
     classes = next(iter(net.outputs.values()))[-1]
     labels = {n: rng.integers(0, classes, ref.graph.tensors[n].shape) for n in ref.graph.labels}
     x32 = {n: v.astype(np.float32) for n, v in x.items()}
+    got = dev.forward(**x32)
     for k, w in ref.forward(**x).items():
-        _close(dev.forward(**x32)[k], w, f"{name} {precision} forward {k}", rtol=tol)
+        _close(got[k], w, f"{name} {precision} forward {k}", rtol=tol)
     want, got = ref.loss_and_grad(**x, **labels)[0], dev.loss_and_grad(**x32, **labels)[0]
     assert abs(got - want) <= tol * abs(want), (name, precision, got, want)
-
-
-def _staged_on_cpu(prog: Program, precision: str, dtype: str) -> dict:
-    """prog bound and staged for the tensor cores, run on the CPU in dtype from _fill's values."""
-    import dnnc.ir.passes.shared as sh
-
-    staged = sh.stage_shared(bind_grid(prog), precision)
-    arrays: dict = {}
-    ex = driver.Built(driver.from_program(staged, CPU, dtype=dtype), arrays)
-    _fill(staged, arrays, 1)
-    ex.run()
-    return {b.name: np.asarray(arrays[b.name], np.float64).copy() for b in staged.args}
 
 
 @gpu
@@ -394,13 +384,14 @@ def test_gpu_tensor_core_gradients_are_the_cpus_from_the_same_rounding(name, pre
     boundary of tf32 or bf16 moves by the format's step, and the channel sums cancel. So the
     GPU must be as close as the CPU running the same staged program in float32 (measured on
     an H200: LeNet-5 1e-5 of a gradient's scale; ResNet-20's batchnorm gradients 1.1e-1
-    (tf32) and 2.3e-1 (bf16), the CPU's own 1.5e-1 and 2.6e-1); a wrong fragment layout is
-    off by the gradients' whole scale."""
+    (tf32) and 2.3e-1 (bf16), the CPU's own, measured without a GPU, 1.5e-1 and 2.6e-1); a
+    wrong fragment layout is off by the gradients' whole scale."""
+    import dnnc.ir.passes.shared as sh
+
     net = dnnc.load(EXAMPLES / f"{name}.net").at_batch(16, training=True)
     progs = {dt: driver.loop_stages(training_program(net, None, dtype=dt, schedule=False))[-1][1]
              for dt in ("f64", "f32")}
-    want = _staged_on_cpu(progs["f64"], precision, "f64")
-    cpu = _staged_on_cpu(progs["f32"], precision, "f32")
+    want, cpu = (_run_on_cpu(sh.stage_shared(bind_grid(progs[dt]), precision), 1, dt) for dt in ("f64", "f32"))
     target = get(f"cuda:{precision}")
     arrays = target.arrays()
     ex = driver.Built(driver.from_program(progs["f32"], target), arrays)

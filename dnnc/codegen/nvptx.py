@@ -8,8 +8,9 @@ nothing. A kernel led by block loops instead (ir/passes/shared.py) decodes the b
 index into them, and each thread loop inside is one phase of the block's THREADS threads:
 its variable is the thread's index in the block, and a barrier follows a phase that touches
 the block's shared memory (address space 3). There a register tile's first index, the
-thread, is dropped: each thread holds its own cells. Everything inside is emitted by the CPU's statement emitter (kernel.py), so loops,
-guards, registers and index arithmetic mean the same on both targets; what differs is here:
+thread, is dropped: each thread holds its own cells. Everything inside is emitted by the
+CPU's statement emitter (kernel.py), so loops, guards, registers and index arithmetic mean
+the same on both targets; what differs is here:
 the math functions (the GPU has no libm: exp and log through the hardware's base-2
 approximations, tanh and sigmoid from exp), and parallel loops, which run serially inside
 a thread. Pointer arguments of a kernel are global memory to LLVM's NVPTX backend.
@@ -27,7 +28,6 @@ import math
 from llvmlite import ir
 
 from ..te.expr import Binary, Const, Load, substitute
-
 from ..ir import PRIVATE, If, Loop, Mma, Program, Store
 from ..ir.memory import buffers_touched
 from ..ir.passes.grid import grid_loops, leading_loops
@@ -177,21 +177,20 @@ class GpuEmitter(KernelEmitter):
         m16n8k8.tf32 and m16n8k16.bf16: a[k + q (+4), row + g (+8)] and b[k + q (+4), col + g],
         bf16 two consecutive k to a register) and its four cells of the accumulator."""
         b = self.b
-        c = lambda v: Const(v)
 
         def add(x, y):  # x + y, for y an expression or a constant offset
             if isinstance(y, int):
                 return Binary("+", x, Const(y)) if y else x
             return Binary("+", x, y)
 
-        g, q = Binary("/", s.lane, c(4)), Binary("%", s.lane, c(4))
+        g, q = Binary("/", s.lane, Const(4)), Binary("%", s.lane, Const(4))
         bits = lambda buf, kx, x: b.bitcast(self.load(buf, (kx, x)), I32)
         if s.kind == "tf32":
             a_regs = [bits(s.a, add(add(s.k, q), dk), add(add(s.row, g), dr)) for dk, dr in MMA_A_TF32]
             b_regs = [bits(s.b, add(add(s.k, q), dk), add(s.col, g)) for dk in (0, 4)]
             shape, kind = "m16n8k8", "tf32"
         else:
-            q2 = Binary("*", q, c(2))
+            q2 = Binary("*", q, Const(2))
 
             def pair(buf, kx, x):  # bf16 (already rounded: the top half of its f32) at k and k + 1
                 lo, hi = bits(buf, kx, x), bits(buf, add(kx, 1), x)
@@ -200,7 +199,7 @@ class GpuEmitter(KernelEmitter):
             a_regs = [pair(s.a, add(add(s.k, q2), dk), add(add(s.row, g), dr)) for dk, dr in MMA_A_BF16]
             b_regs = [pair(s.b, add(add(s.k, q2), dk), add(s.col, g)) for dk in (0, 8)]
             shape, kind = "m16n8k16", "bf16"
-        cells = [s.cell + (c(r),) for r in range(4)]
+        cells = [s.cell + (Const(r),) for r in range(4)]
         acc = [self.load(s.acc, cell) for cell in cells]
         f32 = self.ft
         fty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [I32] * 6 + [f32] * 4)

@@ -112,9 +112,6 @@ class Mma(Stmt):
         fold = Store(self.acc, cell, Binary("+", Load(self.acc, cell), term))
         return (Loop(r.name, 4, (Loop(kk.name, MMA_SHAPES[self.kind][2], (fold,)),), "unroll"),)
 
-    def exprs(self) -> tuple[Expr, ...]:
-        return self.cell + (self.row, self.col, self.k, self.lane)
-
     def with_exprs(self, fn) -> "Mma":
         cell = tuple(fn(e) for e in self.cell)
         return Mma(self.kind, self.acc, cell, self.a, self.b, fn(self.row), fn(self.col), fn(self.k), fn(self.lane))
@@ -237,6 +234,18 @@ def rewrite(stmts, on_loop, on_if=None, ranges=None, entries: int = 1) -> tuple[
         else:
             out.append(s)
     return tuple(out)
+
+
+def exprs_in(stmts):
+    """Every expression the statements hold (conditions, indices, values), depth first."""
+    for s in walk(stmts):
+        if isinstance(s, If):
+            yield s.cond
+        elif isinstance(s, Store):
+            yield from s.index
+            yield s.value
+        elif isinstance(s, (Let, Set)):
+            yield s.value
 
 
 def map_exprs(stmts, fn) -> tuple[Stmt, ...]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..te import affine
 from ..base.errors import CompilerBug
 from ..te.expr import Expr, Load, Reduce, Scalar, Select, free_vars, show
-from . import If, Let, Loop, Mma, Program, Set, Stmt, Store, walk
+from . import If, Let, Loop, Mma, Program, Set, Stmt, Store, exprs_in, walk
 
 
 class VerifyError(CompilerBug):
@@ -94,13 +94,10 @@ class _Checker:
         shared = {n for n, kind in self.kinds.items() if kind == "shared"}
         body = tuple(_expanded(s.body))
         stored = {x.buffer for x in walk(body) if isinstance(x, Store)} & shared
-        for x in walk(body):
-            exprs = (x.cond,) if isinstance(x, If) else x.index + (x.value,) if isinstance(x, Store) else (
-                (x.value,) if isinstance(x, (Let, Set)) else ())
-            for e in exprs:
-                for ld in e.walk():
-                    if isinstance(ld, Load) and ld.tensor in stored:
-                        self.fail(f"thread loop {s.var} writes and reads shared {ld.tensor}: threads race")
+        for e in exprs_in(body):
+            for ld in e.walk():
+                if isinstance(ld, Load) and ld.tensor in stored:
+                    self.fail(f"thread loop {s.var} writes and reads shared {ld.tensor}: threads race")
 
     def expr(self, e: Expr, ranges, facts, regs):
         if isinstance(e, Reduce):

@@ -4,9 +4,10 @@ The same pipeline as the CPU's up to the loop nests (with the GPU's own default 
 schedule/gpu.py); then `bind` splits every kernel into launches whose leading data-parallel
 loops are the GPU's threads (ir/passes/grid.py), gives contractions (convolutions, dense
 layers, their gradients) to blocks of threads that stage operand tiles in shared memory
-(ir/passes/shared.py), splits long reductions of few threads across more (ir/passes/rfactor.py)
-gives each thread a register tile of outputs where that shares loads
-(ir/passes/thread_tile.py) and unrolls narrow folds so their loads overlap (ir/passes/unroll.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
+(ir/passes/shared.py), splits long reductions of few threads across more
+(ir/passes/rfactor.py), gives each thread a register tile of outputs where that shares loads
+(ir/passes/thread_tile.py) and unrolls narrow folds so their loads overlap
+(ir/passes/unroll.py); the code generator emits NVPTX LLVM IR (codegen/nvptx.py),
 llvmlite's NVPTX backend prints PTX (runtime/ptx.py) and the driver loads and runs it
 (runtime/cuda.py, `dnnc[cuda]`).
 """
@@ -36,7 +37,7 @@ class CudaTarget(Target):
     machine = Machine("cuda", vector_bits=32, l2_bytes=50 << 20, cores=1, parallel_flops=1 << 62)
     # a convolution fused into its pool is no longer a contraction for blocks of threads to stage
     # (ir/passes/shared.py), and training computes it twice (the window's max, then its argmax):
-    # VGG-16's four pooled convolutions and their twins took 236 of a 404 ms step that way
+    # VGG-16's five pooled convolutions and their twins took 236 of a 404 ms step that way
     fuses_pools = False
 
     def __init__(self, ordinal: int = 0, precision: str = "fp32"):

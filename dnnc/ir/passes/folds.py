@@ -3,7 +3,7 @@ build: a bound kernel's reduction, its folds, conjunctions of guards, nests of g
 and fresh loop names."""
 from __future__ import annotations
 
-from ...te.expr import Binary, Expr, Scalar
+from ...te.expr import Binary, Const, Expr, Scalar
 from .. import If, Let, Loop, Set, Stmt
 
 IDENTITY = {"+": 0.0, "max": float("-inf"), "min": float("inf")}  # the folds, by their operator
@@ -58,6 +58,17 @@ def grid_nest(loops, body) -> tuple[Stmt, ...]:
     for var, extent in reversed(list(loops)):
         body = (Loop(var, extent, tuple(body), "grid"),)
     return tuple(body)
+
+
+def decode(flat: Expr, loops) -> dict[str, Expr]:
+    """The variables of loops (var, extent), outermost first, at row-major index flat: the
+    innermost moves fastest; the outermost is not reduced modulo its extent."""
+    out, stride = {}, 1
+    for n, (v, ext) in enumerate(reversed(loops)):
+        q = Binary("/", flat, Const(stride)) if stride > 1 else flat
+        out[v] = q if n == len(loops) - 1 else Binary("%", q, Const(ext))
+        stride *= ext
+    return out
 
 
 def fresh(stem: str, used: set[str]) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ...te import affine
 from ...te.expr import Expr, Load, Scalar, free_vars
-from .. import If, Kernel, Let, Loop, Program, Set, Stmt, Store, walk
+from .. import Kernel, Let, Loop, Program, Set, Stmt, Store, exprs_in, walk
 
 
 def bind_grid(p: Program) -> Program:
@@ -99,7 +99,7 @@ def _independent(loops: list[Loop], shapes, local) -> bool:
             a = _address(shapes[s.buffer], s.index, ranges)
             if a is None or writes.setdefault(s.buffer, a) != a:
                 return False
-    for e in _exprs(body):
+    for e in exprs_in(body):
         for x in e.walk():
             if isinstance(x, Scalar) and x.name not in declared:
                 return False  # a register of the statements before the nest
@@ -108,17 +108,6 @@ def _independent(loops: list[Loop], shapes, local) -> bool:
                 return False  # another point's element, perhaps
     bound = {lp.var: lp.extent for lp in loops}
     return all(_distinct(a, bound, ranges) for a in writes.values())
-
-
-def _exprs(stmts):
-    for s in walk(stmts):
-        if isinstance(s, If):
-            yield s.cond
-        elif isinstance(s, Store):
-            yield from s.index
-            yield s.value
-        elif isinstance(s, (Let, Set)):
-            yield s.value
 
 
 def _address(shape: tuple[int, ...], index: tuple[Expr, ...], ranges) -> dict | None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
-from ...te.expr import Binary, Const, Expr, Load, Scalar, Var, subst_vars
+from ...te.expr import Binary, Const, Load, Scalar, Var, subst_vars
 from .. import Buffer, If, Kernel, Let, Loop, Program, Set, Store, map_exprs, walk
-from .folds import IDENTITY, all_of, fold_op, grid_nest, reduction, reduction_chain
+from .folds import IDENTITY, all_of, decode, fold_op, grid_nest, reduction, reduction_chain
 from .grid import grid_loops
 
 FEW_THREADS = 65536  # a kernel with fewer threads than this leaves much of a GPU idle
@@ -79,11 +79,7 @@ def _split(k: Kernel):
     ro, ri = _fresh("ro", names, inner), _fresh("ri", names, inner)
     # chunk ro folds iterations ro, ro + C, ro + 2C, ...: neighbouring threads read neighbouring elements
     t = Binary("+", Binary("*", Var(ri), Const(chunks)), Var(ro))
-    at, stride = {}, 1
-    for lp in reversed(chain):  # the chain's variables from the flat index t
-        q = Binary("/", t, Const(stride)) if stride > 1 else t
-        at[lp.var] = Binary("%", q, Const(lp.extent)) if lp is not chain[0] else q
-        stride *= lp.extent
+    at = decode(t, [(lp.var, lp.extent) for lp in chain])  # the chain's variables from the flat index t
     if conds:  # the guards between the flattened loops, tested at each iteration
         inner = (If(all_of(conds), tuple(inner)),)
     folded = map_exprs(inner, lambda e: subst_vars(e, at))

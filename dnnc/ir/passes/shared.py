@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from ...te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, free_vars, subst_vars, substitute
 from .. import MMA_SHAPES, WARP, Buffer, If, Kernel, Let, Loop, Mma, Program, Set, Stmt, Store, map_exprs, walk
-from .folds import all_of, fold_op, fresh, grid_nest, reduction, reduction_chain
+from .folds import all_of, decode, fold_op, fresh, grid_nest, reduction, reduction_chain
 from .grid import grid_loops
 
 THREADS = 256  # a block: codegen/nvptx.py launches this many threads per block
@@ -73,8 +73,7 @@ class Contraction:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        ext = lambda loops: math.prod(e for _, e in loops)
-        return ext(self.rows), ext(self.cols), ext(self.red)
+        return _extent(self.rows), _extent(self.cols), _extent(self.red)
 
 
 def stage_shared(p: Program, precision: str = "fp32") -> Program:
@@ -206,7 +205,8 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int, p
             value = Select(valid, value, Const(0.0))
         return Loop(e, size * BK // THREADS, (Store(buf.name, (q, x), value),), "unroll")
 
-    lay = _cuda_cores(names, Var(t), tn) if precision == "fp32" else _tensor_cores(names, Var(t), tm, tn, precision)
+    lay = (_CudaCores.of(names, Var(t), tn) if precision == "fp32"
+           else _TensorCores.of(names, Var(t), tm, tn, precision))
     tile = Buffer(f"{k.name}.{c.acc}.tile", (THREADS,) + tuple(n for _, n in lay.cells), "local")
     cell = (Var(t),) + tuple(Var(v) for v, _ in lay.cells)
     acc = Load(tile.name, cell)
@@ -227,10 +227,8 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int, p
         Loop(t, THREADS, lay.fold(tile.name, a_buf.name, b_buf.name), "thread"),
     ))
     point = tuple(Var(v) for v, _ in c.batch) + tuple(at[v] for v, _ in c.rows + c.cols)
-    grid_ext = {v: n for v, n in c.grid}
     if split:
-        part = Buffer(f"{k.name}.{c.acc}.split", (slices,) + tuple(grid_ext[v] for v, _ in c.batch + c.rows + c.cols),
-                      "temp")
+        part = Buffer(f"{k.name}.{c.acc}.split", (slices,) + tuple(n for _, n in c.batch + c.rows + c.cols), "temp")
         after: tuple[Stmt, ...] = (Store(part.name, (Var(s),) + point, acc),)
     else:
         after = map_exprs(c.rest, lambda x: substitute(subst_vars(x, at), lambda y: acc if y == Scalar(c.acc) else None))
@@ -245,71 +243,84 @@ def _stage(k: Kernel, c: Contraction, tm: int, tn: int, slices: int, per: int, p
     if not split:
         return [Kernel(k.name, body, k.layer)], bufs
     # the partials of each point, folded in order from the initial value
-    order = [(v, n) for v, n in c.grid]
     point = tuple(Var(v) for v, _ in c.batch + c.rows + c.cols)
     fold_parts = (Let(c.acc, c.init), Loop(s, slices, (
         Set(c.acc, Binary("+", Scalar(c.acc), Load(part.name, (Var(s),) + point))),)), *c.rest)
-    second = Kernel(k.name, grid_nest(order, fold_parts), k.layer)
+    second = Kernel(k.name, grid_nest(c.grid, fold_parts), k.layer)
     return [Kernel(k.name + ".split", body, k.layer), second], bufs + [part]
 
 
 @dataclass(frozen=True)
-class _Cells:
-    """Which outputs of the block's tile a thread holds: its cells (unrolled loops), the row
-    and column of each, and the statements that fold a staged chunk into them."""
+class _CudaCores:
+    """CELL x CELL cells per thread (unrolled loops i, j), the threads a grid of tn columns
+    over the tile; a staged chunk folds into them in reduction order, STEP steps unrolled."""
 
+    t: Expr
     cells: tuple[tuple[str, int], ...]
     row: Expr
     col: Expr
-    step: tuple  # (what folds one chunk: "cores" or an Mma kind, its loop names and extents)
-    t: Expr
+    ko: str
+    ki: str
+
+    @classmethod
+    def of(cls, names: set[str], t: Expr, tn: int) -> "_CudaCores":
+        i, j, ko, ki = (fresh(n, names) for n in ("i", "j", "ko", "ki"))
+        row = Binary("+", Binary("*", Binary("/", t, Const(tn)), Const(CELL)), Var(i))
+        col = Binary("+", Binary("*", Binary("%", t, Const(tn)), Const(CELL)), Var(j))
+        return cls(t, ((i, CELL), (j, CELL)), row, col, ko, ki)
 
     def fold(self, tile: str, a: str, b: str) -> tuple[Stmt, ...]:
+        """tile[t, i, j] += a[kk, row] * b[kk, col], kk in order."""
         cell = (self.t,) + tuple(Var(v) for v, _ in self.cells)
-        kind, names, extra = self.step
-        if kind == "cores":  # tile[t, i, j] += a[kk, row] * b[kk, col], kk in order
-            ko, ki = names
-            kk = Binary("+", Binary("*", Var(ko), Const(STEP)), Var(ki))
-            acc = Load(tile, cell)
-            body: tuple[Stmt, ...] = (Store(tile, cell, Binary("+", acc, Binary("*", Load(a, (kk, self.row)),
-                                                                              Load(b, (kk, self.col))))),)
-            for v, n in reversed(self.cells):
-                body = (Loop(v, n, body, "unroll"),)
-            return (Loop(ko, BK // STEP, (Loop(ki, STEP, body, "unroll"),)),)
-        ks, = names
-        (mi, mt), (ni, nt), _ = self.cells
-        wr, wc, lane = extra
-        k_step = MMA_SHAPES[kind][2]
-        step = Mma(kind, tile, (self.t, Var(mi), Var(ni)), a, b, Binary("+", wr, Binary("*", Var(mi), Const(16))),
-                   Binary("+", wc, Binary("*", Var(ni), Const(8))), Binary("*", Var(ks), Const(k_step)), lane)
-        return (Loop(ks, BK // k_step, (Loop(mi, mt, (Loop(ni, nt, (step,), "unroll"),), "unroll"),), "unroll"),)
+        kk = Binary("+", Binary("*", Var(self.ko), Const(STEP)), Var(self.ki))
+        product = Binary("*", Load(a, (kk, self.row)), Load(b, (kk, self.col)))
+        body: tuple[Stmt, ...] = (Store(tile, cell, Binary("+", Load(tile, cell), product)),)
+        for v, n in reversed(self.cells):
+            body = (Loop(v, n, body, "unroll"),)
+        return (Loop(self.ko, BK // STEP, (Loop(self.ki, STEP, body, "unroll"),)),)
 
 
-def _cuda_cores(names, t, tn) -> _Cells:
-    """CELL x CELL cells per thread, the threads a grid of tn columns over the tile."""
-    i, j, ko, ki = (fresh(n, names) for n in ("i", "j", "ko", "ki"))
-    row = Binary("+", Binary("*", Binary("/", t, Const(tn)), Const(CELL)), Var(i))
-    col = Binary("+", Binary("*", Binary("%", t, Const(tn)), Const(CELL)), Var(j))
-    return _Cells(((i, CELL), (j, CELL)), row, col, ("cores", (ko, ki), None), t)
-
-
-def _tensor_cores(names, t, tm, tn, precision) -> _Cells:
+@dataclass(frozen=True)
+class _TensorCores:
     """The accumulators of mma.sync: the block's 8 warps a wm x wn grid over the tile, each
-    warp mt x nt instructions of 16 x 8 outputs, 4 cells per thread in each (ir.Mma)."""
-    bm, bn = tm * CELL, tn * CELL
-    warps = THREADS // WARP
-    wm = next(w for w in (2, 4, 1, 8) if bm % (16 * w) == 0 and bn % (8 * (warps // w)) == 0)
-    wn = warps // wm
-    mt, nt = bm // wm // 16, bn // wn // 8
-    mi, ni, r, ks = (fresh(n, names) for n in ("mi", "ni", "r", "ks"))
-    warp, lane = Binary("/", t, Const(WARP)), Binary("%", t, Const(WARP))
-    wr = Binary("*", Binary("/", warp, Const(wn)), Const(bm // wm))
-    wc = Binary("*", Binary("%", warp, Const(wn)), Const(bn // wn))
-    row = Binary("+", Binary("+", Binary("+", wr, Binary("*", Var(mi), Const(16))), Binary("/", lane, Const(4))),
-                 Binary("*", Binary("/", Var(r), Const(2)), Const(8)))
-    col = Binary("+", Binary("+", Binary("+", wc, Binary("*", Var(ni), Const(8))),
-                             Binary("*", Binary("%", lane, Const(4)), Const(2))), Binary("%", Var(r), Const(2)))
-    return _Cells(((mi, mt), (ni, nt), (r, 4)), row, col, (precision, (ks,), (wr, wc, lane)), t)
+    warp mt x nt instructions of 16 x 8 outputs, 4 cells per thread in each (ir.Mma), the
+    cells unrolled loops mi, ni, r."""
+
+    t: Expr
+    cells: tuple[tuple[str, int], ...]
+    row: Expr
+    col: Expr
+    kind: str  # tf32 | bf16
+    ks: str
+    warp_row: Expr  # the first row and column of the thread's warp in the tile
+    warp_col: Expr
+
+    @classmethod
+    def of(cls, names: set[str], t: Expr, tm: int, tn: int, kind: str) -> "_TensorCores":
+        bm, bn = tm * CELL, tn * CELL
+        warps = THREADS // WARP
+        wm = next(w for w in (2, 4, 1, 8) if bm % (16 * w) == 0 and bn % (8 * (warps // w)) == 0)
+        wn = warps // wm
+        mt, nt = bm // wm // 16, bn // wn // 8
+        mi, ni, r, ks = (fresh(n, names) for n in ("mi", "ni", "r", "ks"))
+        warp, lane = Binary("/", t, Const(WARP)), Binary("%", t, Const(WARP))
+        wr = Binary("*", Binary("/", warp, Const(wn)), Const(bm // wm))
+        wc = Binary("*", Binary("%", warp, Const(wn)), Const(bn // wn))
+        row = Binary("+", Binary("+", Binary("+", wr, Binary("*", Var(mi), Const(16))), Binary("/", lane, Const(4))),
+                     Binary("*", Binary("/", Var(r), Const(2)), Const(8)))
+        col = Binary("+", Binary("+", Binary("+", wc, Binary("*", Var(ni), Const(8))),
+                                 Binary("*", Binary("%", lane, Const(4)), Const(2))), Binary("%", Var(r), Const(2)))
+        return cls(t, ((mi, mt), (ni, nt), (r, 4)), row, col, kind, ks, wr, wc)
+
+    def fold(self, tile: str, a: str, b: str) -> tuple[Stmt, ...]:
+        """For each step of the instruction's reduction, each of the warp's mt x nt instructions."""
+        (mi, mt), (ni, nt), _ = self.cells
+        k_step = MMA_SHAPES[self.kind][2]
+        step = Mma(self.kind, tile, (self.t, Var(mi), Var(ni)), a, b,
+                   Binary("+", self.warp_row, Binary("*", Var(mi), Const(16))),
+                   Binary("+", self.warp_col, Binary("*", Var(ni), Const(8))),
+                   Binary("*", Var(self.ks), Const(k_step)), Binary("%", self.t, Const(WARP)))
+        return (Loop(self.ks, BK // k_step, (Loop(mi, mt, (Loop(ni, nt, (step,), "unroll"),), "unroll"),), "unroll"),)
 
 
 def _factors(e: Expr) -> list[Expr]:
@@ -352,17 +363,9 @@ def _fast_along(operand: Expr, innermost: str | None) -> bool:
 
 
 def _decode(flat: Expr, loops) -> dict[str, Expr]:
-    """The loops' variables at row-major index flat (clamped to the last point: a read past
-    an edge stays in bounds, and its value is not used)."""
-    if not loops:
-        return {}
-    flat = Binary("min", flat, Const(_extent(loops) - 1))
-    out, stride = {}, 1
-    for n, (v, ext) in enumerate(reversed(loops)):
-        q = Binary("/", flat, Const(stride)) if stride > 1 else flat
-        out[v] = q if n == len(loops) - 1 else Binary("%", q, Const(ext))
-        stride *= ext
-    return out
+    """The loops' variables at row-major index flat, clamped to the last point: a read past
+    an edge stays in bounds, and its value is not used."""
+    return decode(Binary("min", flat, Const(_extent(loops) - 1)), loops) if loops else {}
 
 
 def _extent(loops) -> int:
@@ -371,4 +374,3 @@ def _extent(loops) -> int:
 
 def _ragged(loops, size: int) -> bool:
     return _extent(loops) % size != 0
-

@@ -164,4 +164,3 @@ def _jam(s: Stmt, tiled: set[str], conds: tuple, each, sub, tiles, cell) -> Stmt
     if conds:
         fold = If(sub(all_of(conds)), (fold,))
     return each([fold])
-

@@ -45,4 +45,3 @@ def _at(lp: Loop, index) -> tuple:
 def _folds_only(body) -> bool:
     return bool(body) and all(isinstance(s, Set) or (isinstance(s, If) and _folds_only(s.then + s.orelse))
                               for s in body)
-
