@@ -411,6 +411,49 @@ def test_gpu_tensor_core_gradients_are_the_cpus_from_the_same_rounding(name, pre
     assert gpu_err[0] <= 4 * cpu_err[0] + 1e-4, (gpu_err, cpu_err)
 
 
+def _mpiexec() -> str | None:
+    """mpiexec beside this Python (the mpich wheel installs it there), else on the PATH."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+@gpu
+@pytest.mark.skipif(_mpiexec() is None, reason="needs mpi4py and mpiexec: pip install 'dnnc[mpi]'")
+def test_gpu_data_parallel_ranks_equal_one_gpu_at_the_global_batch(tmp_path):
+    """20 synchronous steps of LeNet-5 on 2 ranks (16 examples each; on a machine of one GPU
+    the two share it) against one process on the 32: the gradients cross the host in one
+    packed copy each way, so a rank that kept its own would end apart from the other."""
+    from dnnc.io import data as datamod
+    from dnnc.training.train import train
+
+    ds = datamod.load(None)
+    data = tmp_path / "digits.npz"
+    np.savez(data, x_train=ds.x_train[:640], y_train=ds.y_train[:640], x_test=ds.x_test[:200],
+             y_test=ds.y_test[:200])
+    out = tmp_path / "mpi.npz"
+    net = EXAMPLES / "lenet5.net"
+    cmd = [sys.executable, "-m", "dnnc.cli", "train", str(net), "--data", str(data), "--epochs", "1",
+           "--batch", "32", "--seed", "1", "--target", "cuda", "--distributed", "--out", str(out)]
+    r = subprocess.run([_mpiexec(), "-n", "2", *cmd], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, DNNC_CACHE="0"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "data parallel on 2 MPI ranks on " in r.stdout, r.stdout
+    assert "parameters identical on all 2 ranks" in r.stdout, r.stdout
+    one = train(dnnc.load(net), str(data), epochs=1, batch=32, seed=1, out=str(tmp_path / "one.npz"),
+                log=lambda *a, **k: None, progress=False, target="cuda")
+    got = np.load(out)
+    worst = max(float(np.abs(got[k] - v).max()) / max(float(np.abs(v).max()), 1e-30)
+                for k, v in one.model.params.items())
+    print(f"2 ranks against 1 GPU at the global batch: worst parameter {worst:.1e} of its scale")
+    for k, v in one.model.params.items():
+        _close(got[k], v, f"{k} after 20 steps on 2 ranks", rtol=1e-3)
+    assert not np.array_equal(got["c1.weight"], dnnc.load(net).compile(seed=1).params["c1.weight"])  # it trained
+
+
 GPU_CHILD = """
 import sys
 import numpy as np

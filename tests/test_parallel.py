@@ -60,6 +60,12 @@ def test_data_parallel_needs_a_batch_that_divides(small_data, tmp_path):
         run("data", small_data, tmp_path, threads=3)
 
 
+@pytest.mark.parametrize("mode,flag", [("data", "--data-parallel"), ("async", "--async"), ("ps", "--distributed=ps")])
+def test_the_cpu_threads_modes_refuse_a_gpu_before_any_work(mode, flag, small_data, tmp_path):
+    with pytest.raises(DnncError, match=f"{flag} trains on the CPU; on GPUs, train data parallel with mpiexec"):
+        run(mode, small_data, tmp_path, target="cuda")
+
+
 def test_hogwild_trains(small_data, tmp_path):
     r, params = run("async", small_data, tmp_path)
     assert all(np.isfinite(v).all() for v in params.values())

@@ -42,6 +42,7 @@ def check_bounds(em: ExprEmitter, kernel: str, what: str, buf: str, index, lanes
             cttz = em.intrinsic(f"llvm.cttz.i{em.width}", iw, [iw, I1])
             lane = b.call(cttz, [b.bitcast(bad, iw), ir.Constant(I1, 0)])
             values = [b.extract_element(i, lane) if is_vec(i) else i for i in idx]
+        values = [v if v.type == I64 else b.sext(v, I64) for v in values]  # printed as %lld
         text = (f"dnnc: error: out-of-bounds {what} {buf}[{', '.join(['%lld'] * len(idx))}] "
                 f"(shape {list(shape)}) in kernel {kernel}\n\0").encode()
         em.report(text, values)

@@ -7,14 +7,28 @@ vector code a pair of lane masks, so a read its guard rules out is never perform
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from llvmlite import ir
 
 from ..te.expr import Binary, Const, Expr, Load, Scalar, Select, Unary, Var, is_bool, is_int
+from . import widths
 from .types import FAST, FLOAT, I32, I64, intrinsic, is_vec, vconst, vname
 
 
 class ExprEmitter:
-    """The values of one function's expressions; memory reads are left to `load`."""
+    """The values of one function's expressions; memory reads are left to `load`.
+
+    Integers are `ix` wide: i64, or i32 where a kernel's indices are known to fit
+    (codegen/widths.py), which the GPU divides and multiplies several times faster."""
+
+    ix = I64
+    # reuse an integer expression's value where an earlier one dominates (`scope`): a staged
+    # GPU kernel decodes the same indices many times over, and LLVM's time grows with the text
+    reuse_ints = False
+    # where the loops' ranges show a division's operands non-negative (codegen/widths.py), emit
+    # it as one unsigned division, not floor division's seven instructions
+    unsigned_division = False
 
     def __init__(self, m: ir.Module, fn: ir.Function, shapes: dict, ft):
         self.m, self.fn, self.shapes, self.ft = m, fn, shapes, ft
@@ -24,6 +38,19 @@ class ExprEmitter:
         self.vars: dict[str, ir.Value] = {}
         self.vec: tuple[str, int] | None = None  # the vector loop's variable and width
         self.mask: ir.Value | None = None  # lanes enabled by the guards around (vector code)
+        self.known: list[dict] = [{}]  # integer values by expression, one dict per open scope
+        self.ranges: dict[str, tuple[int, int]] = {}  # of the loop variables in scope
+        self.spans: dict[Expr, tuple[int, int] | None] = {}  # a kernel binds each variable once
+
+    @contextmanager
+    def scope(self):
+        """Code that the code after it does not see (a loop's body, a branch): integer values
+        computed inside are forgotten at its end."""
+        self.known.append({})
+        try:
+            yield
+        finally:
+            self.known.pop()
 
     def load(self, buf: str, index) -> ir.Value:
         raise NotImplementedError("memory reads are emitted by a subclass")
@@ -54,30 +81,54 @@ class ExprEmitter:
 
     # ---- integers and conditions
     def int(self, e: Expr) -> ir.Value:
+        if not self.reuse_ints or isinstance(e, (Const, Var)):
+            return self._int(e)
+        for known in reversed(self.known):
+            if e in known:
+                return known[e]
+        v = self._int(e)
+        if not any(isinstance(x, Load) for x in e.walk()):  # a position read from memory may change
+            self.known[-1][e] = v
+        return v
+
+    def _int(self, e: Expr) -> ir.Value:
         b = self.b
         if isinstance(e, Const):
-            return ir.Constant(I64, int(e.value))
+            return ir.Constant(self.ix, int(e.value))
         if isinstance(e, Var):
             return self.vars[e.name]
         if isinstance(e, Unary) and e.op == "neg":
             x = self.int(e.a)
-            return b.sub(self.splat(ir.Constant(I64, 0)) if is_vec(x) else ir.Constant(I64, 0), x)
+            return b.sub(self.splat(ir.Constant(self.ix, 0)) if is_vec(x) else ir.Constant(self.ix, 0), x)
         if isinstance(e, Unary) and e.op == "index":  # a position stored as a float
             x = self.float(e.a)
-            return b.fptosi(x, ir.VectorType(I64, x.type.count) if is_vec(x) else I64)
+            return b.fptosi(x, ir.VectorType(self.ix, x.type.count) if is_vec(x) else self.ix)
         if isinstance(e, Unary) and e.op == "abs":
             x = self.int(e.a)
-            zero = self.splat(ir.Constant(I64, 0)) if is_vec(x) else ir.Constant(I64, 0)
+            zero = self.splat(ir.Constant(self.ix, 0)) if is_vec(x) else ir.Constant(self.ix, 0)
             return b.select(b.icmp_signed("<", x, zero), b.sub(zero, x), x)
         if isinstance(e, Select):
             return self.select(e, self.int)
         if isinstance(e, Binary):
-            return self._int_binary(e.op, *self.both(self.int(e.a), self.int(e.b)))
+            x, y = self.both(self.int(e.a), self.int(e.b))
+            if e.op in ("/", "%") and self.unsigned_division and self._natural(e):
+                return b.udiv(x, y) if e.op == "/" else b.urem(x, y)
+            return self._int_binary(e.op, x, y)
         raise TypeError(f"not an integer expression: {e!r}")
+
+    def _natural(self, e: Binary) -> bool:
+        """Both operands of division e are at least 0 (and the divisor more) in every iteration."""
+        a, d = self.span(e.a), self.span(e.b)
+        return a is not None and d is not None and a[0] >= 0 and d[0] > 0
+
+    def span(self, e: Expr):
+        if e not in self.spans:
+            self.spans[e] = widths.span(e, self.ranges, self.span)
+        return self.spans[e]
 
     def _int_binary(self, op: str, x: ir.Value, y: ir.Value) -> ir.Value:
         b = self.b
-        folded = _fold(op, x, y)
+        folded = _fold(op, x, y, self.ix)
         if folded is not None:
             return folded
         if op == "+":
@@ -90,8 +141,8 @@ class ExprEmitter:
             return b.select(b.icmp_signed(">", y, x), y, x)
         if op == "min":
             return b.select(b.icmp_signed("<", y, x), y, x)
-        zero = vconst(x.type, (0,) * x.type.count) if is_vec(x) else ir.Constant(I64, 0)
-        one = vconst(x.type, (1,) * x.type.count) if is_vec(x) else ir.Constant(I64, 1)
+        zero = vconst(x.type, (0,) * x.type.count) if is_vec(x) else ir.Constant(self.ix, 0)
+        one = vconst(x.type, (1,) * x.type.count) if is_vec(x) else ir.Constant(self.ix, 1)
         q, r = b.sdiv(x, y), b.srem(x, y)
         # floor semantics: adjust when the remainder is nonzero and the signs differ
         adjust = b.and_(b.icmp_signed("!=", r, zero),
@@ -136,10 +187,10 @@ class ExprEmitter:
             va, vb = self.both(kind(e.a), kind(e.b))
             return b.select(c, va, vb)
         with b.if_else(c) as (then, other):
-            with then:  # in vector code both arms become vectors, each in its own block
+            with then, self.scope():  # in vector code both arms become vectors, each in its own block
                 va = self.splat(kind(e.a))
                 ba = b.block
-            with other:
+            with other, self.scope():
                 vb = self.splat(kind(e.b))
                 bb = b.block
         phi = b.phi(va.type)
@@ -169,6 +220,8 @@ class ExprEmitter:
         if isinstance(e, Binary) and e.op == "uniform":
             seed = b.fptosi(self.float(e.a), I64)
             idx = self.int(e.b)
+            if self.ix != I64:  # the hash is of 64-bit integers, as on every target
+                idx = b.sext(idx, ir.VectorType(I64, idx.type.count) if is_vec(idx) else I64)
             seed, idx = self.both(seed, idx)
             return self.uniform(seed, idx)
         if isinstance(e, Binary):
@@ -267,16 +320,16 @@ class ExprEmitter:
         return out
 
 
-def _fold(op: str, x: ir.Value, y: ir.Value) -> ir.Value | None:
+def _fold(op: str, x: ir.Value, y: ir.Value, ix) -> ir.Value | None:
     """x op y for scalar integers when constants decide it (less IR for LLVM to clean up)."""
     cx = x.constant if isinstance(x, ir.Constant) and isinstance(x.constant, int) else None
     cy = y.constant if isinstance(y, ir.Constant) and isinstance(y.constant, int) else None
     if cx is not None and cy is not None and op in ("+", "-", "*"):
-        return ir.Constant(I64, cx + cy if op == "+" else cx - cy if op == "-" else cx * cy)
+        return ir.Constant(ix, cx + cy if op == "+" else cx - cy if op == "-" else cx * cy)
     if op == "+" and cx == 0 or op == "*" and cx == 1:
         return y
     if op in ("+", "-") and cy == 0 or op in ("*", "/") and cy == 1:
         return x
     if op == "*" and (cx == 0 or cy == 0):
-        return ir.Constant(I64, 0)
+        return ir.Constant(ix, 0)
     return None

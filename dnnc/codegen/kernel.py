@@ -76,25 +76,28 @@ class KernelEmitter(MemoryEmitter):
             raise TypeError(s)
 
     def loop(self, s: Loop) -> None:
+        self.ranges[s.var] = (0, s.extent - 1)
         if s.kind == "parallel" and self.vec is None:
             self.parallel(s)
             return
         if s.kind == "unroll":
             for v in range(s.extent):
-                self.vars[s.var] = ir.Constant(I64, v)
-                self.block(s.body)
+                self.vars[s.var] = ir.Constant(self.ix, v)
+                with self.scope():
+                    self.block(s.body)
             del self.vars[s.var]
             return
         if s.kind == "vector":
             if self.vec is not None:
                 raise NotImplementedError("nested vector loops")
             self.vec = (s.var, s.extent)
-            self.vars[s.var] = vconst(ir.VectorType(I64, s.extent), tuple(range(s.extent)))
-            self.block(s.body)
+            self.vars[s.var] = vconst(ir.VectorType(self.ix, s.extent), tuple(range(s.extent)))
+            with self.scope():
+                self.block(s.body)
             del self.vars[s.var]
             self.vec = None
             return
-        self.counted_loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+        self.counted_loop(s.var, ir.Constant(self.ix, 0), ir.Constant(self.ix, s.extent), s.body)
 
     def guard(self, s: If) -> None:
         b = self.b
@@ -102,21 +105,23 @@ class KernelEmitter(MemoryEmitter):
         if is_vec(c):  # a lane mask: both branches run, each on its lanes
             outer = self.mask
             self.mask = c if outer is None else b.and_(outer, c)
-            self.block(s.then)
+            with self.scope():
+                self.block(s.then)
             if s.orelse:
                 nc = b.not_(c)
                 self.mask = nc if outer is None else b.and_(outer, nc)
-                self.block(s.orelse)
+                with self.scope():
+                    self.block(s.orelse)
             self.mask = outer
             return
         if s.orelse:
             with b.if_else(c) as (then, other):
-                with then:
+                with then, self.scope():
                     self.block(s.then)
-                with other:
+                with other, self.scope():
                     self.block(s.orelse)
         else:
-            with b.if_then(c):
+            with b.if_then(c), self.scope():
                 self.block(s.then)
 
     def _zero_when_masked(self, e) -> bool:
@@ -173,12 +178,13 @@ class KernelEmitter(MemoryEmitter):
         pre = b.block
         b.branch(head)
         b.position_at_end(head)
-        iv = b.phi(I64, name=var)
+        iv = b.phi(start.type, name=var)
         iv.add_incoming(start, pre)
         self.vars[var] = iv
         b.position_at_end(loop)
-        self.block(body)
-        nxt = b.add(iv, ir.Constant(I64, 1), flags=("nuw", "nsw"))
+        with self.scope():
+            self.block(body)
+        nxt = b.add(iv, ir.Constant(start.type, 1), flags=("nuw", "nsw"))
         iv.add_incoming(nxt, b.block)
         b.branch(head)
         b.position_at_end(head)

@@ -151,6 +151,8 @@ class MemoryEmitter(ExprEmitter):
         b, W = self.b, self.width
         size = ir.Constant(I64, 4 if self.ft == FLOAT["f32"] else 8)
         base = self.splat(b.ptrtoint(self.bufs[buf], I64))
+        if idx.type.element != I64:
+            idx = b.sext(idx, ir.VectorType(I64, W))
         addr = b.add(base, b.mul(idx, self.splat(size)))
         return b.inttoptr(addr, ir.VectorType(self.ft.as_pointer(), W))
 

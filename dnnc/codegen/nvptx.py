@@ -35,6 +35,7 @@ from .kernel import KernelEmitter
 from .llvm import code_key, kernel_args
 from .symbols import kernel_symbol, symbol
 from .types import FLOAT, I32, I64
+from .widths import fits_32_bits
 
 TRIPLE = "nvptx64-nvidia-cuda"
 ALIGN = 64  # bytes every buffer starts at: cuMemAlloc aligns to 256, the memory plan to 16 elements
@@ -78,6 +79,8 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         if leading_loops(body, "block")[0]:
             body, own_shapes = _per_thread(body, shapes, {n for n in tiles if kinds[n] == "local"})
         em = GpuEmitter(m, fn, dict(zip(used, fn.args)), own_shapes, ft, tiles, k.name if checks else None, used)
+        if fits_32_bits(body, own_shapes, launched(body)):
+            em.ix = I32
         for name in tiles:
             em.shared(name) if kinds[name] == "shared" else em.local(name)
         points = em.kernel_body(body)
@@ -87,6 +90,15 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         shared[key] = (own, points)
         launches.append(f"; launch {own} {own} {points} {args}".rstrip())
     return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
+
+
+def launched(body) -> int:
+    """How many threads a kernel's launch starts: its grid's points, in whole blocks."""
+    blocks, _ = leading_loops(body, "block")
+    if blocks:
+        return math.prod(lp.extent for lp in blocks) * THREADS
+    loops, _ = grid_loops(body)
+    return -(-math.prod(lp.extent for lp in loops) // THREADS) * THREADS
 
 
 def _per_thread(body, shapes: dict, tiles: set[str]):
@@ -118,6 +130,9 @@ def _per_thread(body, shapes: dict, tiles: set[str]):
 class GpuEmitter(KernelEmitter):
     """One GPU kernel's statements (see the module's docstring for what differs)."""
 
+    reuse_ints = True
+    unsigned_division = True
+
     def __init__(self, *args):
         super().__init__(*args)
         self.block_memory: set[str] = set()  # the shared buffers
@@ -137,7 +152,7 @@ class GpuEmitter(KernelEmitter):
         points = math.prod(lp.extent for lp in loops)
         me = b.add(b.mul(self._sreg("ctaid.x"), self._sreg("ntid.x"), flags=("nuw", "nsw")), self._sreg("tid.x"),
                    flags=("nuw", "nsw"))
-        with b.if_then(b.icmp_unsigned("<", me, ir.Constant(I64, points)), likely=True):
+        with b.if_then(b.icmp_unsigned("<", me, ir.Constant(self.ix, points)), likely=True), self.scope():
             self._decode(loops, me)
             self.block(inner)
             for lp in loops:
@@ -146,13 +161,15 @@ class GpuEmitter(KernelEmitter):
 
     def _sreg(self, name: str) -> ir.Value:
         b = self.b
-        return b.zext(b.call(self.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}", I32, []), []), I64)
+        v = b.call(self.intrinsic(f"llvm.nvvm.read.ptx.sreg.{name}", I32, []), [])
+        return v if self.ix == I32 else b.zext(v, self.ix)
 
     def _decode(self, loops: list[Loop], index: ir.Value) -> None:
         """The loops' variables at this point of their product (the innermost moves fastest)."""
         rest = index
         for lp in reversed(loops):
-            ext = ir.Constant(I64, lp.extent)
+            self.ranges[lp.var] = (0, lp.extent - 1)  # the outermost too: the thread is in the grid
+            ext = ir.Constant(self.ix, lp.extent)
             self.vars[lp.var] = self.b.urem(rest, ext) if lp is not loops[0] else rest
             rest = self.b.udiv(rest, ext)
 
@@ -210,14 +227,16 @@ class GpuEmitter(KernelEmitter):
             self.store(s.acc, cell, b.extract_value(out, r))
 
     def loop(self, s) -> None:
+        self.ranges[s.var] = (0, s.extent - 1)
         if s.kind in ("parallel", "grid"):  # inside a thread: serial
-            self.counted_loop(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+            self.counted_loop(s.var, ir.Constant(self.ix, 0), ir.Constant(self.ix, s.extent), s.body)
             return
         if s.kind == "thread":  # a phase: this thread's iteration, then the block's barrier
             if s.extent != THREADS:
                 raise NotImplementedError(f"thread loop {s.var} of {s.extent} threads, not {THREADS}")
             self.vars[s.var] = self._sreg("tid.x")
-            self.block(s.body)
+            with self.scope():
+                self.block(s.body)
             del self.vars[s.var]
             if set(buffers_touched(s.body)) & self.block_memory:
                 self.b.call(self.intrinsic("llvm.nvvm.barrier0", ir.VoidType(), []), [])

@@ -127,6 +127,12 @@ def device(ordinal: int = 0) -> Device:
     return Device(ordinal)
 
 
+def device_count() -> int:
+    """How many GPUs this machine has (an error line when it has no driver or none)."""
+    drv = device(0).drv  # starts the driver, and fails as Device does
+    return int(check(drv.cuDeviceGetCount(), "cannot count the GPUs"))
+
+
 class DeviceArrays(dict):
     """Host arrays by name, each with a copy on one GPU (see the module's docstring)."""
 
@@ -136,6 +142,8 @@ class DeviceArrays(dict):
         self.ptrs: dict[str, int] = {}
         self.host_newer: set[str] = set()  # to send before the next run that reads them
         self.device_newer: set[str] = set()  # to bring back before the host reads them
+        self.blocks: list[int] = []  # device blocks of packed buffers (`pack`)
+        self.in_blocks: set[str] = set()  # the buffers that lie in them
 
     @property
     def device(self) -> Device:
@@ -179,6 +187,22 @@ class DeviceArrays(dict):
             self.host_newer.add(name)
         return self.ptrs[name]
 
+    def pack(self, names: list[str], flat: np.ndarray) -> "Packed":
+        """Lay out the device copies of `names`, views of the one host array `flat`, in one
+        block as they lie in `flat`, so that the whole of it moves in one copy each way (the
+        gradients that an all-reduce sums). Called before any program allocates them."""
+        block = self.device.alloc(flat.nbytes, "the packed buffers")
+        self.blocks.append(block)
+        lo, hi = flat.ctypes.data, flat.ctypes.data + flat.nbytes
+        for n in names:
+            a = dict.__getitem__(self, n)
+            if n in self.ptrs or not lo <= a.ctypes.data <= a.ctypes.data + a.nbytes <= hi:
+                raise AssertionError(f"buffer {n} is not a view of the packed array, or is already on the GPU")
+            self.ptrs[n] = block + (a.ctypes.data - lo)
+            self.in_blocks.add(n)
+            self.host_newer.add(n)
+        return Packed(self, list(names), flat, block)
+
     def send(self, names) -> None:
         """Copy to the device each of `names` the host may have written."""
         dev = self.device
@@ -194,10 +218,30 @@ class DeviceArrays(dict):
 
     def __del__(self):
         ptrs = getattr(self, "ptrs", {})
-        if ptrs:  # the device copies go with the model's buffers
+        blocks, inside = getattr(self, "blocks", []), getattr(self, "in_blocks", set())
+        own = [p for n, p in ptrs.items() if n not in inside] + blocks
+        if own:  # the device copies go with the model's buffers
             dev = device(self.ordinal)
-            for p in ptrs.values():
+            for p in own:
                 dev.free(p)
+
+
+class Packed:
+    """Buffers whose device copies lie in one block as their host arrays lie in `flat`."""
+
+    def __init__(self, arrays: DeviceArrays, names: list[str], flat: np.ndarray, block: int):
+        self.arrays, self.names, self.flat, self.block = arrays, names, flat, block
+
+    def pull(self) -> None:
+        """Make `flat` hold what the device last wrote to the buffers (one copy)."""
+        if self.arrays.device_newer.intersection(self.names):
+            self.arrays.device.download(self.flat, self.block)
+            self.arrays.device_newer.difference_update(self.names)
+
+    def push(self) -> None:
+        """Send `flat`, as the host has changed it, to the device (one copy)."""
+        self.arrays.device.upload(self.block, self.flat)
+        self.arrays.host_newer.difference_update(self.names)
 
 
 class CudaExecutable:

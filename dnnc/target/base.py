@@ -35,6 +35,16 @@ class Target:
         """The dict of host arrays by name that this target's loaded programs run on."""
         return dict(initial or {})
 
+    def packed(self, arrays: dict, names: list[str], flat):
+        """`names` in `arrays`, views of the one host array `flat`, as one unit to exchange
+        with other processes: its `pull()` makes `flat` hold what the programs last wrote,
+        its `push()` gives them what the host wrote there. Call before loading programs."""
+        return OnHost()
+
+    def for_rank(self, local: int) -> "Target":
+        """The target of the `local`-th process of a distributed run on one host."""
+        return self
+
     def emit(self, program: Program, offsets: dict[str, int], dtype: str, checks: bool) -> str:
         """LLVM IR text of a planned program; its entry point is `entry(program.name)`."""
         raise NotImplementedError
@@ -69,3 +79,13 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({self.name})"
+
+
+class OnHost:
+    """Buffers the programs read and write where the host does: nothing to move."""
+
+    def pull(self) -> None:
+        pass
+
+    def push(self) -> None:
+        pass

@@ -23,7 +23,7 @@ from ..ir.passes.shared import stage_shared
 from ..ir.passes.thread_tile import tile_threads
 from ..ir.passes.unroll import unroll_folds
 from ..runtime import ptx
-from ..runtime.cuda import CudaExecutable, DeviceArrays
+from ..runtime.cuda import CudaExecutable, DeviceArrays, device_count
 from ..schedule.gpu import gpu_schedule
 from ..schedule.machine import Machine
 from .base import Target
@@ -49,6 +49,14 @@ class CudaTarget(Target):
 
     def arrays(self, initial=None):
         return DeviceArrays(initial or {}, ordinal=self.ordinal)
+
+    def packed(self, arrays, names, flat):
+        return arrays.pack(names, flat)
+
+    def for_rank(self, local):
+        """One GPU a process: the `local`-th after this one, round the host's GPUs (processes
+        beyond their number share them)."""
+        return CudaTarget((self.ordinal + local) % device_count(), self.precision)
 
     def default_schedule(self, stmts, shapes, dtype):
         return gpu_schedule(stmts)

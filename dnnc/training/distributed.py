@@ -6,16 +6,22 @@ computes the gradient of its shard (rows r*B/N to (r+1)*B/N) of every global bat
 gradients of all parameters lie in one flat array, so one Allreduce sums them; every rank
 then divides by N and applies the same update, so all ranks hold the same parameters after
 every step. Rank 0 alone prints and writes checkpoints.
+
+On GPUs (`--target cuda`) each process takes the next GPU of its host (`Target.for_rank`);
+the gradients lie in one device block as in the flat array, so a step copies them to the
+host once, all-reduces them there, and copies the sum back once.
 """
 from __future__ import annotations
 
 import hashlib
+import socket
 
 import numpy as np
 
 from ..api import Model
 from ..base.errors import DnncError
 from ..te.optim import HYPER, Optimizer
+from ..target import get as get_target
 from ..te.names import grad_name
 
 
@@ -61,6 +67,13 @@ def check_same_run(comm, *parts: str) -> None:
                         f"(every rank must run the same command)")
 
 
+def local_rank(comm) -> int:
+    """This process's rank among those of the run on its host."""
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+
 def flat_views(flat: np.ndarray, g, names: list[str], sizes: list[int]) -> dict[str, np.ndarray]:
     """Each named tensor as a view of its stretch of one flat array (in order)."""
     out, k = {}, 0
@@ -73,7 +86,8 @@ def flat_views(flat: np.ndarray, g, names: list[str], sizes: list[int]) -> dict[
 class Distributed:
     """A master model at the shard's batch whose gradients live in one flat array."""
 
-    def __init__(self, net, global_batch: int, optimizer: Optimizer, comm, seed: int, **compile_options):
+    def __init__(self, net, global_batch: int, optimizer: Optimizer, comm, seed: int, target="cpu",
+                 **compile_options):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
         if global_batch % self.size:
             raise DnncError(f"the batch ({global_batch}) must divide evenly among {self.size} ranks")
@@ -84,7 +98,10 @@ class Distributed:
         # the gradients, then the loss: one buffer for one Allreduce
         self.flat = np.zeros(sum(sizes) + 1, np.float32)
         share = {grad_name(p): v for p, v in flat_views(self.flat, g, trainable, sizes).items()}
-        self.master = Model(net, self.shard, seed, share=share, **compile_options)
+        self.target = get_target(target).for_rank(local_rank(comm))
+        self.master = Model(net, self.shard, seed, share=share, target=self.target, **compile_options)
+        self.grads = self.target.packed(self.master.buffers, list(share), self.flat)
+        self.places = comm.allgather((socket.gethostname(), getattr(self.target, "ordinal", None)))
         self.master.seed = seed * self.size + self.rank  # dropout: different masks per shard
         self.grad = self.master.executable("grad")
         self.update = self.master.executable("update", optimizer)
@@ -99,14 +116,24 @@ class Distributed:
         m.steps = step
         m.set_rng()
         self.grad.run()
+        self.grads.pull()
         self.flat[-1] = m.buffers["loss"]
         from mpi4py import MPI
 
         self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
         self.flat /= self.size
+        self.grads.push()
         m.buffers[HYPER][...] = hyper
         self.update.run()
         return float(self.flat[-1])
+
+    def describe(self) -> str:
+        """Where the ranks run: "2 MPI ranks", "2 MPI ranks on 1 GPU"."""
+        text = f"{self.size} MPI ranks"
+        if self.places[0][1] is not None:
+            gpus = len(set(self.places))
+            text += f" on {gpus} GPU{'s' if gpus > 1 else ''}"
+        return text
 
     def identical(self) -> bool:
         """All ranks hold bit-identical parameters (compared by digest)."""

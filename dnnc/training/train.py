@@ -140,6 +140,9 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     t_start = time.perf_counter()
     if mode not in MODES:
         raise DnncError(f"unknown training mode '{mode}' (modes: {', '.join(MODES)})")
+    if mode in HOST_MODES and target != "cpu":
+        raise DnncError(f"{HOST_MODES[mode]} trains on the CPU; on GPUs, train data parallel with "
+                        f"mpiexec -n N dnnc train ... --distributed (one process a GPU)")
     comm = None
     if mode in ("distributed", "ps"):
         comm = distributed.world()
@@ -213,7 +216,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
     log(f"training {g.name} on {ds.source}: {len(xt):,} train / {len(xs):,} test examples, batch {s.batch}, "
         f"{count(s.epochs, 'epoch')}, {s.optimizer.kind} lr {s.optimizer.lr}"
         + (f" momentum {s.optimizer.momentum}" if s.optimizer.kind == "sgd" and s.optimizer.momentum else "")
-        + f", lr_decay {s.lr_decay}, seed {seed}{_mode_text(mode, n, comm)}; "
+        + f", lr_decay {s.lr_decay}, seed {seed}{_mode_text(mode, n, dist)}; "
         f"compiled in {human_seconds(time.perf_counter() - t_start)}")
     ev = None
     with _Interrupts() as stop:
@@ -326,6 +329,7 @@ class _Interrupts:
 
 
 MODES = ("single", "data", "async", "distributed", "ps")
+HOST_MODES = {"data": "--data-parallel", "async": "--async", "ps": "--distributed=ps"}  # CPU threads' modes
 
 
 def _train_ps(net, s, ds, norm, comm, servers, staleness, seed, out, resume, log, threads, t_start) -> Result:
@@ -378,13 +382,13 @@ def _on_rank_0(comm, check) -> None:
         raise DnncError(refusal[0], path=refusal[1])
 
 
-def _mode_text(mode: str, n: int, comm) -> str:
+def _mode_text(mode: str, n: int, dist) -> str:
     if mode == "data":
         return f"; data parallel on {n} threads"
     if mode == "async":
         return f"; Hogwild on {n} threads"
     if mode == "distributed":
-        return f"; data parallel on {comm.Get_size()} MPI ranks"
+        return f"; data parallel on {dist.describe()}"
     return ""
 
 
