@@ -230,7 +230,10 @@ def _ptx_of(name: str, kind: str, batch: int, target: str = "cuda") -> tuple[dic
     job = Job(net.at_batch(batch, training=training), get(target), kind,
               optimizer_spec("sgd(lr=0.1, momentum=0.9)") if training else None, "f32")
     u = driver.run(job)
-    return json.loads(ptx.object_code(u.llvm_ir)), u.llvm_ir
+    obj = json.loads(ptx.object_code(u.llvm_ir))
+    assert obj["ptx"] and all(".target sm_90" in t for t in obj["ptx"])
+    assert len(obj["ptx"]) == u.llvm_ir.count("; ModuleID")
+    return {**obj, "ptx": "\n".join(obj["ptx"]), "parts": obj["ptx"]}, u.llvm_ir
 
 
 CASES = [(n, "forward", "fp32") for n in ZOO] + [(n, "train", "fp32") for n in ("lenet5", "squeezenet")] + [
@@ -248,11 +251,25 @@ def test_ptx_of_zoo_networks_assembles(name, kind, precision, tmp_path):
     tool = _ptxas()
     if tool is None:
         pytest.skip("no ptxas (pip install nvidia-cuda-nvcc)")
-    src = tmp_path / "k.ptx"
-    src.write_text(obj["ptx"])
-    r = subprocess.run([tool, "-arch=sm_90", str(src), "-o", str(tmp_path / "k.cubin")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[:2000]
+    for k, text in enumerate(obj["parts"]):
+        src = tmp_path / f"k{k}.ptx"
+        src.write_text(text)
+        r = subprocess.run([tool, "-arch=sm_90", str(src), "-o", str(tmp_path / f"k{k}.cubin")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[:2000]
+
+
+def test_modules_compiled_side_by_side_give_the_ptx_of_one_process(monkeypatch):
+    """LeNet-5's training program is several modules (codegen/nvptx.py); worker processes
+    compile them to the PTX this process does, each in its place."""
+    _, llvm_ir = _ptx_of("lenet5", "train", 2)
+    assert len(ptx.modules(llvm_ir)) >= 3
+    monkeypatch.setattr(ptx, "WORKERS", 1)
+    here = ptx.parts(llvm_ir)
+    monkeypatch.setattr(ptx, "WORKERS", 2)
+    assert ptx.parts(llvm_ir) == here
+    with pytest.raises(RuntimeError, match="the PTX compiler process failed"):
+        ptx.parts(llvm_ir.replace("ret void", "ret i32 0", 1))
 
 
 def test_the_printed_stages_show_bound_loops_and_ptx():

@@ -15,10 +15,12 @@ the math functions (the GPU has no libm: exp and log through the hardware's base
 approximations, tanh and sigmoid from exp), and parallel loops, which run serially inside
 a thread. Pointer arguments of a kernel are global memory to LLVM's NVPTX backend.
 
-After the module's text come the launch lines, `; launch KERNEL ENTRY POINTS BUFFER ...`, one
-per kernel in order: the kernel's own symbol, the GPU function it runs (kernels that differ
-only in their buffers, as the blocks of a ResNet stage do, share one, as on the CPU), its
-threads, and its buffers, a temporary written BUFFER@OFFSET (elements into the workspace).
+A program of many distinct kernels is several modules, each its own text (`; ModuleID`
+begins one), so that LLVM can compile them side by side. After the modules come the launch
+lines, `; launch KERNEL ENTRY POINTS BUFFER ...`, one per kernel in order: the kernel's own
+symbol, the GPU function it runs (kernels that differ only in their buffers, as the blocks
+of a ResNet stage do, share one, as on the CPU), its threads, and its buffers, a temporary
+written BUFFER@OFFSET (elements into the workspace).
 The runtime launches exactly these.
 """
 from __future__ import annotations
@@ -46,29 +48,36 @@ MMA_A_TF32 = ((0, 0), (0, 8), (4, 0), (4, 8))
 MMA_A_BF16 = ((0, 0), (0, 8), (8, 0), (8, 8))
 
 
+# a program of many distinct kernels is emitted as several modules, one in every PART_KERNELS
+# of them up to MAX_PARTS, which LLVM compiles to PTX side by side (runtime/ptx.py)
+PART_KERNELS, MAX_PARTS = 16, 16
+
+
 def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: str = "",
          checks: bool = False) -> str:
-    """NVPTX LLVM IR text for bound program p, then its launch lines; with checks (the debug
-    build) every index is tested at run time, and a `; checks` line says so."""
-    m = ir.Module(name=p.name)
-    m.triple = TRIPLE
-    m.data_layout = data_layout
+    """NVPTX LLVM IR text for bound program p: its modules, then its launch lines; with checks
+    (the debug build) every index is tested at run time, and a `; checks` line says so."""
     ft = FLOAT[dtype]
     shapes = {b.name: b.shape for b in p.buffers}
     kinds = {b.name: b.kind for b in p.buffers}
     locals_ = {b.name for b in p.buffers if b.kind in PRIVATE}
     temps = {b.name for b in p.buffers if b.kind == "temp"}
+    keys = [code_key(p, k, checks) for k in p.kernels]
+    distinct = list(dict.fromkeys(keys))
+    parts = max(1, min(MAX_PARTS, len(distinct) // PART_KERNELS))
+    part = {key: i % parts for i, key in enumerate(distinct)}  # dealt round: sizes even out
+    modules = [_module(p.name if parts == 1 else f"{p.name}.{j}", data_layout) for j in range(parts)]
     launches = []
     shared: dict[tuple, tuple[str, int]] = {}  # code_key -> (entry, points)
-    for k in p.kernels:
+    for k, key in zip(p.kernels, keys):
         used = kernel_args(p, k)
         own = kernel_symbol(p.name, k.name)
         args = " ".join(f"{u}@{offsets[u]}" if u in temps else u for u in used)
-        key = code_key(p, k, checks)
         if key in shared:  # the same code on other buffers: one entry, launched on these
             entry, points = shared[key]
             launches.append(f"; launch {own} {entry} {points} {args}".rstrip())
             continue
+        m = modules[part[key]]
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ft.as_pointer()] * len(used)), own)
         for a, name in zip(fn.args, used):
             a.name = symbol(name)
@@ -89,7 +98,15 @@ def emit(p: Program, offsets: dict[str, int], dtype: str = "f32", data_layout: s
         m.add_named_metadata("nvvm.annotations", [fn, ir.MetaDataString(m, "kernel"), ir.Constant(I32, 1)])
         shared[key] = (own, points)
         launches.append(f"; launch {own} {own} {points} {args}".rstrip())
-    return str(m) + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
+    text = "\n".join(str(m) for m in modules)
+    return text + "\n" + "\n".join(launches + (["; checks"] if checks else [])) + "\n"
+
+
+def _module(name: str, data_layout: str) -> ir.Module:
+    m = ir.Module(name=name)
+    m.triple = TRIPLE
+    m.data_layout = data_layout
+    return m
 
 
 def launched(body) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -273,8 +274,9 @@ class CudaExecutable:
         if need > free:
             raise DnncError(f"{entry} needs {human_bytes(need)} of GPU memory (its buffers and temporaries); "
                             f"GPU {dev.ordinal} has {human_bytes(free)} free: use a smaller batch")
-        text, self.launches, self.checks = ptxmod.read_object(obj)
-        self.module = dev.module(text)
+        texts, self.launches, self.checks = ptxmod.read_object(obj)
+        self.modules = [dev.module(t) for t in texts]
+        home = {name: m for m, t in zip(self.modules, texts) for name in re.findall(r"^\.visible \.entry (\S+)\(", t, re.M)}
         self.workspace = dev.alloc(self.workspace_bytes, f"the temporaries of {entry}")
         self.graph = None  # the launches captured as one CUDA graph, on the first run
         self.names = [n for n, _, _ in self.args]
@@ -283,7 +285,7 @@ class CudaExecutable:
         functions = {}
         for x in self.launches:
             if x.entry not in functions:
-                functions[x.entry] = dev.function(self.module, x.entry)
+                functions[x.entry] = dev.function(home.get(x.entry, self.modules[0]), x.entry)
             ptrs = [self.workspace + off * item if off is not None else arrays.pointer(n) for n, off in x.args]
             self.calls.append((functions[x.entry], x.points, _params(ptrs), x.symbol))
 

@@ -3,17 +3,21 @@
 No CUDA toolkit is involved: LLVM optimizes the module (O2, as on the CPU) and prints PTX,
 which the driver compiles for the device when it loads it. What a program's `compile` gives
 (its "object", cached like the CPU's machine code) is a small JSON document: the PTX text
-and the launches of codegen/nvptx.py's launch lines, and whether it is the debug build.
+of each module, the launches of codegen/nvptx.py's launch lines, and whether it is the
+debug build. A program's modules are compiled side by side, one process a core.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-
-import llvmlite.binding as llvm
 
 from ..codegen.nvptx import TRIPLE
+from . import ptx_worker
 
 ARCH = "sm_90"  # the lent H200 (Hopper); the driver runs this PTX on its own and later GPUs
 PTX_FEATURES = "+ptx80"
@@ -30,37 +34,55 @@ class Launch:
     args: tuple[tuple[str, int | None], ...]
 
 
-@lru_cache(maxsize=4)
 def target_machine(arch: str = ARCH):
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    return llvm.Target.from_triple(TRIPLE).create_target_machine(cpu=arch, features=PTX_FEATURES, opt=3)
+    return ptx_worker.target_machine(TRIPLE, arch, PTX_FEATURES)
 
 
 def data_layout(arch: str = ARCH) -> str:
     return str(target_machine(arch).target_data)
 
 
-def parse(text: str):
-    mod = llvm.parse_assembly(text)
-    mod.verify()
-    return mod
-
-
-def optimize(mod, arch: str = ARCH):
-    pto = llvm.create_pipeline_tuning_options(speed_level=2)
-    pb = llvm.create_pass_builder(target_machine(arch), pto)
-    pb.getModulePassManager().run(mod, pb)
-    return mod
-
-
 def optimized_ir(text: str, arch: str = ARCH) -> str:
-    return str(optimize(parse(text), arch))
+    tm = target_machine(arch)
+    return "\n".join(str(ptx_worker.optimize(ptx_worker.parse(t), tm)) for t in modules(text))
+
+
+def modules(text: str) -> list[str]:
+    """The texts of the modules of emitted IR (codegen/nvptx.py), each from its `; ModuleID`."""
+    starts = [m.start() for m in re.finditer(r"^; ModuleID", text, re.M)] or [0]
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+
+
+def parts(text: str, arch: str = ARCH) -> list[str]:
+    """The PTX of each module of NVPTX LLVM IR text: side by side, in up to one process a
+    core, where there are several modules and cores."""
+    texts = modules(text)
+    n = min(len(texts), WORKERS)
+    if n == 1:
+        return [ptx_worker.assemble(t, arch, PTX_FEATURES) for t in texts]
+    shares = [texts[k::n] for k in range(n)]  # a module's place: k + n * (its place in share k)
+    workers = []
+    for share in shares:
+        with tempfile.TemporaryFile("w+") as job:
+            json.dump({"arch": arch, "features": PTX_FEATURES, "modules": share}, job)
+            job.seek(0)
+            workers.append(subprocess.Popen([sys.executable, ptx_worker.__file__], stdin=job,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    done = []
+    for w in workers:
+        out, err = w.communicate()
+        if w.returncode != 0:
+            raise RuntimeError(f"the PTX compiler process failed: {err.strip()[-2000:]}")
+        done.append(json.loads(out))
+    return [done[i % n][i // n] for i in range(len(texts))]
 
 
 def ptx(text: str, arch: str = ARCH) -> str:
-    """PTX assembly of NVPTX LLVM IR text."""
-    return target_machine(arch).emit_assembly(optimize(parse(text), arch))
+    """PTX assembly of NVPTX LLVM IR text (its modules' one after the other)."""
+    return "\n".join(parts(text, arch))
+
+
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def launches(text: str) -> list[Launch]:
@@ -82,11 +104,12 @@ def object_code(text: str, arch: str = ARCH) -> bytes:
     """What the loader takes: the PTX and the launch plan, as JSON."""
     plan = [asdict(x) for x in launches(text)]
     checks = "\n; checks\n" in text
-    return json.dumps({"arch": arch, "ptx": ptx(text, arch), "launches": plan, "checks": checks}).encode()
+    return json.dumps({"arch": arch, "ptx": parts(text, arch), "launches": plan, "checks": checks}).encode()
 
 
-def read_object(obj: bytes) -> tuple[str, list[Launch], bool]:
-    """The PTX, the launches and whether the kernels check their indices (the debug build)."""
+def read_object(obj: bytes) -> tuple[list[str], list[Launch], bool]:
+    """The PTX of each module, the launches and whether the kernels check their indices (the
+    debug build)."""
     d = json.loads(obj)
     plan = [Launch(**{**x, "args": tuple(map(tuple, x["args"]))}) for x in d["launches"]]
     return d["ptx"], plan, d.get("checks", False)
