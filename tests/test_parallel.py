@@ -7,6 +7,7 @@ processes with mpiexec, and wrong launches must fail on every rank without hangi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,9 @@ def test_two_ranks_hold_identical_parameters_equal_to_one_process(small_data, tm
     assert r.returncode == 0, r.stdout + r.stderr
     assert "data parallel on 2 MPI ranks" in r.stdout
     assert "parameters identical on all 2 ranks" in r.stdout
+    n = sum(v.size for v in dnnc.load(MLP).compile().params.values())
+    assert re.search(rf"all-reduce [0-9.]+ ms of a [0-9.]+ ms step \(\d+%\), {4 * n:,} bytes of gradients a rank",
+                     r.stdout), r.stdout
     assert r.stdout.count("final test accuracy") == 1  # rank 0 alone speaks
     _, single = run("single", small_data, tmp_path, threads=1)
     got = np.load(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 
 import numpy as np
 
@@ -102,6 +103,9 @@ class Distributed:
         self.master = Model(net, self.shard, seed, share=share, target=self.target, **compile_options)
         self.grads = self.target.packed(self.master.buffers, list(share), self.flat)
         self.places = comm.allgather((socket.gethostname(), getattr(self.target, "ordinal", None)))
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.reduce_seconds = 0.0  # of the steps: the gradients' trip to the host, all-reduce and back
         self.master.seed = seed * self.size + self.rank  # dropout: different masks per shard
         self.grad = self.master.executable("grad")
         self.update = self.master.executable("update", optimizer)
@@ -115,17 +119,31 @@ class Distributed:
         m.buffers[m.graph.labels[0]][...] = y[lo:hi]
         m.steps = step
         m.set_rng()
-        self.grad.run()
-        self.grads.pull()
-        self.flat[-1] = m.buffers["loss"]
         from mpi4py import MPI
 
+        t0 = time.perf_counter()
+        self.grad.run()
+        t1 = time.perf_counter()
+        self.grads.pull()
+        self.flat[-1] = m.buffers["loss"]
         self.comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
         self.flat /= self.size
         self.grads.push()
+        t2 = time.perf_counter()
         m.buffers[HYPER][...] = hyper
         self.update.run()
+        self.steps += 1
+        self.step_seconds += time.perf_counter() - t0
+        self.reduce_seconds += t2 - t1
         return float(self.flat[-1])
+
+    def timing(self) -> str:
+        """The all-reduce's part of a step, averaged over the steps taken and the ranks."""
+        steps, total, reduce = (self.comm.allreduce(v) for v in (self.steps, self.step_seconds, self.reduce_seconds))
+        if not steps:
+            return "no steps taken"
+        return (f"all-reduce {1e3 * reduce / steps:.2f} ms of a {1e3 * total / steps:.2f} ms step "
+                f"({100 * reduce / max(total, 1e-12):.0f}%), {4 * (self.flat.size - 1):,} bytes of gradients a rank")
 
     def describe(self) -> str:
         """Where the ranks run: "2 MPI ranks", "2 MPI ranks on 1 GPU"."""

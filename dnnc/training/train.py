@@ -291,7 +291,7 @@ def train(net: Network, data: str | None = None, *, epochs: int | None = None, b
         ev = evaluator.run(xs, ds.y_test, classes)
     if dist is not None:
         same = dist.identical()
-        log(f"parameters {'identical' if same else 'DIFFERENT'} on all {dist.size} ranks")
+        log(f"parameters {'identical' if same else 'DIFFERENT'} on all {dist.size} ranks; {dist.timing()}")
         if not same:
             raise DnncError("the ranks' parameters diverged (this is a bug in dnnc)")
     model.normalization = norm  # the returned model takes inputs as the data set holds them, like a loaded one
